@@ -1,0 +1,90 @@
+-- Claim: take up to max_tasks ready tasks, holding each key's session advisory lock in the
+-- caller's session until complete()/fail() (or until the session ends).
+
+-- The caller's session identity, recorded as the holder of what it claims.
+create function holdfast._session_started() returns timestamptz
+  language sql stable as $$ select backend_start from pg_stat_get_activity(pg_backend_pid()) $$;
+
+create function holdfast.claim(kinds text[], worker text, max_tasks int default 1)
+returns setof holdfast.tasks
+  language plpgsql as $$
+#variable_conflict use_column
+declare
+  c record;
+  t holdfast.tasks;
+  v_fence bigint;
+  v_pid int := pg_backend_pid();
+  v_started timestamptz := holdfast._session_started();
+  v_batch int;
+  v_before int;
+  n int := 0;
+begin
+  if max_tasks is null or max_tasks < 1 then
+    return;
+  end if;
+  -- A lost claim commit is harmless: the lock dies with the session in a crash, and fences
+  -- stay monotonic (see _next_fence). This keeps the wake path free of a WAL flush.
+  perform set_config('synchronous_commit', 'off', true);
+
+  for c in
+    select k.key, k.lock_id from holdfast.keys k
+    where k.head_id is not null and not k.busy
+      and k.head_run_at <= now() and k.head_kind = any (kinds)
+    order by k.head_priority, k.head_run_at, k.head_id
+  loop
+    exit when n >= max_tasks;
+    -- One key at a time, never in a WHERE with LIMIT: no lock is taken that is not used.
+    continue when not pg_try_advisory_lock(c.lock_id);
+
+    -- Re-check under the key row lock: advisory locks ignore MVCC, so the scan may be stale.
+    -- A busy key is skipped, which also covers our own session re-taking a lock it holds.
+    -- SKIP LOCKED: a handler's assert_fence may hold the row; never block the lock session.
+    perform 1 from holdfast.keys k
+    where k.key = c.key and k.head_id is not null and not k.busy
+      and k.head_run_at <= now() and k.head_kind = any (kinds)
+    for update skip locked;
+    if not found then
+      perform pg_advisory_unlock(c.lock_id);
+      continue;
+    end if;
+
+    update holdfast.keys k set fence = holdfast._next_fence(k.fence)
+    where k.key = c.key returning k.fence into v_fence;
+
+    select least(kd.batch_max, max_tasks - n) into v_batch
+    from holdfast.keys k join holdfast.kinds kd on kd.kind = k.head_kind where k.key = c.key;
+
+    v_before := n;
+    for t in
+      update holdfast.tasks u set
+        state = 'running', attempt = u.attempt + 1, fence = v_fence, worker = claim.worker,
+        holder_pid = v_pid, holder_started = v_started, started_at = now()
+      where u.id in (
+        select p.id from holdfast.tasks p join holdfast.keys k on k.key = p.key
+        where p.key = c.key and p.state = 'pending' and p.run_at <= now() and p.kind = k.head_kind
+        order by p.priority, p.run_at, p.id
+        limit v_batch
+        for update of p)
+      returning u.*
+    loop
+      insert into holdfast.attempts (task_id, attempt, fence, worker, pid)
+      values (t.id, t.attempt, v_fence, claim.worker, v_pid);
+      n := n + 1;
+      return next t;
+    end loop;
+
+    if n = v_before then
+      perform pg_advisory_unlock(c.lock_id);
+    end if;
+    perform holdfast._refresh_key(c.key);
+  end loop;
+end $$;
+
+create index keys_next_run_at on holdfast.keys (head_run_at) where head_id is not null and not busy;
+
+-- The earliest time a not-yet-ready task of these kinds becomes ready (for a worker's timer).
+create function holdfast.next_run_at(kinds text[]) returns timestamptz
+  language sql stable as $$
+  select min(k.head_run_at) from holdfast.keys k
+  where k.head_id is not null and not k.busy and k.head_kind = any (kinds)
+$$;

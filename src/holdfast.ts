@@ -1,0 +1,155 @@
+import type pg from "pg";
+import type { Logger } from "pino";
+import { asConnectionError, ConfigError, InvalidArgumentError, translateError } from "./errors.js";
+import { type MigrateResult, migrate } from "./migrate.js";
+import {
+  type HoldfastOptions,
+  type ResolvedOptions,
+  resolveOptions,
+  resolveWorkerOptions,
+} from "./options.js";
+import { sql } from "./queries/tasks.js";
+import type { EnqueueOptions, EnqueueResult, WorkerOptions } from "./types.js";
+import { Worker } from "./worker/worker.js";
+
+/** Entry point: enqueue tasks, run workers, migrate the schema. */
+export class Holdfast {
+  private readonly opts: ResolvedOptions;
+  private readonly workers = new Set<Worker>();
+  private closed = false;
+
+  constructor(options: HoldfastOptions) {
+    this.opts = resolveOptions(options);
+    // An idle pooled client that errors (server restart) must not crash the process.
+    this.opts.pool.on("error", (err) =>
+      this.opts.logger.warn({ event: "pool_error", err }, "holdfast: idle pool client error"),
+    );
+  }
+
+  get logger(): Logger {
+    return this.opts.logger;
+  }
+
+  /** The pool holdfast enqueues through (yours, or the one built from connectionString). */
+  get pool(): pg.Pool {
+    return this.opts.pool;
+  }
+
+  /** Applies pending SQL migrations once, however many processes call it at the same time. */
+  async migrate(): Promise<MigrateResult> {
+    const client = await this.connect();
+    try {
+      return await migrate(client, this.opts.logger);
+    } catch (err) {
+      throw translateError(err);
+    } finally {
+      client.release();
+    }
+  }
+
+  /** Defines a kind (or updates its settings); enqueue rejects kinds nobody defined. */
+  async defineKind(kind: string, options: { maxAttempts?: number } = {}): Promise<void> {
+    await this.query(sql.defineKind, [kind, options.maxAttempts ?? null]);
+  }
+
+  /** Adds a task. Resolves once it is committed; idle workers are notified on commit. */
+  async enqueue<P = unknown>(kind: string, options: EnqueueOptions<P>): Promise<EnqueueResult> {
+    if (typeof kind !== "string" || kind === "")
+      throw new InvalidArgumentError("holdfast: kind must be a non-empty string");
+    if (typeof options !== "object" || options === null)
+      throw new InvalidArgumentError("holdfast: enqueue options must be an object with a key");
+    const { key, payload, runAt, priority, dedupeKey, maxAttempts } = options;
+    if (typeof key !== "string" || key === "")
+      throw new InvalidArgumentError("holdfast: key must be a non-empty string");
+    if (runAt !== undefined && !(runAt instanceof Date && !Number.isNaN(runAt.getTime()))) {
+      throw new InvalidArgumentError("holdfast: runAt must be a valid Date");
+    }
+    if (priority !== undefined && !Number.isInteger(priority))
+      throw new InvalidArgumentError("holdfast: priority must be an integer");
+    if (maxAttempts !== undefined && !(Number.isInteger(maxAttempts) && maxAttempts >= 1)) {
+      throw new InvalidArgumentError("holdfast: maxAttempts must be an integer of at least 1");
+    }
+    const json = encodePayload(payload);
+    const rows = await this.query<{ id: string; deduped: boolean }>(sql.enqueue, [
+      kind,
+      key,
+      json,
+      runAt ?? null,
+      priority ?? 0,
+      dedupeKey ?? null,
+      maxAttempts ?? null,
+    ]);
+    const row = rows[0];
+    if (!row) throw new InvalidArgumentError("holdfast: enqueue returned no row");
+    return { id: Number(row.id), deduped: row.deduped };
+  }
+
+  /** Cancels a task: a pending one never starts; a running one has its signal aborted. */
+  async cancel(id: number): Promise<boolean> {
+    const rows = await this.query<{ ok: boolean }>(sql.cancel, [id]);
+    return rows[0]?.ok ?? false;
+  }
+
+  /** Creates a worker; call `start()` on it. Its lock and LISTEN sessions are its own. */
+  worker(options: WorkerOptions): Worker {
+    if (this.closed) throw new ConfigError("holdfast: this Holdfast is closed");
+    const worker = new Worker(
+      { pool: this.opts.pool, connection: this.opts.connection, logger: this.opts.logger },
+      resolveWorkerOptions(options),
+    );
+    this.workers.add(worker);
+    return worker;
+  }
+
+  /** Stops every worker made by this instance, then ends the pool if holdfast created it. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await Promise.all([...this.workers].map((w) => w.stop()));
+    if (this.opts.ownsPool) await this.opts.pool.end();
+  }
+
+  private async connect(): Promise<pg.PoolClient> {
+    try {
+      return await this.opts.pool.connect();
+    } catch (err) {
+      throw asConnectionError(err, "cannot connect to Postgres");
+    }
+  }
+
+  private async query<R extends pg.QueryResultRow>(text: string, values: unknown[]): Promise<R[]> {
+    try {
+      return (await this.opts.pool.query<R>(text, values)).rows;
+    } catch (err) {
+      throw asKnownError(err);
+    }
+  }
+}
+
+function asKnownError(err: unknown): unknown {
+  const e = translateError(err);
+  if (e !== err) return e;
+  // Errors from the socket (no SQLSTATE) mean the server could not be reached.
+  if (err instanceof Error && !("severity" in err))
+    return asConnectionError(err, "cannot reach Postgres");
+  return err;
+}
+
+/** JSON-encodes a payload, refusing what JSON cannot represent faithfully. */
+function encodePayload(payload: unknown): string {
+  if (payload === undefined) return "{}";
+  let json: string | undefined;
+  try {
+    json = JSON.stringify(payload);
+  } catch (err) {
+    throw new InvalidArgumentError(
+      `holdfast: payload is not JSON-serializable: ${(err as Error).message}`,
+      { cause: err },
+    );
+  }
+  if (json === undefined)
+    throw new InvalidArgumentError("holdfast: payload is not JSON-serializable");
+  if (Buffer.byteLength(json) > 1024 * 1024)
+    throw new InvalidArgumentError("holdfast: payload is larger than 1 MiB");
+  return json;
+}

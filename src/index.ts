@@ -1,0 +1,26 @@
+export {
+  ConfigError,
+  ConnectionError,
+  HoldfastError,
+  InvalidArgumentError,
+  LockLostError,
+  ShutdownError,
+  StaleFenceError,
+  TaskCancelledError,
+  TaskNotFoundError,
+  UnknownKindError,
+} from "./errors.js";
+export { Holdfast } from "./holdfast.js";
+export type { MigrateResult } from "./migrate.js";
+export { type HoldfastOptions, workerDefaults } from "./options.js";
+export type {
+  EnqueueOptions,
+  EnqueueResult,
+  Handler,
+  HandlerContext,
+  KindOptions,
+  Queryable,
+  Task,
+  WorkerOptions,
+} from "./types.js";
+export type { Worker, WorkerEvents } from "./worker/worker.js";

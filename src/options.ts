@@ -1,0 +1,155 @@
+import os from "node:os";
+import pg from "pg";
+import { type Logger, pino } from "pino";
+import { ConfigError } from "./errors.js";
+import type { KindOptions, WorkerOptions } from "./types.js";
+
+export interface HoldfastOptions {
+  /** `postgres://user:pass@host:port/db`. Either this or `pool`. */
+  connectionString?: string;
+  /** The application's pool: holdfast enqueues through it, and copies its settings for the
+   *  worker's two dedicated sessions (lock and LISTEN), which never come from the pool. */
+  pool?: pg.Pool;
+  /** pino logger; default: pino at `HOLDFAST_LOG_LEVEL` (default `info`) named `holdfast`. */
+  logger?: Logger;
+}
+
+export interface ResolvedOptions {
+  pool: pg.Pool;
+  ownsPool: boolean;
+  connection: pg.ClientConfig;
+  logger: Logger;
+}
+
+/** Validates options once; throws ConfigError with a message that says what to fix. */
+export function resolveOptions(opts: HoldfastOptions): ResolvedOptions {
+  if (typeof opts !== "object" || opts === null) {
+    throw new ConfigError("holdfast: options must be an object ({ connectionString } or { pool })");
+  }
+  const { connectionString, pool } = opts;
+  if ((connectionString === undefined) === (pool === undefined)) {
+    throw new ConfigError("holdfast: pass exactly one of `connectionString` or `pool`");
+  }
+  const logger =
+    opts.logger ?? pino({ name: "holdfast", level: process.env.HOLDFAST_LOG_LEVEL ?? "info" });
+  if (connectionString !== undefined) {
+    validateConnectionString(connectionString);
+    const connection: pg.ClientConfig = { connectionString };
+    return { pool: new pg.Pool({ connectionString, max: 4 }), ownsPool: true, connection, logger };
+  }
+  if (!(pool instanceof pg.Pool)) {
+    throw new ConfigError("holdfast: `pool` must be a pg.Pool");
+  }
+  // pg.Pool keeps the config it was built with; the dedicated sessions reuse it.
+  const {
+    max: _max,
+    idleTimeoutMillis: _idle,
+    ...connection
+  } = (pool as unknown as { options: pg.PoolConfig }).options;
+  return { pool, ownsPool: false, connection, logger };
+}
+
+function validateConnectionString(value: unknown): void {
+  if (typeof value !== "string" || value.trim() === "") {
+    throw new ConfigError("holdfast: `connectionString` must be a non-empty string");
+  }
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new ConfigError(
+      "holdfast: `connectionString` is not a URL (expected postgres://user:password@host:port/database)",
+    );
+  }
+  if (url.protocol !== "postgres:" && url.protocol !== "postgresql:") {
+    throw new ConfigError(
+      `holdfast: \`connectionString\` must start with postgres:// or postgresql://, got ${url.protocol}//`,
+    );
+  }
+}
+
+/** Defaults of `hf.worker()` options, documented on WorkerOptions. */
+export const workerDefaults = {
+  concurrency: 1,
+  sweepIntervalMs: 250,
+  rescanIntervalMs: 30_000,
+  shutdownTimeoutMs: 30_000,
+  reconnectMaxDelayMs: 5_000,
+} as const;
+
+export interface ResolvedWorkerOptions {
+  name: string;
+  concurrency: number;
+  kinds: Map<string, ResolvedKind>;
+  sweepIntervalMs: number;
+  rescanIntervalMs: number;
+  shutdownTimeoutMs: number;
+  reconnectMaxDelayMs: number;
+}
+
+export interface ResolvedKind extends KindOptions {
+  kind: string;
+  handler: NonNullable<KindOptions["handler"]>;
+}
+
+const kindPattern = /^[A-Za-z0-9_.:-]{1,100}$/;
+
+export function resolveWorkerOptions(opts: WorkerOptions): ResolvedWorkerOptions {
+  if (typeof opts !== "object" || opts === null)
+    throw new ConfigError("holdfast: worker options must be an object");
+  const positiveInt = (name: string, value: number | undefined, fallback: number): number => {
+    const v = value ?? fallback;
+    if (!Number.isInteger(v) || v < 1)
+      throw new ConfigError(`holdfast: \`${name}\` must be a positive integer, got ${String(v)}`);
+    return v;
+  };
+  const handlers = opts.handlers;
+  if (typeof handlers !== "object" || handlers === null || Object.keys(handlers).length === 0) {
+    throw new ConfigError("holdfast: `handlers` must map at least one kind to a handler function");
+  }
+  const kinds = new Map<string, ResolvedKind>();
+  for (const [kind, entry] of Object.entries(handlers)) {
+    if (!kindPattern.test(kind)) {
+      throw new ConfigError(
+        `holdfast: invalid kind name ${JSON.stringify(kind)} (1-100 of letters, digits, _ . : -)`,
+      );
+    }
+    const def: KindOptions = typeof entry === "function" ? { handler: entry } : entry;
+    if (typeof def?.handler !== "function") {
+      throw new ConfigError(
+        `holdfast: the handler of kind ${JSON.stringify(kind)} must be a function`,
+      );
+    }
+    kinds.set(kind, { ...def, kind, handler: def.handler });
+  }
+  const name =
+    opts.name ?? `${os.hostname()}:${process.pid}:${Math.random().toString(36).slice(2, 8)}`;
+  if (typeof name !== "string" || name === "" || name.length > 200) {
+    throw new ConfigError("holdfast: `name` must be a string of 1 to 200 characters");
+  }
+  return {
+    name,
+    kinds,
+    concurrency: positiveInt("concurrency", opts.concurrency, workerDefaults.concurrency),
+    sweepIntervalMs: positiveInt(
+      "sweepIntervalMs",
+      opts.sweepIntervalMs,
+      workerDefaults.sweepIntervalMs,
+    ),
+    rescanIntervalMs: positiveInt(
+      "rescanIntervalMs",
+      opts.rescanIntervalMs,
+      workerDefaults.rescanIntervalMs,
+    ),
+    shutdownTimeoutMs: positiveInt(
+      "shutdownTimeoutMs",
+      opts.shutdownTimeoutMs,
+      workerDefaults.shutdownTimeoutMs,
+    ),
+    reconnectMaxDelayMs: positiveInt(
+      "reconnectMaxDelayMs",
+      opts.reconnectMaxDelayMs,
+      workerDefaults.reconnectMaxDelayMs,
+    ),
+  };
+}

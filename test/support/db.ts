@@ -1,0 +1,54 @@
+import { randomBytes } from "node:crypto";
+import pg from "pg";
+import { pino } from "pino";
+import { inject } from "vitest";
+import { Holdfast } from "../../src/index.js";
+
+export const silent = pino({ level: "silent" });
+
+export function withDatabase(url: string, database: string): string {
+  const u = new URL(url);
+  u.pathname = `/${database}`;
+  return u.toString();
+}
+
+export interface TestDatabase {
+  url: string;
+  /** A pool on the test database for assertions. */
+  pool: pg.Pool;
+  drop(): Promise<void>;
+}
+
+/**
+ * A fresh database for one test file (advisory locks are per database, so files running in
+ * parallel never see each other's locks). Migrated unless `migrate: false`.
+ */
+export async function freshDatabase(
+  opts: { migrate?: boolean; adminUrl?: string } = {},
+): Promise<TestDatabase> {
+  const adminUrl = opts.adminUrl ?? inject("adminUrl");
+  const name = `hf_${randomBytes(6).toString("hex")}`;
+  const admin = new pg.Client({ connectionString: adminUrl });
+  await admin.connect();
+  await admin.query(`create database ${name}`);
+  await admin.end();
+  const url = withDatabase(adminUrl, name);
+  if (opts.migrate !== false) {
+    const hf = new Holdfast({ connectionString: url, logger: silent });
+    await hf.migrate();
+    await hf.close();
+  }
+  const pool = new pg.Pool({ connectionString: url, max: 5 });
+  pool.on("error", () => {});
+  return {
+    url,
+    pool,
+    drop: async () => {
+      await pool.end();
+      const a = new pg.Client({ connectionString: adminUrl });
+      await a.connect();
+      await a.query(`drop database if exists ${name} with (force)`);
+      await a.end();
+    },
+  };
+}

