@@ -1,0 +1,42 @@
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { Holdfast } from "../src/index.js";
+import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
+import { createRunsTable, overlaps, type RunRow, startWorkerProcess, type WorkerProcess } from "./support/processes.js";
+
+let db: TestDatabase;
+const procs: WorkerProcess[] = [];
+
+beforeAll(async () => {
+  db = await freshDatabase();
+  await createRunsTable(db.pool);
+});
+
+afterAll(async () => {
+  await Promise.all(procs.map((p) => p.kill()));
+  await db.drop();
+});
+
+it("3 processes x concurrency 2 never overlap runs of a key, and run every task exactly once", async () => {
+  procs.push(...(await Promise.all(["a", "b", "c"].map((n) => startWorkerProcess(db.url, n, { HF_CONCURRENCY: "2" })))));
+  const hf = new Holdfast({ pool: db.pool, logger: silent });
+  const keys = ["dream:ws:alice", "dream:ws:bob", "dream:ws:carol", "dream:ws:dave"];
+  for (let i = 0; i < 20; i++) {
+    // Each run lasts far longer than the sweep interval and any claim round trip.
+    await hf.enqueue("job", { key: keys[i % 4] as string, payload: { ms: 2_000 } });
+  }
+  const deadline = Date.now() + 90_000;
+  for (;;) {
+    const { rows } = await db.pool.query("select count(*)::int as n from holdfast.tasks where state <> 'succeeded'");
+    if (rows[0].n === 0 || Date.now() > deadline) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  const { rows: tasks } = await db.pool.query("select state, attempt from holdfast.tasks");
+  expect(tasks).toHaveLength(20);
+  expect(tasks.every((t) => t.state === "succeeded" && t.attempt === 1)).toBe(true);
+  const { rows: runs } = await db.pool.query<RunRow>("select * from runs");
+  expect(runs).toHaveLength(20);
+  expect(new Set(runs.map((r) => r.task_id)).size).toBe(20);
+  expect(overlaps(runs)).toEqual([]);
+  // The work was spread: more than one process ran tasks, and keys ran side by side.
+  expect(new Set(runs.map((r) => r.worker)).size).toBeGreaterThan(1);
+});
