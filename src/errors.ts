@@ -135,3 +135,13 @@ export function asConnectionError(err: unknown, what: string): HoldfastError {
   const detail = err instanceof Error ? err.message : String(err);
   return new ConnectionError(`holdfast: ${what}: ${detail}`, { cause: err });
 }
+
+/** For any query error: the typed error of its SQLSTATE; a socket error (no SQLSTATE) means
+ *  the server could not be reached; anything else unchanged. */
+export function asKnownError(err: unknown): unknown {
+  const e = translateError(err);
+  if (e !== err) return e;
+  if (err instanceof Error && !("severity" in err))
+    return asConnectionError(err, "cannot reach Postgres");
+  return err;
+}

@@ -1,6 +1,12 @@
 import type pg from "pg";
 import type { Logger } from "pino";
-import { asConnectionError, ConfigError, InvalidArgumentError, translateError } from "./errors.js";
+import {
+  asConnectionError,
+  asKnownError,
+  ConfigError,
+  InvalidArgumentError,
+  translateError,
+} from "./errors.js";
 import { type MigrateResult, migrate } from "./migrate.js";
 import {
   type HoldfastOptions,
@@ -124,15 +130,6 @@ export class Holdfast {
       throw asKnownError(err);
     }
   }
-}
-
-function asKnownError(err: unknown): unknown {
-  const e = translateError(err);
-  if (e !== err) return e;
-  // Errors from the socket (no SQLSTATE) mean the server could not be reached.
-  if (err instanceof Error && !("severity" in err))
-    return asConnectionError(err, "cannot reach Postgres");
-  return err;
 }
 
 /** JSON-encodes a payload, refusing what JSON cannot represent faithfully. */

@@ -2,6 +2,7 @@ import { EventEmitter } from "node:events";
 import type pg from "pg";
 import type { Logger } from "pino";
 import {
+  asKnownError,
   HoldfastError,
   LockLostError,
   ShutdownError,
@@ -95,7 +96,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.state = "starting";
     try {
       for (const k of this.opts.kinds.values()) {
-        await this.deps.pool.query(sql.defineKind, [k.kind, k.maxAttempts ?? null]);
+        await this.deps.pool.query(sql.defineKind, [k.kind, k.maxAttempts ?? null]).catch((err) => {
+          throw asKnownError(err);
+        });
       }
       // LISTEN before the first scan, so a task enqueued in between still wakes us.
       this.listener = new Listener(
