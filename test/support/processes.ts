@@ -99,17 +99,19 @@ export async function createRunsTable(pool: pg.Pool): Promise<void> {
 }
 
 /** Pairs of runs of one key whose intervals overlap (a run without an end counts as open until `openUntil`). */
-export function overlaps(
-  runs: RunRow[],
-  openUntil: (r: RunRow) => number = () => Number.POSITIVE_INFINITY,
-): Array<[RunRow, RunRow]> {
-  const byKey = new Map<string, RunRow[]>();
+type Interval = Pick<RunRow, "key" | "started_at" | "ended_at">;
+
+export function overlaps<R extends Interval>(
+  runs: R[],
+  openUntil: (r: R) => number = () => Number.POSITIVE_INFINITY,
+): Array<[R, R]> {
+  const byKey = new Map<string, R[]>();
   for (const r of runs) byKey.set(r.key, [...(byKey.get(r.key) ?? []), r]);
-  const bad: Array<[RunRow, RunRow]> = [];
+  const bad: Array<[R, R]> = [];
   for (const list of byKey.values()) {
     list.sort((a, b) => a.started_at.getTime() - b.started_at.getTime());
-    let latest: RunRow | undefined; // the run that ends last among those started so far
-    const end = (r: RunRow) => (r.ended_at ? r.ended_at.getTime() : openUntil(r));
+    let latest: R | undefined; // the run that ends last among those started so far
+    const end = (r: R) => (r.ended_at ? r.ended_at.getTime() : openUntil(r));
     for (const cur of list) {
       if (latest && cur.started_at.getTime() < end(latest)) bad.push([latest, cur]);
       if (!latest || end(cur) > end(latest)) latest = cur;
