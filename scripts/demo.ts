@@ -3,7 +3,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import pg from "pg";
 import { pino } from "pino";
 import { Holdfast } from "../src/index.js";
 import { startEmbedded } from "../test/support/postgres.js";
