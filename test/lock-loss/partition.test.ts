@@ -37,17 +37,22 @@ afterAll(async () => {
 
 it("a partitioned worker aborts its handler before the server frees the lock; the takeover starts only after; its late complete is rejected", async () => {
   const runs: RunLog[] = [];
-  const handler = (worker: string) => async (task: RunLog["task"], ctx: { signal: AbortSignal }) => {
-    const run: RunLog = { worker, task, startedAt: Date.now() };
-    runs.push(run);
-    if (worker === "b") return; // the takeover finishes at once
-    run.abortedAt = await aborted(ctx.signal);
-    run.abortReason = ctx.signal.reason;
-    run.endedAt = Date.now();
-  };
+  const handler =
+    (worker: string) => async (task: RunLog["task"], ctx: { signal: AbortSignal }) => {
+      const run: RunLog = { worker, task, startedAt: Date.now() };
+      runs.push(run);
+      if (worker === "b") return; // the takeover finishes at once
+      run.abortedAt = await aborted(ctx.signal);
+      run.abortReason = ctx.signal.reason;
+      run.endedAt = Date.now();
+    };
 
   // Worker a reaches Postgres only through the proxy (lock, LISTEN and pool connections).
-  const poolA = new pg.Pool({ connectionString: proxy.url, max: 2, connectionTimeoutMillis: 2_000 });
+  const poolA = new pg.Pool({
+    connectionString: proxy.url,
+    max: 2,
+    connectionTimeoutMillis: 2_000,
+  });
   poolA.on("error", () => {});
   const hfA = new Holdfast({ pool: poolA, logger: silent });
   const a = hfA.worker({ name: "a", lockSession: fast, handlers: { job: handler("a") } });
@@ -137,7 +142,11 @@ it("a quiet lock session is kept alive by its health check under a short idle_se
   const w = hf.worker({
     name: "quiet",
     sweepIntervalMs: 60_000,
-    lockSession: { healthCheckIntervalMs: 200, healthCheckTimeoutMs: 300, idleSessionTimeoutMs: 1_500 },
+    lockSession: {
+      healthCheckIntervalMs: 200,
+      healthCheckTimeoutMs: 300,
+      idleSessionTimeoutMs: 1_500,
+    },
     handlers: { job: async () => {} },
   });
   let lostCount = 0;
