@@ -173,6 +173,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
     this.kick();
     await this.pumping;
+    // Left unreported only when the lock session was lost meanwhile: those locks are gone.
+    for (const s of this.settled.splice(0)) this.finish(s.run, "lost", s.error);
     await this.listener?.close();
     await this.session?.close();
     this.state = "stopped";
