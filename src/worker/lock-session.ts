@@ -82,6 +82,7 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
   private pending = 0;
   private probeTimer: NodeJS.Timeout | undefined;
   private deadlineTimer: NodeJS.Timeout | undefined;
+  private inflight: symbol | undefined;
   /** When the session last answered (ms since epoch). */
   lastAnswerAt = 0;
   readonly pid: Promise<number>;
@@ -160,10 +161,16 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
   ): Promise<R[]> {
     if (this.ended) throw new LockLostError("holdfast: the lock session is closed");
     const limit = this.settings.healthCheckTimeoutMs;
-    this.deadlineTimer = setTimeout(
-      () => this.markLost(`lock session did not answer within ${limit} ms`),
-      limit,
-    );
+    const token = Symbol(text);
+    this.inflight = token;
+    // Timers run before pending I/O: after a stalled event loop, let an answer that already
+    // arrived be read (setImmediate runs after the poll phase) before calling the session lost.
+    this.deadlineTimer = setTimeout(() => {
+      setImmediate(() => {
+        if (this.inflight === token)
+          this.markLost(`lock session did not answer within ${limit} ms`);
+      });
+    }, limit);
     this.deadlineTimer.unref();
     try {
       const { rows } = await this.client.query<R>(text, values);
@@ -177,6 +184,7 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
     } finally {
       clearTimeout(this.deadlineTimer);
       this.deadlineTimer = undefined;
+      this.inflight = undefined;
     }
   }
 

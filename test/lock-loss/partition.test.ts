@@ -166,3 +166,25 @@ it("a quiet lock session is kept alive by its health check under a short idle_se
   expect(lostCount).toBe(0);
   expect(await pidOf()).toEqual(before);
 });
+
+it("a stalled event loop does not make a healthy lock session look lost", async () => {
+  const hf = new Holdfast({ pool: db.pool, logger: silent });
+  const w = hf.worker({
+    name: "stalled",
+    sweepIntervalMs: 60_000,
+    lockSession: { healthCheckIntervalMs: 100, healthCheckTimeoutMs: 300 },
+    handlers: { job: async () => {} },
+  });
+  let lostCount = 0;
+  w.on("lock:lost", () => lostCount++);
+  await w.start();
+  cleanup.push(() => w.stop());
+  // Busy loops longer than the deadline while probes are in flight: their answers arrive
+  // during the stall and must be read before the deadline is judged.
+  for (let i = 0; i < 5; i++) {
+    const until = Date.now() + 600;
+    while (Date.now() < until) {}
+    await new Promise((r) => setTimeout(r, 50 + Math.random() * 100));
+  }
+  expect(lostCount).toBe(0);
+});
