@@ -70,18 +70,24 @@ it("a handler that ignores its abort signal has its fenced writes and its comple
   const { id } = await hf.enqueue("job", { key: "dream:ws:carol:carol" });
   const [first] = await waitEvent(a, "task:start", (t) => t.id === id);
 
+  const holdB = gate();
   const b = hf.worker({
     name: "b",
-    handlers: { job: (task: Task, ctx) => guardedWrite(task, ctx.assertFence) },
+    handlers: {
+      job: async (task: Task, ctx) => {
+        await holdB.promise;
+        await guardedWrite(task, ctx.assertFence);
+      },
+    },
   });
   await b.start();
+  const takeoverStart = waitEvent(b, "task:start", (t) => t.id === id && t.attempt === 2);
   const takeoverEnd = waitEvent(b, "task:end", (t) => t.id === id && t.attempt === 2);
   const zombieEnd = waitEvent(a, "task:end", (t) => t.id === id && t.attempt === 1);
   await db.pool.query("select pg_terminate_backend($1)", [await lockHolder(db.pool, first.key)]);
 
-  const [second, secondOutcome] = await takeoverEnd;
+  const [second] = await takeoverStart;
   expect(second.fence).toBeGreaterThan(first.fence);
-  expect(secondOutcome.outcome).toBe("succeeded");
   // The zombie still runs: its slot stays taken, so worker a does not double-book itself.
   expect(a.activeCount).toBe(1);
 
@@ -91,23 +97,30 @@ it("a handler that ignores its abort signal has its fenced writes and its comple
   expect(zombieWrite).toBeInstanceOf(StaleFenceError);
   expect(zombieOutcome.outcome).toBe("lost"); // its success was never reported
 
-  // Its completion, sent late with its fence, is rejected and changes nothing.
-  const { rows: late } = await db.pool.query<{ ok: boolean }>(
+  // Its completion or failure, sent late with its fence while attempt 2 runs, is rejected
+  // and changes nothing.
+  for (const late of [
     "select holdfast.complete($1, $2) as ok",
-    [id, first.fence],
-  );
-  expect(late[0]?.ok).toBe(false);
-  const { rows: fail } = await db.pool.query<{ ok: boolean }>(
-    "select holdfast.fail($1, $2, 'late') as ok",
-    [id, first.fence],
-  );
-  expect(fail[0]?.ok).toBe(false);
+    "select holdfast.fail($1, $2, 'late', interval '0') as ok",
+  ]) {
+    const { rows } = await db.pool.query<{ ok: boolean }>(late, [id, first.fence]);
+    expect(rows[0]?.ok).toBe(false);
+  }
+  const state = async () =>
+    (
+      await db.pool.query(
+        "select state, attempt, fence::bigint::float8 as fence, last_error->>'message' as error from holdfast.tasks where id = $1",
+        [id],
+      )
+    ).rows[0];
+  const during = await state();
+  expect(during).toMatchObject({ state: "running", attempt: 2, fence: second.fence });
+  expect(during.error).not.toBe("late");
 
-  const { rows: task } = await db.pool.query(
-    "select state, attempt, last_error from holdfast.tasks where id = $1",
-    [id],
-  );
-  expect(task[0]).toMatchObject({ state: "succeeded", attempt: 2 });
+  holdB.open();
+  const [, secondOutcome] = await takeoverEnd;
+  expect(secondOutcome.outcome).toBe("succeeded");
+  expect(await state()).toMatchObject({ state: "succeeded", attempt: 2 });
   const { rows: effects } = await db.pool.query("select attempt from effects where task_id = $1", [
     id,
   ]);
