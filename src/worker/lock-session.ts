@@ -113,7 +113,8 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
     try {
       await this.client.connect();
       const s = this.settings;
-      const { rows } = await this.client.query<{ pid: number }>(
+      // Through query(): a connection that goes half-open right away hits the deadline too.
+      const rows = await this.query<{ pid: number }>(
         `select pg_backend_pid() as pid, (select count(set_config(v.name, v.setting, false))
            from (values ('idle_session_timeout', $5), ('idle_in_transaction_session_timeout', '60000'),
                         ('statement_timeout', '0'), ('tcp_keepalives_idle', $1), ('tcp_keepalives_interval', $2),
@@ -128,9 +129,9 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
         ],
       );
       this.resolvePid(rows[0]?.pid ?? 0);
-      this.answered();
     } catch (err) {
       this.ended = true;
+      this.stopTimers();
       this.destroySocket();
       throw asConnectionError(err, "cannot open the lock session");
     }
