@@ -19,8 +19,10 @@ export type {
   Handler,
   HandlerContext,
   KindOptions,
+  LockSessionOptions,
   Queryable,
   Task,
   WorkerOptions,
 } from "./types.js";
+export { lockSessionDefaults } from "./worker/lock-session.js";
 export type { Worker, WorkerEvents } from "./worker/worker.js";

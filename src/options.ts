@@ -2,7 +2,13 @@ import os from "node:os";
 import pg from "pg";
 import { type Logger, pino } from "pino";
 import { ConfigError } from "./errors.js";
-import type { KindOptions, WorkerOptions } from "./types.js";
+import type { KindOptions, LockSessionOptions, WorkerOptions } from "./types.js";
+import {
+  clientDetectionMs,
+  type LockSessionSettings,
+  lockSessionDefaults,
+  serverReleaseMs,
+} from "./worker/lock-session.js";
 
 export interface HoldfastOptions {
   /** `postgres://user:pass@host:port/db`. Either this or `pool`. */
@@ -85,6 +91,7 @@ export interface ResolvedWorkerOptions {
   rescanIntervalMs: number;
   shutdownTimeoutMs: number;
   reconnectMaxDelayMs: number;
+  lockSession: LockSessionSettings;
 }
 
 export interface ResolvedKind extends KindOptions {
@@ -151,5 +158,33 @@ export function resolveWorkerOptions(opts: WorkerOptions): ResolvedWorkerOptions
       opts.reconnectMaxDelayMs,
       workerDefaults.reconnectMaxDelayMs,
     ),
+    lockSession: resolveLockSession(opts.lockSession),
   };
+}
+
+/** The client must call its session lost well before the server can free the locks. */
+function resolveLockSession(opts: LockSessionOptions | undefined): LockSessionSettings {
+  if (opts !== undefined && (typeof opts !== "object" || opts === null))
+    throw new ConfigError("holdfast: `lockSession` must be an object");
+  const s: LockSessionSettings = { ...lockSessionDefaults };
+  for (const name of Object.keys(lockSessionDefaults) as (keyof LockSessionSettings)[]) {
+    const v = opts?.[name] ?? lockSessionDefaults[name];
+    const zeroOk = name === "tcpUserTimeoutMs" || name === "idleSessionTimeoutMs";
+    if (!Number.isInteger(v) || v < (zeroOk ? 0 : 1) || v > 2_147_483_647)
+      throw new ConfigError(
+        `holdfast: \`lockSession.${name}\` must be an integer ${zeroOk ? ">= 0" : ">= 1"}, got ${String(v)}`,
+      );
+    s[name] = v;
+  }
+  const detect = clientDetectionMs(s);
+  const release = serverReleaseMs(s);
+  if (detect * 2 > release || release - detect < 1_000) {
+    throw new ConfigError(
+      `holdfast: lock-loss detection (healthCheckIntervalMs + healthCheckTimeoutMs = ${detect} ms) ` +
+        `must be at most half the server release bound (${release} ms, from tcp_user_timeout, ` +
+        "keepalives and idle_session_timeout) and 1 s below it, so a worker aborts its handlers " +
+        "before the server can free their locks",
+    );
+  }
+  return s;
 }

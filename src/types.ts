@@ -57,6 +57,31 @@ export interface WorkerOptions {
   shutdownTimeoutMs?: number;
   /** Upper bound of the reconnect backoff of the lock session (default 5 s). */
   reconnectMaxDelayMs?: number;
+  /** Lock-loss detection and release timing (README: "Lock loss: detection and release"). */
+  lockSession?: LockSessionOptions;
+}
+
+/**
+ * The client gives up a silent lock session after at most healthCheckIntervalMs +
+ * healthCheckTimeoutMs; the server frees its locks no sooner than the smallest of the TCP and
+ * idle bounds. The first must be at most half the second (checked: ConfigError otherwise).
+ */
+export interface LockSessionOptions {
+  /** Probe a quiet lock session after this long (default 1000 ms). */
+  healthCheckIntervalMs?: number;
+  /** Deadline of every lock-session query, probes included (default 3000 ms). */
+  healthCheckTimeoutMs?: number;
+  /** Server tcp_keepalives_idle in seconds (default 10). */
+  tcpKeepalivesIdleSec?: number;
+  /** Server tcp_keepalives_interval in seconds (default 5). */
+  tcpKeepalivesIntervalSec?: number;
+  /** Server tcp_keepalives_count (default 3). */
+  tcpKeepalivesCount?: number;
+  /** Server tcp_user_timeout in ms (default 20000; 0 = the OS default). */
+  tcpUserTimeoutMs?: number;
+  /** Server idle_session_timeout in ms, PG 14+ (default 0 = off). Frees a silent client's locks
+   *  where TCP cannot tell, e.g. behind a proxy that answers keepalives. */
+  idleSessionTimeoutMs?: number;
 }
 
 export interface EnqueueOptions<P = unknown> {

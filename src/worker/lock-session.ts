@@ -2,42 +2,96 @@ import { EventEmitter } from "node:events";
 import pg from "pg";
 import { asConnectionError, LockLostError, translateError } from "../errors.js";
 
-/** Server settings of a lock session, applied where the server knows them (PG 13-18). */
-export interface SessionSettings {
-  /** Seconds of silence before the server probes a client (tcp_keepalives_idle). */
-  keepalivesIdle: number;
-  keepalivesInterval: number;
-  keepalivesCount: number;
-  /** Milliseconds unacknowledged data may stay in flight before the server drops the client. */
+/**
+ * How a lock session detects its own loss (client side) and how long the server keeps the
+ * locks of a silent client (server side). The client must always give up first: see
+ * `clientDetectionMs` and `serverReleaseMs`, checked by resolveWorkerOptions.
+ */
+export interface LockSessionSettings {
+  /** A quiet session is probed (`select 1`) after this long without an answer. */
+  healthCheckIntervalMs: number;
+  /** Any query on the session (probe, claim, report) unanswered this long means the session
+   *  is lost: handlers are aborted and the socket is destroyed, never reused. */
+  healthCheckTimeoutMs: number;
+  /** Server `tcp_keepalives_idle`, in seconds. */
+  tcpKeepalivesIdleSec: number;
+  /** Server `tcp_keepalives_interval`, in seconds. */
+  tcpKeepalivesIntervalSec: number;
+  /** Server `tcp_keepalives_count`. */
+  tcpKeepalivesCount: number;
+  /** Server `tcp_user_timeout` in ms (0: the OS default, keepalives alone bound the release). */
   tcpUserTimeoutMs: number;
+  /** Server `idle_session_timeout` in ms (PG 14+; 0: off). The health check keeps the session
+   *  busy, so a positive value frees the locks of a client that went silent even where TCP
+   *  cannot tell (a proxy or NAT that answers keepalives, a frozen process). */
+  idleSessionTimeoutMs: number;
 }
 
-export const defaultSessionSettings: SessionSettings = {
-  keepalivesIdle: 10,
-  keepalivesInterval: 5,
-  keepalivesCount: 3,
+export const lockSessionDefaults: LockSessionSettings = {
+  healthCheckIntervalMs: 1_000,
+  healthCheckTimeoutMs: 3_000,
+  tcpKeepalivesIdleSec: 10,
+  tcpKeepalivesIntervalSec: 5,
+  tcpKeepalivesCount: 3,
   tcpUserTimeoutMs: 20_000,
+  idleSessionTimeoutMs: 0,
 };
+
+/**
+ * Worst case between the last answer of the session and the client calling it lost: the
+ * probe fires after the interval and waits the timeout. Every query is bounded the same way.
+ */
+export function clientDetectionMs(s: LockSessionSettings): number {
+  return s.healthCheckIntervalMs + s.healthCheckTimeoutMs;
+}
+
+/**
+ * Earliest the server can free the locks of a silent client, counted from the last bytes it
+ * received: the smallest of the bounds that apply. With tcp_user_timeout set, Linux drops
+ * after that many ms of silence whatever the keepalive count; other systems use the count.
+ */
+export function serverReleaseMs(s: LockSessionSettings): number {
+  const keepalives =
+    (s.tcpKeepalivesIdleSec + s.tcpKeepalivesIntervalSec * s.tcpKeepalivesCount) * 1000;
+  let bound = s.tcpUserTimeoutMs > 0 ? Math.min(s.tcpUserTimeoutMs, keepalives) : keepalives;
+  if (s.idleSessionTimeoutMs > 0) bound = Math.min(bound, s.idleSessionTimeoutMs);
+  return bound;
+}
 
 interface LockSessionEvents {
   lost: [LockLostError];
 }
 
+/** The socket under a pg.Client; pg does not expose it, and a doubtful one must be destroyed. */
+interface ClientInternals {
+  connection?: { stream?: { destroy(): void } };
+}
+
 /**
  * The worker's dedicated connection (outside any pool) that holds the advisory locks of all
- * its running tasks. Its end — error, close, or a failed health check — means every lock is
- * gone, reported once through `lost`.
+ * its running tasks. Its end (error, close, or a query left unanswered past the deadline)
+ * means every lock is gone, reported once through `lost`.
+ *
+ * Queries are dispatched one at a time by this class, so each one's deadline starts when it
+ * is actually sent: a probe queued behind a slow claim is not failed for the claim's time.
  */
 export class LockSession extends EventEmitter<LockSessionEvents> {
   private client: pg.Client;
   private ended = false;
+  private tail: Promise<unknown> = Promise.resolve();
+  private pending = 0;
+  private probeTimer: NodeJS.Timeout | undefined;
+  private deadlineTimer: NodeJS.Timeout | undefined;
+  private inflight: symbol | undefined;
+  /** When the session last answered (ms since epoch). */
+  lastAnswerAt = 0;
   readonly pid: Promise<number>;
   private resolvePid!: (pid: number) => void;
 
   constructor(
     config: pg.ClientConfig,
     readonly applicationName: string,
-    private readonly settings: SessionSettings = defaultSessionSettings,
+    private readonly settings: LockSessionSettings = lockSessionDefaults,
   ) {
     super();
     this.pid = new Promise((resolve) => {
@@ -47,9 +101,10 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
       ...config,
       application_name: applicationName,
       keepAlive: true,
-      keepAliveInitialDelayMillis: settings.keepalivesIdle * 1000,
+      keepAliveInitialDelayMillis: settings.tcpKeepalivesIdleSec * 1000,
       connectionTimeoutMillis: config.connectionTimeoutMillis ?? 10_000,
     });
+    // Event-driven loss: a terminated backend or a closed socket is noticed at once.
     this.client.on("error", (err) => this.markLost(`lock session error: ${err.message}`, err));
     this.client.on("end", () => this.markLost("lock session closed"));
   }
@@ -58,23 +113,26 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
     try {
       await this.client.connect();
       const s = this.settings;
-      const { rows } = await this.client.query<{ pid: number }>(
+      // Through query(): a connection that goes half-open right away hits the deadline too.
+      const rows = await this.query<{ pid: number }>(
         `select pg_backend_pid() as pid, (select count(set_config(v.name, v.setting, false))
-           from (values ('idle_session_timeout', '0'), ('idle_in_transaction_session_timeout', '60000'),
+           from (values ('idle_session_timeout', $5), ('idle_in_transaction_session_timeout', '60000'),
                         ('statement_timeout', '0'), ('tcp_keepalives_idle', $1), ('tcp_keepalives_interval', $2),
                         ('tcp_keepalives_count', $3), ('tcp_user_timeout', $4)) v(name, setting)
            where exists (select 1 from pg_settings p where p.name = v.name)) as applied`,
         [
-          String(s.keepalivesIdle),
-          String(s.keepalivesInterval),
-          String(s.keepalivesCount),
+          String(s.tcpKeepalivesIdleSec),
+          String(s.tcpKeepalivesIntervalSec),
+          String(s.tcpKeepalivesCount),
           String(s.tcpUserTimeoutMs),
+          String(s.idleSessionTimeoutMs),
         ],
       );
       this.resolvePid(rows[0]?.pid ?? 0);
     } catch (err) {
       this.ended = true;
-      await this.client.end().catch(() => {});
+      this.stopTimers();
+      this.destroySocket();
       throw asConnectionError(err, "cannot open the lock session");
     }
   }
@@ -84,25 +142,102 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
   }
 
   async query<R extends pg.QueryResultRow>(text: string, values?: unknown[]): Promise<R[]> {
-    if (this.ended) throw new LockLostError("holdfast: the lock session is closed");
+    this.pending++;
+    const result = this.tail.then(() => this.dispatch<R>(text, values));
+    this.tail = result.then(
+      () => {},
+      () => {},
+    );
     try {
-      return (await this.client.query<R>(text, values)).rows;
-    } catch (err) {
-      throw translateError(err);
+      return await result;
+    } finally {
+      this.pending--;
+      this.armProbe();
     }
   }
 
-  /** Marks the session lost (once) and emits `lost`. */
+  private async dispatch<R extends pg.QueryResultRow>(
+    text: string,
+    values?: unknown[],
+  ): Promise<R[]> {
+    if (this.ended) throw new LockLostError("holdfast: the lock session is closed");
+    const limit = this.settings.healthCheckTimeoutMs;
+    const token = Symbol(text);
+    this.inflight = token;
+    // Timers run before pending I/O: after a stalled event loop, let an answer that already
+    // arrived be read (setImmediate runs after the poll phase) before calling the session lost.
+    this.deadlineTimer = setTimeout(() => {
+      setImmediate(() => {
+        if (this.inflight === token)
+          this.markLost(`lock session did not answer within ${limit} ms`);
+      });
+    }, limit);
+    this.deadlineTimer.unref();
+    try {
+      const { rows } = await this.client.query<R>(text, values);
+      this.answered();
+      return rows;
+    } catch (err) {
+      if (this.ended)
+        throw new LockLostError("holdfast: the lock session was lost", { cause: err });
+      if (err instanceof Error && "severity" in err) this.answered(); // the server answered
+      throw translateError(err);
+    } finally {
+      clearTimeout(this.deadlineTimer);
+      this.deadlineTimer = undefined;
+      this.inflight = undefined;
+    }
+  }
+
+  private answered(): void {
+    this.lastAnswerAt = Date.now();
+    this.armProbe();
+  }
+
+  /** Probes the session once it has been quiet for the interval; busy sessions probe themselves. */
+  private armProbe(): void {
+    if (this.probeTimer) clearTimeout(this.probeTimer);
+    if (this.ended) return;
+    this.probeTimer = setTimeout(() => {
+      if (this.ended || this.pending > 0) return;
+      this.query("select 1").catch((err) => this.markLost("lock session health check failed", err));
+    }, this.settings.healthCheckIntervalMs);
+    this.probeTimer.unref();
+  }
+
+  /** Marks the session lost (once), destroys its socket and emits `lost`. */
   markLost(reason: string, cause?: unknown): void {
     if (this.ended) return;
     this.ended = true;
+    this.stopTimers();
+    // A doubtful connection is never reused: destroying it also fails any query in flight.
+    this.destroySocket();
     this.emit("lost", new LockLostError(`holdfast: ${reason}`, { cause }));
   }
 
   /** Ends the session; the server releases every lock it held. */
   async close(): Promise<void> {
+    const wasLost = this.ended;
     this.ended = true;
+    this.stopTimers();
     this.removeAllListeners("lost");
-    await this.client.end().catch(() => {});
+    if (wasLost) return this.destroySocket();
+    // A polite end waits for the server; if it does not answer in time, cut the socket.
+    const timer = new Promise<void>((resolve) => {
+      setTimeout(resolve, this.settings.healthCheckTimeoutMs).unref();
+    });
+    await Promise.race([this.client.end().catch(() => {}), timer]);
+    this.destroySocket();
+  }
+
+  private stopTimers(): void {
+    if (this.probeTimer) clearTimeout(this.probeTimer);
+    if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
+    this.probeTimer = undefined;
+    this.deadlineTimer = undefined;
+  }
+
+  private destroySocket(): void {
+    (this.client as unknown as ClientInternals).connection?.stream?.destroy();
   }
 }

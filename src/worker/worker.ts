@@ -63,6 +63,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private session: LockSession | undefined;
   private listener: Listener | undefined;
   private readonly running = new Map<number, Run>();
+  /** Runs whose lock was lost whose handler has not returned, displaced by a new claim. */
+  private readonly zombies = new Set<Run>();
   private settled: Settlement[] = [];
   private wantClaim = false;
   private sweepDue = false;
@@ -87,7 +89,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
 
   /** Tasks running now. */
   get activeCount(): number {
-    return this.running.size;
+    return this.running.size + this.zombies.size;
   }
 
   async start(): Promise<void> {
@@ -174,6 +176,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
     this.kick();
     await this.pumping;
+    // Left unreported only when the lock session was lost meanwhile: those locks are gone.
+    for (const s of this.settled.splice(0)) this.finish(s.run, "lost", s.error);
     await this.listener?.close();
     await this.session?.close();
     this.state = "stopped";
@@ -181,7 +185,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   }
 
   private async waitIdle(): Promise<void> {
-    while (this.running.size > 0) {
+    while (this.activeCount > 0) {
       await new Promise<void>((resolve) => this.once("task:end", () => resolve()));
     }
   }
@@ -206,7 +210,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   }
 
   private canClaim(): boolean {
-    return this.state === "running" && this.running.size < this.opts.concurrency;
+    return this.state === "running" && this.activeCount < this.opts.concurrency;
   }
 
   private async pump(): Promise<void> {
@@ -237,7 +241,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   }
 
   private async claim(session: LockSession): Promise<void> {
-    const free = this.opts.concurrency - this.running.size;
+    const free = this.opts.concurrency - this.activeCount;
     const rows = await session.query<TaskRow>(sql.claim, [this.kinds, this.name, free]);
     rows.sort((a, b) => Number(a.id) - Number(b.id));
     for (const row of rows) this.startRun(session, toTask(row));
@@ -281,30 +285,37 @@ export class Worker extends EventEmitter<WorkerEvents> {
 
   /** Reports finished runs: successes in one batch, failures one by one. */
   private async report(session: LockSession, batch: Settlement[]): Promise<void> {
-    const live = batch.filter((s) => s.run.session === session);
-    for (const s of batch) {
-      if (s.run.session !== session) this.finish(s.run, "lost", s.error);
-    }
-    const ok = live.filter((s) => s.error === undefined);
-    if (ok.length > 0) {
-      const [row] = await session.query<{ rejected: string[] | null }>(
-        "select array(select holdfast.complete_many($1::bigint[], $2::bigint[])) as rejected",
-        [ok.map((s) => s.run.task.id), ok.map((s) => s.run.task.fence)],
-      );
-      const rejected = new Set((row?.rejected ?? []).map(Number));
-      for (const s of ok)
-        this.finish(s.run, rejected.has(s.run.task.id) ? "rejected" : "succeeded");
-    }
-    for (const s of live.filter((x) => x.error !== undefined)) {
-      const err = s.error instanceof Error ? s.error : new Error(String(s.error));
-      const [row] = await session.query<{ ok: boolean }>(sql.fail, [
-        s.run.task.id,
-        s.run.task.fence,
-        `${err.name}: ${err.message}`,
-        null,
-        err.stack ?? null,
-      ]);
-      this.finish(s.run, row?.ok ? "failed" : "rejected", s.error);
+    const pending = new Set(batch);
+    const end = (s: Settlement, outcome: "succeeded" | "failed" | "lost" | "rejected") => {
+      pending.delete(s);
+      this.finish(s.run, outcome, s.error);
+    };
+    try {
+      // Runs claimed on an earlier session lost their lock with it: nothing to report.
+      for (const s of batch) if (s.run.session !== session) end(s, "lost");
+      const ok = [...pending].filter((s) => s.error === undefined);
+      if (ok.length > 0) {
+        const [row] = await session.query<{ rejected: string[] | null }>(
+          "select array(select holdfast.complete_many($1::bigint[], $2::bigint[])) as rejected",
+          [ok.map((s) => s.run.task.id), ok.map((s) => s.run.task.fence)],
+        );
+        const rejected = new Set((row?.rejected ?? []).map(Number));
+        for (const s of ok) end(s, rejected.has(s.run.task.id) ? "rejected" : "succeeded");
+      }
+      for (const s of [...pending]) {
+        const err = s.error instanceof Error ? s.error : new Error(String(s.error));
+        const [row] = await session.query<{ ok: boolean }>(sql.fail, [
+          s.run.task.id,
+          s.run.task.fence,
+          `${err.name}: ${err.message}`,
+          null,
+          err.stack ?? null,
+        ]);
+        end(s, row?.ok ? "failed" : "rejected");
+      }
+    } finally {
+      // The session failed mid-report: whatever was not confirmed is not ours to claim.
+      for (const s of pending) this.finish(s.run, "lost", s.error);
     }
   }
 
@@ -341,6 +352,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
       fence: task.fence,
     });
     const run: Run = { task, controller, session, logger };
+    const zombie = this.running.get(task.id);
+    // Its lock is gone; it still counts against concurrency until its handler returns.
+    if (zombie) this.zombies.add(zombie);
     this.running.set(task.id, run);
     const ctx: HandlerContext = {
       signal: controller.signal,
@@ -366,7 +380,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
   }
 
   private settle(run: Run, error: unknown): void {
-    this.running.delete(run.task.id);
+    // A run aborted by a lock loss may return after the same task was claimed again.
+    if (this.running.get(run.task.id) === run) this.running.delete(run.task.id);
+    this.zombies.delete(run);
     if (run.session.isLost || run.controller.signal.reason instanceof LockLostError) {
       // The lock is gone: another worker may already run this task. Report nothing.
       this.finish(run, "lost", error);
@@ -388,25 +404,39 @@ export class Worker extends EventEmitter<WorkerEvents> {
     const session = new LockSession(
       this.deps.connection,
       `holdfast:lock:${this.name}`.slice(0, 63),
+      this.opts.lockSession,
     );
     session.on("lost", (err) => this.onLost(session, err));
     await session.connect();
+    if (session.isLost) throw new LockLostError("holdfast: lock session lost while connecting");
+    if (this.state === "stopping" || this.state === "stopped") {
+      await session.close();
+      return;
+    }
     this.session = session;
     this.leader = false;
   }
 
+  /** Every handler of the lost session is aborted now: its locks may be freed at any time. */
   private onLost(session: LockSession, err: LockLostError): void {
     if (this.session !== session) return;
     const aborted = [...this.running.values()].filter((r) => r.session === session);
-    this.logger.error(
-      { event: "lock_lost", err, aborted: aborted.length },
-      "holdfast: lock session lost; aborting its handlers",
-    );
     for (const run of aborted) run.controller.abort(err);
+    this.leader = false;
+    this.logger.error(
+      {
+        event: "lock_lost",
+        err,
+        aborted: aborted.length,
+        silentMs: Date.now() - session.lastAnswerAt,
+      },
+      "holdfast: lock session lost; its handlers were aborted",
+    );
     this.emit("lock:lost", err);
     if (this.state === "running") void this.reconnect();
   }
 
+  /** Opens a new lock session with jittered exponential backoff, then sweeps and rescans. */
   private async reconnect(): Promise<void> {
     if (this.reconnecting) return;
     this.reconnecting = true;
@@ -415,17 +445,19 @@ export class Worker extends EventEmitter<WorkerEvents> {
       while (this.state === "running") {
         try {
           await this.openSession();
+          if (this.state !== "running") return;
           this.logger.info({ event: "lock_reconnected" }, "holdfast: lock session reconnected");
           this.emit("lock:reconnected");
           this.sweepDue = true;
           this.requestClaim();
           return;
         } catch (err) {
+          const wait = Math.round(delay * (0.5 + Math.random() / 2));
           this.logger.warn(
-            { event: "lock_reconnect_failed", err, retryInMs: delay },
+            { event: "lock_reconnect_failed", err, retryInMs: wait },
             "holdfast: lock session reconnect failed",
           );
-          await new Promise((r) => setTimeout(r, delay));
+          await new Promise((r) => setTimeout(r, wait));
           delay = Math.min(delay * 2, this.opts.reconnectMaxDelayMs);
         }
       }

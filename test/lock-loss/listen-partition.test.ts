@@ -1,0 +1,73 @@
+// The LISTEN session behind a half-open connection: pg-listen alone would wait forever for an
+// answer; the ping with a deadline destroys the socket, reconnects and re-LISTENs.
+import { pino } from "pino";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { Listener } from "../../src/worker/listener.js";
+import { freshDatabase, type TestDatabase } from "../support/db.js";
+import { startProxy, type TcpProxy } from "../support/tcp-proxy.js";
+import { gate } from "./support.js";
+
+let db: TestDatabase;
+let proxy: TcpProxy;
+
+beforeAll(async () => {
+  db = await freshDatabase();
+  proxy = await startProxy(db.url);
+});
+
+afterAll(async () => {
+  await proxy.close();
+  await db.drop();
+});
+
+it("a LISTEN session cut without FIN or RST reconnects after the cut heals and receives wake-ups again", async () => {
+  const reconnected = gate();
+  const unresponsive = gate();
+  // The listener's own log says when it gave up the connection.
+  const logger = pino(
+    { level: "info" },
+    {
+      write: (line: string) => {
+        if ((JSON.parse(line) as { event?: string }).event === "listen_unresponsive")
+          unresponsive.open();
+      },
+    },
+  );
+  const woken: string[] = [];
+  let wake = gate<string>();
+  const listener = new Listener(
+    { connectionString: proxy.url, connectionTimeoutMillis: 1_000 },
+    "holdfast:listen:test",
+    {
+      wake: (kind) => {
+        woken.push(kind);
+        wake.open(kind);
+      },
+      cancel: () => {},
+      reconnected: () => reconnected.open(),
+    },
+    logger,
+    { intervalMs: 200, timeoutMs: 500 },
+  );
+  await listener.start();
+  try {
+    await db.pool.query("select pg_notify('holdfast', 'before')");
+    expect(await wake.promise).toBe("before");
+
+    const cutAt = Date.now();
+    proxy.partition();
+    await db.pool.query("select pg_notify('holdfast', 'lost')"); // vanishes in the cut
+    await unresponsive.promise; // its ping went unanswered: the socket is destroyed
+    console.log(`LISTEN session given up ${Date.now() - cutAt} ms after the cut`);
+    const healedAt = Date.now();
+    proxy.heal();
+    await reconnected.promise;
+    console.log(`LISTEN session back ${Date.now() - healedAt} ms after the cut healed`);
+
+    wake = gate<string>();
+    await db.pool.query("select pg_notify('holdfast', 'after')");
+    expect(await wake.promise).toBe("after");
+  } finally {
+    await listener.close();
+  }
+});

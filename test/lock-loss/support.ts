@@ -1,0 +1,86 @@
+import type pg from "pg";
+import type { Task, Worker, WorkerEvents } from "../../src/index.js";
+
+/** Resolves when `signal` aborts (with the time it did). */
+export function aborted(signal: AbortSignal): Promise<number> {
+  return new Promise((resolve) => {
+    if (signal.aborted) resolve(Date.now());
+    else signal.addEventListener("abort", () => resolve(Date.now()), { once: true });
+  });
+}
+
+/** A promise with its resolve function, to hold a handler until the test lets it go. */
+export function gate<T = void>(): { promise: Promise<T>; open(value: T): void } {
+  let open!: (value: T) => void;
+  const promise = new Promise<T>((resolve) => {
+    open = resolve;
+  });
+  return { promise, open };
+}
+
+/** Polls `check` (for state only the database shows, where no event exists) until it returns a value. */
+export async function until<T>(
+  check: () => Promise<T | undefined | false>,
+  timeoutMs: number,
+  what: string,
+  stepMs = 50,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check().catch(() => undefined);
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > deadline) throw new Error(`not seen within ${timeoutMs} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, stepMs));
+  }
+}
+
+/** The backend pid holding the advisory lock of `key`, if any (server view). */
+export async function lockHolder(pool: pg.Pool, key: string): Promise<number | undefined> {
+  const { rows } = await pool.query<{ pid: number }>(
+    "select pid from holdfast.locks where key = $1 and granted",
+    [key],
+  );
+  return rows[0]?.pid;
+}
+
+/** A handler's run as seen by the test: when it started, was aborted, and returned. */
+export interface RunLog {
+  worker: string;
+  task: Task;
+  startedAt: number;
+  abortedAt?: number;
+  abortReason?: unknown;
+  endedAt?: number;
+}
+
+/** Resolves with the first run pushed to `runs` that matches. */
+export function waitRun(
+  runs: RunLog[],
+  pred: (r: RunLog) => boolean,
+  timeoutMs = 30_000,
+): Promise<RunLog> {
+  return until(async () => runs.find(pred), timeoutMs, "a matching run", 10);
+}
+
+/** Resolves with the arguments of the first `event` of `worker` that matches (from now on). */
+export function waitEvent<K extends keyof WorkerEvents>(
+  worker: Worker,
+  event: K,
+  pred: (...args: WorkerEvents[K]) => boolean = () => true,
+  timeoutMs = 30_000,
+): Promise<WorkerEvents[K]> {
+  return new Promise((resolve, reject) => {
+    const emitter = worker as unknown as NodeJS.EventEmitter;
+    const timer = setTimeout(() => {
+      emitter.off(event, listener);
+      reject(new Error(`worker ${worker.name}: no ${event} within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const listener = (...args: unknown[]) => {
+      if (!pred(...(args as WorkerEvents[K]))) return;
+      clearTimeout(timer);
+      emitter.off(event, listener);
+      resolve(args as WorkerEvents[K]);
+    };
+    emitter.on(event, listener);
+  });
+}
