@@ -11,6 +11,17 @@ export {
   UnknownKindError,
 } from "./errors.js";
 export { Holdfast } from "./holdfast.js";
+export type {
+  Capacity,
+  Holder,
+  InspectFilters,
+  Orphan,
+  QueueRow,
+  Snapshot,
+  Waiter,
+} from "./inspect/snapshot.js";
+export { takeSnapshot } from "./inspect/snapshot.js";
+export { HoldfastMetrics, type MetricsOptions } from "./metrics.js";
 export type { MigrateResult } from "./migrate.js";
 export { type HoldfastOptions, workerDefaults } from "./options.js";
 export type {
