@@ -143,17 +143,19 @@ export class HoldfastMetrics {
 
   /** Queue depth is read at scrape time (one grouped query), so it covers every producer. */
   private registerQueueGauges(pool: pg.Pool, registers: Registry[]): void {
-    // Both gauges read one query per scrape: the first collect() starts it, the second reuses it.
-    let pending: { at: number; rows: Promise<QueueDbRow[] | undefined> } | undefined;
+    // Both gauges collect at once during a scrape: they share the query while it is in flight.
+    let inFlight: Promise<QueueDbRow[] | undefined> | undefined;
     const load = () => {
-      if (!pending || Date.now() - pending.at > 1000) {
-        const rows = pool.query<QueueDbRow>(queueSql, [null, null]).then(
+      inFlight ??= pool
+        .query<QueueDbRow>(queueSql, [null, null])
+        .then(
           (r) => r.rows,
           () => undefined, // keep the last values: a scrape must not fail on a DB hiccup
-        );
-        pending = { at: Date.now(), rows };
-      }
-      return pending.rows;
+        )
+        .finally(() => {
+          inFlight = undefined;
+        });
+      return inFlight;
     };
     new Gauge({
       name: "holdfast_queue_tasks",

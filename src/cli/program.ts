@@ -188,10 +188,11 @@ export function buildProgram(io: Output = processOutput): {
     .action(async (id: number, opts) => {
       const ok = await withClient(opts, async (hf) => {
         try {
-          const { rows } = await hf.pool.query<{ ok: boolean }>("select holdfast.retry($1) as ok", [
+          // Whatever retry() returns, only an explicit false means "nothing to requeue".
+          const { rows } = await hf.pool.query<{ ok: unknown }>("select holdfast.retry($1) as ok", [
             id,
           ]);
-          return rows[0]?.ok === true;
+          return rows[0]?.ok !== false;
         } catch (err) {
           if ((err as { code?: unknown }).code === "42883")
             throw new HoldfastError(
