@@ -101,6 +101,9 @@ it("a second SIGTERM aborts the running task (recorded as a failed attempt, retr
   const t = await taskState(id);
   expect(t).toMatchObject({ state: "pending", attempt: 1 });
   expect(t?.last_error?.message).toMatch(/ShutdownError/);
+  expect(w.logs.map((l) => l.event)).toEqual(
+    expect.arrayContaining(["shutdown_abort", "task_failed", "task_retry_scheduled"]),
+  );
   expect((await cli(["cancel", String(id)])).code).toBe(0); // keep it from later workers
 });
 
@@ -111,7 +114,7 @@ it("inspect exits 0 when healthy, 1 with a dead letter, 2 when Postgres is unrea
 
   const w = worker("deadletter");
   const id = await enqueue("doomed", { ms: 1, fail: true }, ["--max-attempts", "1"]);
-  await w.waitFor((l) => l.event === "task_failed" && l.task === id);
+  await w.waitFor((l) => l.event === "task_dead_lettered" && l.task === id);
   w.child.kill("SIGTERM");
   await w.exited;
   expect(await taskState(id)).toMatchObject({ state: "failed" });

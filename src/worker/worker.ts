@@ -237,6 +237,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
     const free = this.opts.concurrency - this.running.size;
     const rows = await session.query<TaskRow>(sql.claim, [this.kinds, this.name, free]);
     rows.sort((a, b) => Number(a.id) - Number(b.id));
+    if (rows.length > 0)
+      this.logger.debug(
+        { event: "claim", tasks: rows.map((r) => Number(r.id)), free },
+        "holdfast: claimed tasks",
+      );
     for (const row of rows) this.startRun(session, toTask(row));
     if (rows.length === free) {
       this.wantClaim = true; // there may be more
@@ -312,9 +317,15 @@ export class Worker extends EventEmitter<WorkerEvents> {
   ): void {
     const log = run.logger;
     if (outcome === "succeeded") log.info({ event: "task_succeeded" }, "holdfast: task succeeded");
-    else if (outcome === "failed")
+    else if (outcome === "failed") {
       log.warn({ event: "task_failed", err: error }, "holdfast: task failed");
-    else if (outcome === "rejected")
+      // What fail() did with it, as the SQL decides (a requested cancel wins, then attempts).
+      if (error instanceof TaskCancelledError)
+        log.info({ event: "task_cancelled" }, "holdfast: task cancelled");
+      else if (run.task.attempt >= run.task.maxAttempts)
+        log.error({ event: "task_dead_lettered" }, "holdfast: attempts used up; dead-lettered");
+      else log.info({ event: "task_retry_scheduled" }, "holdfast: retry scheduled after backoff");
+    } else if (outcome === "rejected")
       log.warn(
         { event: "report_rejected" },
         "holdfast: report rejected: a newer claim of the key exists",
