@@ -84,8 +84,9 @@ it("shows the key, pid and fence of a lock held by a handler running in another 
   expect(Math.max(...lines.map((l) => l.length))).toBeLessThanOrEqual(80);
   const row = lines.find((l) => l.includes("dream:ws:alice:alice"));
   expect(row).toContain(String(pid));
-  expect(row).toContain(String(start.fence));
-  expect(table.stdout).toContain("worker holder  app holdfast:lock:holder");
+  expect(table.stdout).toContain(
+    `fence ${start.fence}  client 127.0.0.1  app holdfast:lock:holder`,
+  );
   firstRun = { id, fence: start.fence as number, pid: pid as number };
 });
 

@@ -59,7 +59,7 @@ function table(
   rows.forEach((r, i) => {
     out.push(line(r));
     const d = details[i];
-    if (d) out.push(clip(`      ${d}`, width));
+    if (d) out.push(`      ${d}`.slice(0, width));
   });
   return out;
 }
@@ -76,7 +76,7 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
   ].join("");
   const status = s.healthy ? "healthy" : `UNHEALTHY: ${s.problems.join(", ")}`;
   out.push(clip(`holdfast @ ${s.database}${filter}  ${s.at.replace(/\.\d+Z$/, "Z")}`, width));
-  out.push(clip(`status: ${status}`, width), "");
+  out.push(`status: ${status}`.slice(0, width), "");
 
   out.push(`HOLDERS (${s.holders.length})`);
   if (s.holders.length === 0) out.push("  none");
@@ -88,7 +88,6 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
           { title: "KIND" },
           { title: "TASK", align: "right" },
           { title: "ATT", align: "right" },
-          { title: "FENCE", align: "right" },
           { title: "HELD FOR", align: "right" },
           { title: "PID", align: "right" },
         ],
@@ -97,15 +96,17 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
           text(h.kind),
           h.taskId === null ? "-" : String(h.taskId),
           h.attempt === null ? "-" : `${h.attempt}/${h.maxAttempts}`,
-          h.fence === null ? "-" : String(h.fence),
           formatDuration(h.heldForMs),
           String(h.pid),
         ]),
         width,
-        s.holders.map(
-          (h) =>
-            `worker ${text(h.worker)}  app ${text(h.applicationName)}  client ${text(h.clientAddr)}`,
-        ),
+        s.holders.map((h) => {
+          // A holdfast worker's lock session is named after it; name the worker when it is not.
+          const usual =
+            h.worker !== null && h.applicationName === `holdfast:lock:${h.worker}`.slice(0, 63);
+          const worker = usual ? "" : `  worker ${text(h.worker)}`;
+          return `fence ${h.fence ?? "-"}  client ${text(h.clientAddr)}  app ${text(h.applicationName)}${worker}`;
+        }),
       ),
     );
 
@@ -142,22 +143,22 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
           { title: "KIND" },
           { title: "TASK", align: "right" },
           { title: "ATT", align: "right" },
-          { title: "DEAD PID", align: "right" },
-          { title: "SINCE <=", align: "right" },
-          { title: "WORKER" },
+          { title: "ATTEMPT AGE", align: "right" },
         ],
         s.orphans.map((o) => [
           o.key,
           o.kind,
           String(o.taskId),
           String(o.attempt),
-          o.holderPid === null ? "-" : String(o.holderPid),
           formatDuration(o.runningForMs),
-          text(o.worker),
         ]),
         width,
+        s.orphans.map(
+          (o) => `fence ${o.fence}  worker ${text(o.worker)}  dead pid ${o.holderPid ?? "-"}`,
+        ),
       ),
-      "  (a live worker's sweeper requeues these; none running means nobody will)",
+      "  The holder died within the attempt's age. A live worker's sweeper requeues",
+      "  orphans within its sweep interval: if they stay, no worker is running.",
     );
 
   out.push("", "QUEUE");
@@ -192,7 +193,7 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
     "",
     "CAPACITY",
     clip(
-      `  advisory locks  ${int(a.used)} of ${int(a.lockTableSize)} (${pct(a.used, a.lockTableSize)}), ${int(a.holdfast)} holdfast keys here`,
+      `  advisory locks  ${int(a.used)} of ${int(a.lockTableSize)} (${pct(a.used, a.lockTableSize)}), ${int(a.holdfast)} holdfast keys held here`,
       width,
     ),
     clip(

@@ -83,7 +83,7 @@ select
   current_setting('max_prepared_transactions')::int as max_prepared_transactions,
   (select count(*) from pg_locks l where l.locktype = 'advisory')::int as advisory_locks,
   (select count(*) from pg_locks l join holdfast.keys k on k.lock_id = ${lockKey}
-    where ${advisoryInThisDb})::int as holdfast_locks,
+    where ${advisoryInThisDb} and l.granted)::int as holdfast_locks,
   (select count(*) from pg_stat_activity a
     where a.datname = current_database()
       and a.application_name like 'holdfast:lock:%')::int as lock_sessions,

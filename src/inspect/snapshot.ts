@@ -68,7 +68,7 @@ export interface Capacity {
   advisoryLocks: {
     /** Advisory locks of every database on the server (they share one lock table). */
     used: number;
-    /** Of which holdfast key locks in this database. */
+    /** Of which holdfast key locks held (granted) in this database. */
     holdfast: number;
     /** max_locks_per_transaction × (max_connections + max_prepared_transactions). */
     lockTableSize: number;
@@ -195,7 +195,7 @@ export async function takeSnapshot(
 function problemsOf(s: Snapshot): string[] {
   const problems: string[] = [];
   const n = s.orphans.length;
-  if (n > 0) problems.push(`${n} orphaned task${n === 1 ? "" : "s"} (holder gone, not requeued)`);
+  if (n > 0) problems.push(`${n} orphaned task${n === 1 ? "" : "s"}`);
   const dead = s.queue.reduce((sum, q) => sum + q.deadLettered, 0);
   if (dead > 0) problems.push(`${dead} dead-lettered task${dead === 1 ? "" : "s"}`);
   return problems;
