@@ -141,6 +141,18 @@ it("inspect exits 0 when healthy, 1 with a dead letter, 2 when Postgres is unrea
   expect(none.stderr).toMatch(/DATABASE_URL/);
 });
 
+it("inspect --watch --json prints one snapshot per tick until SIGINT, exiting with the last status", async () => {
+  const watch = startCli(["inspect", "--watch", "0.2", "--json"], { DATABASE_URL: db.url });
+  workers.push(watch);
+  // Three frames a tick apart, each a complete document (the dead letter above: unhealthy).
+  await watch.waitFor(() => watch.logs.length >= 3, 15_000);
+  watch.child.kill("SIGINT");
+  expect(await watch.exited).toBe(1);
+  for (const frame of watch.logs) assertInspectShape(frame);
+  const times = watch.logs.map((f) => Date.parse(String(f.at)));
+  expect(times[2] ?? 0).toBeGreaterThan(times[0] ?? 0);
+});
+
 it("cancel stops a pending task; cancelling an ended task exits 1", async () => {
   const later = new Date(Date.now() + 3_600_000).toISOString();
   const id = await enqueue("later", { ms: 1 }, ["--run-at", later]);
