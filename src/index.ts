@@ -34,4 +34,4 @@ export type {
   Task,
   WorkerOptions,
 } from "./types.js";
-export type { Worker, WorkerEvents } from "./worker/worker.js";
+export type { PreviousHolder, Worker, WorkerEvents } from "./worker/worker.js";

@@ -187,6 +187,18 @@ it("after SIGKILL shows the task as an orphan (exit 1) until a new worker takes 
   const rescuer = await startWorkerProcess(db.url, "rescuer");
   procs.push(rescuer);
   const second = await rescuer.waitFor((e) => e.event === "start" && e.id === firstRun.id);
+  // The takeover names the dead holder (reported by the rescuer's sweeper).
+  const takeover = await rescuer.waitFor((e) => e.event === "takeover");
+  expect(takeover.previous).toEqual([
+    {
+      task: firstRun.id,
+      key: "dream:ws:alice:alice",
+      kind: "job",
+      attempt: 1,
+      worker: "holder",
+      pid: firstRun.pid,
+    },
+  ]);
   const after = await inspectJson();
   expect(after.code).toBe(0);
   expect(after.doc.orphans).toEqual([]);

@@ -27,9 +27,19 @@ export interface WorkerEvents {
   "lock:reconnected": [];
   /** This worker was elected to sweep orphans. */
   leader: [];
-  /** The sweep returned orphaned tasks to the queue. */
-  takeover: [{ requeued: number }];
+  /** The sweep returned orphaned tasks to the queue; `previous`: their dead holders. */
+  takeover: [{ requeued: number; previous: PreviousHolder[] }];
   error: [unknown];
+}
+
+/** The holder of an orphaned task when its session died (worker name, backend pid). */
+export interface PreviousHolder {
+  task: number;
+  key: string;
+  kind: string;
+  attempt: number;
+  worker: string | null;
+  pid: number | null;
 }
 
 interface Run {
@@ -269,14 +279,17 @@ export class Worker extends EventEmitter<WorkerEvents> {
       this.logger.info({ event: "leader" }, "holdfast: elected to sweep orphaned tasks");
       this.emit("leader");
     }
-    const [row] = await session.query<{ requeued: number }>(sql.sweep);
+    const [row] = await session.query<{ requeued: number; previous: PreviousHolder[] | null }>(
+      sql.sweep,
+    );
     const requeued = row?.requeued ?? 0;
     if (requeued > 0) {
+      const previous = row?.previous ?? [];
       this.logger.warn(
-        { event: "takeover", requeued },
+        { event: "takeover", requeued, previous },
         "holdfast: requeued tasks whose holder died",
       );
-      this.emit("takeover", { requeued });
+      this.emit("takeover", { requeued, previous });
       this.wantClaim = true;
     }
   }
