@@ -43,7 +43,7 @@ const taskState = async (id: number) =>
     )
   ).rows[0];
 
-it("round trip: migrate, enqueue, a worker runs it from a handlers module, inspect shows it done", async () => {
+it("round trip: migrate, enqueue, a worker runs it from a handlers module (metrics on /metrics), inspect shows it done", async () => {
   const migrated = await cli(["migrate"]);
   expect(migrated.code).toBe(0);
   expect(JSON.parse(migrated.stdout).applied).toContain("0001_schema.sql");
@@ -54,8 +54,12 @@ it("round trip: migrate, enqueue, a worker runs it from a handlers module, inspe
   expect(unknown.stderr).toMatch(/unknown kind/);
 
   const id = await enqueue("roundtrip", { ms: 10 }, ["--define"]);
-  const w = worker("rt");
+  const w = worker("rt", ["--metrics-port", "0"]);
   await w.waitFor((l) => l.event === "task_succeeded" && l.task === id);
+  const { port } = await w.waitFor((l) => l.event === "metrics_listening");
+  const scraped = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  expect(scraped).toContain('holdfast_tasks_succeeded_total{kind="job"} 1');
+  expect(scraped).toContain('holdfast_queue_tasks{kind="job",state="pending"} 0');
 
   const r = await cli(["inspect", "--json", "--key", "roundtrip"]);
   expect(r.code).toBe(0);

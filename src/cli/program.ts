@@ -20,6 +20,16 @@ const positiveInt = (value: string): number => {
   return n;
 };
 const taskId = positiveInt;
+const integer = (value: string): number => {
+  const n = Number(value);
+  if (!Number.isInteger(n)) throw new ArgError("must be an integer");
+  return n;
+};
+const port = (value: string): number => {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new ArgError("must be a port (0-65535)");
+  return n;
+};
 const seconds = (value: string): number => {
   const n = Number(value);
   if (!Number.isFinite(n) || n <= 0) throw new ArgError("must be a positive number of seconds");
@@ -29,7 +39,7 @@ const seconds = (value: string): number => {
 const databaseOption = () =>
   new Option("-d, --database <url>", "Postgres connection string (default: $DATABASE_URL)");
 
-/** Builds the `holdfast` program; `run` resolves with the exit code. */
+/** Builds the `holdfast` program; `exitCode()` is the code of the action that ran. */
 export function buildProgram(io: Output = processOutput): {
   program: Command;
   exitCode: () => number;
@@ -82,7 +92,7 @@ export function buildProgram(io: Output = processOutput): {
     .argument("<key>", "exclusion key: at most one task of a key runs at a time")
     .option("--payload <json>", "JSON payload", "{}")
     .option("--run-at <iso>", "not before this time (ISO 8601)")
-    .option("--priority <n>", "lower runs first", (v) => Number.parseInt(v, 10))
+    .option("--priority <n>", "lower runs first", integer)
     .option("--dedupe-key <key>", "at most one pending task per dedupe key")
     .option("--max-attempts <n>", "attempts before dead letter", positiveInt)
     .option("--define", "define the kind first if it does not exist (keeps existing settings)")
@@ -129,8 +139,8 @@ export function buildProgram(io: Output = processOutput): {
     )
     .option(
       "--metrics-port <port>",
-      "serve Prometheus metrics on http://0.0.0.0:<port>/metrics",
-      (v) => Number.parseInt(v, 10),
+      "serve Prometheus metrics on http://0.0.0.0:<port>/metrics (0: any free port)",
+      port,
     )
     .option("--log-level <level>", "pino level (default $HOLDFAST_LOG_LEVEL or info)")
     .addOption(databaseOption())
