@@ -7,6 +7,7 @@ import {
   InvalidArgumentError,
   translateError,
 } from "./errors.js";
+import { HoldfastMetrics, type MetricsOptions } from "./metrics.js";
 import { type MigrateResult, migrate } from "./migrate.js";
 import {
   type HoldfastOptions,
@@ -23,6 +24,7 @@ export class Holdfast {
   private readonly opts: ResolvedOptions;
   private readonly workers = new Set<Worker>();
   private closed = false;
+  private metricsInstance: HoldfastMetrics | undefined;
 
   constructor(options: HoldfastOptions) {
     this.opts = resolveOptions(options);
@@ -104,7 +106,20 @@ export class Holdfast {
       resolveWorkerOptions(options),
     );
     this.workers.add(worker);
+    this.metricsInstance?.observe(worker);
     return worker;
+  }
+
+  /**
+   * Prometheus metrics of every worker of this instance (made before or after this call) and
+   * of the queue (read through the pool at scrape time). Options apply on the first call only.
+   */
+  metrics(options: MetricsOptions = {}): HoldfastMetrics {
+    if (!this.metricsInstance) {
+      this.metricsInstance = new HoldfastMetrics(this.opts.pool, options);
+      for (const w of this.workers) this.metricsInstance.observe(w);
+    }
+    return this.metricsInstance;
   }
 
   /** Stops every worker made by this instance, then ends the pool if holdfast created it. */

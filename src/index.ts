@@ -11,6 +11,17 @@ export {
   UnknownKindError,
 } from "./errors.js";
 export { Holdfast } from "./holdfast.js";
+export type {
+  Capacity,
+  Holder,
+  InspectFilters,
+  Orphan,
+  QueueRow,
+  Snapshot,
+  Waiter,
+} from "./inspect/snapshot.js";
+export { takeSnapshot } from "./inspect/snapshot.js";
+export { HoldfastMetrics, type MetricsOptions } from "./metrics.js";
 export type { MigrateResult } from "./migrate.js";
 export { type HoldfastOptions, workerDefaults } from "./options.js";
 export type {
@@ -25,4 +36,4 @@ export type {
   WorkerOptions,
 } from "./types.js";
 export { lockSessionDefaults } from "./worker/lock-session.js";
-export type { Worker, WorkerEvents } from "./worker/worker.js";
+export type { PreviousHolder, Worker, WorkerEvents } from "./worker/worker.js";

@@ -39,5 +39,12 @@ export const sql = {
   cancel: "select holdfast.cancel($1) as ok",
   assertFence: "select holdfast.assert_fence($1, $2)",
   tryLead: "select holdfast.try_lead() as leader",
-  sweep: "select holdfast.sweep() as requeued",
+  // The previous holders come from the statement's snapshot, taken before sweep() changed
+  // anything (a volatile function's writes are invisible to its calling statement), and are
+  // read only when something was requeued: the idle sweep costs nothing more.
+  sweep: `select s.requeued, case when s.requeued > 0 then (
+      select json_agg(json_build_object('task', o.id, 'key', o.key, 'kind', o.kind,
+        'attempt', o.attempt, 'worker', o.worker, 'pid', o.holder_pid) order by o.id)
+      from holdfast.orphans o where o.holder_pid <> pg_backend_pid()) end as previous
+    from (select holdfast.sweep() as requeued) s`,
 } as const;

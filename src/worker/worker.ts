@@ -28,9 +28,19 @@ export interface WorkerEvents {
   "lock:reconnected": [];
   /** This worker was elected to sweep orphans. */
   leader: [];
-  /** The sweep returned orphaned tasks to the queue. */
-  takeover: [{ requeued: number }];
+  /** The sweep returned orphaned tasks to the queue; `previous`: their dead holders. */
+  takeover: [{ requeued: number; previous: PreviousHolder[] }];
   error: [unknown];
+}
+
+/** The holder of an orphaned task when its session died (worker name, backend pid). */
+export interface PreviousHolder {
+  task: number;
+  key: string;
+  kind: string;
+  attempt: number;
+  worker: string | null;
+  pid: number | null;
 }
 
 interface Run {
@@ -244,6 +254,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
     const free = this.opts.concurrency - this.activeCount;
     const rows = await session.query<TaskRow>(sql.claim, [this.kinds, this.name, free]);
     rows.sort((a, b) => Number(a.id) - Number(b.id));
+    if (rows.length > 0)
+      this.logger.debug(
+        { event: "claim", tasks: rows.map((r) => Number(r.id)), free },
+        "holdfast: claimed tasks",
+      );
     for (const row of rows) this.startRun(session, toTask(row));
     if (rows.length === free) {
       this.wantClaim = true; // there may be more
@@ -271,14 +286,17 @@ export class Worker extends EventEmitter<WorkerEvents> {
       this.logger.info({ event: "leader" }, "holdfast: elected to sweep orphaned tasks");
       this.emit("leader");
     }
-    const [row] = await session.query<{ requeued: number }>(sql.sweep);
+    const [row] = await session.query<{ requeued: number; previous: PreviousHolder[] | null }>(
+      sql.sweep,
+    );
     const requeued = row?.requeued ?? 0;
     if (requeued > 0) {
+      const previous = row?.previous ?? [];
       this.logger.warn(
-        { event: "takeover", requeued },
+        { event: "takeover", requeued, previous },
         "holdfast: requeued tasks whose holder died",
       );
-      this.emit("takeover", { requeued });
+      this.emit("takeover", { requeued, previous });
       this.wantClaim = true;
     }
   }
@@ -326,9 +344,15 @@ export class Worker extends EventEmitter<WorkerEvents> {
   ): void {
     const log = run.logger;
     if (outcome === "succeeded") log.info({ event: "task_succeeded" }, "holdfast: task succeeded");
-    else if (outcome === "failed")
+    else if (outcome === "failed") {
       log.warn({ event: "task_failed", err: error }, "holdfast: task failed");
-    else if (outcome === "rejected")
+      // What fail() did with it, as the SQL decides (a requested cancel wins, then attempts).
+      if (error instanceof TaskCancelledError)
+        log.info({ event: "task_cancelled" }, "holdfast: task cancelled");
+      else if (run.task.attempt >= run.task.maxAttempts)
+        log.error({ event: "task_dead_lettered" }, "holdfast: attempts used up; dead-lettered");
+      else log.info({ event: "task_retry_scheduled" }, "holdfast: retry scheduled after backoff");
+    } else if (outcome === "rejected")
       log.warn(
         { event: "report_rejected" },
         "holdfast: report rejected: a newer claim of the key exists",

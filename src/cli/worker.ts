@@ -1,0 +1,133 @@
+import http from "node:http";
+import path from "node:path";
+import { pathToFileURL } from "node:url";
+import type { Logger } from "pino";
+import { ConfigError, ShutdownError } from "../errors.js";
+import type { Holdfast } from "../holdfast.js";
+import type { Handler, KindOptions, WorkerOptions } from "../types.js";
+
+export interface WorkerCommandOptions {
+  handlers: string;
+  concurrency: number;
+  name?: string | undefined;
+  shutdownTimeoutMs?: number | undefined;
+  metricsPort?: number | undefined;
+}
+
+type Handlers = WorkerOptions["handlers"];
+
+/** Loads `{ kind: handler | { handler, maxAttempts } }` from a module's `handlers` or default export. */
+export async function loadHandlers(modulePath: string): Promise<Handlers> {
+  const url = pathToFileURL(path.resolve(modulePath)).href;
+  let mod: Record<string, unknown>;
+  try {
+    mod = await import(url);
+  } catch (err) {
+    throw new ConfigError(`holdfast: cannot load handlers module ${modulePath}: ${String(err)}`, {
+      cause: err,
+    });
+  }
+  const handlers = mod.handlers ?? mod.default;
+  if (typeof handlers !== "object" || handlers === null || Object.keys(handlers).length === 0) {
+    throw new ConfigError(
+      `holdfast: ${modulePath} must export \`handlers\` (or a default export): an object mapping each kind to a handler`,
+    );
+  }
+  return handlers as Handlers;
+}
+
+/**
+ * Wraps each handler so that a second SIGTERM can abort it at once: its signal fires on the
+ * worker's own reasons (lock lost, cancel, shutdown timeout) or on `abortNow`.
+ */
+function abortable(handlers: Handlers, abortNow: AbortSignal): Handlers {
+  const wrapped: Handlers = {};
+  for (const [kind, entry] of Object.entries(handlers)) {
+    const def: KindOptions = typeof entry === "function" ? { handler: entry } : entry;
+    const inner = def.handler;
+    const handler: Handler = (task, ctx) =>
+      inner(task, { ...ctx, signal: AbortSignal.any([ctx.signal, abortNow]) });
+    wrapped[kind] = { ...def, handler };
+  }
+  return wrapped;
+}
+
+/**
+ * Runs a worker until SIGTERM/SIGINT. First signal: stop claiming and wait for running handlers
+ * (up to the shutdown timeout); second: abort the handlers' signals now; third: exit at once.
+ */
+export async function runWorker(
+  hf: Holdfast,
+  opts: WorkerCommandOptions,
+  logger: Logger,
+): Promise<number> {
+  const abortNow = new AbortController();
+  const handlers = abortable(await loadHandlers(opts.handlers), abortNow.signal);
+  const worker = hf.worker({
+    handlers,
+    concurrency: opts.concurrency,
+    ...(opts.name === undefined ? {} : { name: opts.name }),
+    ...(opts.shutdownTimeoutMs === undefined ? {} : { shutdownTimeoutMs: opts.shutdownTimeoutMs }),
+  });
+  let server: http.Server | undefined;
+  if (opts.metricsPort !== undefined) {
+    const metrics = hf.metrics();
+    server = http.createServer((req, res) => {
+      if (req.url !== "/metrics") {
+        res.writeHead(404).end();
+        return;
+      }
+      metrics.text().then(
+        (body) => res.writeHead(200, { "content-type": metrics.contentType }).end(body),
+        (err: unknown) => res.writeHead(500).end(String(err)),
+      );
+    });
+    const srv = server;
+    await new Promise<void>((resolve, reject) => {
+      srv.once("error", reject);
+      srv.listen(opts.metricsPort, () => resolve());
+    });
+    const addr = srv.address();
+    logger.info(
+      { event: "metrics_listening", port: typeof addr === "object" ? addr?.port : addr },
+      "holdfast: serving /metrics",
+    );
+  }
+
+  let signals = 0;
+  let stopping: Promise<void> | undefined;
+  const done = new Promise<number>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      signals += 1;
+      if (signals === 1) {
+        logger.info(
+          { event: "shutdown_requested", signal },
+          "holdfast: stopping; waiting for running tasks (send again to abort them)",
+        );
+        stopping = worker.stop().then(async () => {
+          server?.close();
+          await hf.close();
+        });
+        stopping.then(
+          () => resolve(0),
+          (err: unknown) => {
+            logger.error({ event: "shutdown_failed", err }, "holdfast: shutdown failed");
+            resolve(1);
+          },
+        );
+      } else if (signals === 2) {
+        logger.warn(
+          { event: "shutdown_abort", signal, running: worker.activeCount },
+          "holdfast: aborting running tasks (send again to exit at once)",
+        );
+        abortNow.abort(new ShutdownError(`holdfast: aborted by a second ${signal}`));
+      } else {
+        resolve(130);
+      }
+    };
+    process.on("SIGTERM", onSignal);
+    process.on("SIGINT", onSignal);
+  });
+  await worker.start();
+  return await done;
+}

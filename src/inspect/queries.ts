@@ -1,0 +1,95 @@
+// Read-only SQL of the lock inspector. Relations read (grant these to an observer role):
+// holdfast.keys, holdfast.tasks, holdfast.kinds, holdfast.orphans (view), pg_locks,
+// pg_stat_activity, pg_database, and settings through current_setting(). No function of the
+// holdfast schema is called and no lock is taken, so a role with SELECT rights only works.
+// Without pg_read_all_stats, Postgres hides client_addr and query_start of other roles'
+// sessions: those fields are null, everything else stays exact.
+
+/** Advisory locks of the current database taken with a bigint key (objsubid 1), as that key. */
+const advisoryInThisDb = `
+  l.locktype = 'advisory' and l.objsubid = 1
+  and l.database = (select oid from pg_database where datname = current_database())`;
+const lockKey = "((l.classid::bigint << 32) | l.objid::bigint)";
+
+/** $1 key filter (null = all), $2 kind filter (null = all). */
+export const holdersSql = `
+select k.key, t.kind, t.id::text as task_id, t.attempt, t.max_attempts, t.fence::text as fence,
+  t.worker, l.pid, a.application_name, host(a.client_addr) as client_addr,
+  (extract(epoch from now() - coalesce(t.started_at, a.query_start)) * 1000)::float8 as held_for_ms
+from pg_locks l
+join holdfast.keys k on k.lock_id = ${lockKey}
+left join pg_stat_activity a on a.pid = l.pid
+left join lateral (
+  select * from holdfast.tasks t
+  where t.key = k.key and t.state = 'running' and t.holder_pid = l.pid
+  order by t.id limit 1) t on true
+where ${advisoryInThisDb} and l.granted
+  and ($1::text is null or k.key = $1) and ($2::text is null or t.kind = $2)
+order by held_for_ms desc nulls last, k.key`;
+
+/** Sessions blocked in pg_advisory_lock on a holdfast key, and the pids blocking them. */
+export const waitersSql = `
+select k.key, l.pid, a.application_name, host(a.client_addr) as client_addr,
+  (extract(epoch from now() - a.query_start) * 1000)::float8 as waiting_ms,
+  pg_blocking_pids(l.pid) as blocked_by
+from pg_locks l
+join holdfast.keys k on k.lock_id = ${lockKey}
+left join pg_stat_activity a on a.pid = l.pid
+where ${advisoryInThisDb} and not l.granted
+  and ($1::text is null or k.key = $1)
+  and ($2::text is null or exists (
+    select 1 from holdfast.tasks t where t.key = k.key and t.kind = $2 and t.state <> 'succeeded'))
+order by waiting_ms desc nulls last, k.key`;
+
+/**
+ * Running tasks whose holder session is gone (holdfast.orphans) and whose key lock nobody
+ * holds: the sweeper of a live worker requeues them within its sweep interval.
+ */
+export const orphansSql = `
+select o.key, o.kind, o.id::text as task_id, o.attempt, o.fence::text as fence, o.worker,
+  o.holder_pid, (extract(epoch from now() - o.started_at) * 1000)::float8 as running_for_ms
+from holdfast.orphans o
+join holdfast.keys k on k.key = o.key
+where not exists (
+    select 1 from pg_locks l where ${advisoryInThisDb} and l.granted and ${lockKey} = k.lock_id)
+  and ($1::text is null or o.key = $1) and ($2::text is null or o.kind = $2)
+order by o.started_at, o.id`;
+
+/** Per kind: ready, running, delayed and dead-lettered tasks, and the oldest ready task's wait. */
+export const queueSql = `
+select kd.kind,
+  count(t.id) filter (where t.state = 'pending' and t.run_at <= now())::int as pending,
+  count(t.id) filter (where t.state = 'running')::int as running,
+  count(t.id) filter (where t.state = 'pending' and t.run_at > now())::int as delayed,
+  count(t.id) filter (where t.state = 'failed')::int as dead_lettered,
+  (extract(epoch from now() - min(t.run_at) filter (where t.state = 'pending' and t.run_at <= now()))
+    * 1000)::float8 as oldest_pending_ms
+from holdfast.kinds kd
+left join holdfast.tasks t on t.kind = kd.kind and t.state in ('pending', 'running', 'failed')
+  and ($1::text is null or t.key = $1)
+where $2::text is null or kd.kind = $2
+group by kd.kind
+order by kd.kind`;
+
+/**
+ * The shared lock table holds max_locks_per_transaction × (max_connections +
+ * max_prepared_transactions) entries for the whole server: every session's advisory locks
+ * count against it, whatever their database.
+ */
+export const capacitySql = `
+select
+  current_setting('max_locks_per_transaction')::int as max_locks_per_transaction,
+  current_setting('max_connections')::int as max_connections,
+  current_setting('max_prepared_transactions')::int as max_prepared_transactions,
+  (select count(*) from pg_locks l where l.locktype = 'advisory')::int as advisory_locks,
+  (select count(*) from pg_locks l join holdfast.keys k on k.lock_id = ${lockKey}
+    where ${advisoryInThisDb} and l.granted)::int as holdfast_locks,
+  (select count(*) from pg_stat_activity a
+    where a.datname = current_database()
+      and a.application_name like 'holdfast:lock:%')::int as lock_sessions,
+  (select count(*) from pg_stat_activity a
+    where a.datname = current_database()
+      and a.application_name like 'holdfast:listen:%')::int as listen_sessions,
+  (select count(*) from pg_stat_activity a where a.backend_type = 'client backend')::int
+    as client_connections,
+  current_database() as database`;

@@ -1,0 +1,202 @@
+import type pg from "pg";
+import { capacitySql, holdersSql, orphansSql, queueSql, waitersSql } from "./queries.js";
+
+/** Version of the `--json` shape (docs/inspect.schema.json); bumped on any breaking change. */
+export const snapshotVersion = 1;
+
+export interface InspectFilters {
+  /** Only this key. */
+  key?: string | undefined;
+  /** Only this kind. */
+  kind?: string | undefined;
+}
+
+/** A session holding a key's advisory lock, with the task it runs (null fields: no task). */
+export interface Holder {
+  key: string;
+  kind: string | null;
+  taskId: number | null;
+  attempt: number | null;
+  maxAttempts: number | null;
+  fence: number | null;
+  worker: string | null;
+  pid: number;
+  applicationName: string | null;
+  /** Null for a Unix socket, or when this role may not see other roles' sessions. */
+  clientAddr: string | null;
+  heldForMs: number | null;
+}
+
+/** A session blocked in pg_advisory_lock on a holdfast key. */
+export interface Waiter {
+  key: string;
+  pid: number;
+  applicationName: string | null;
+  clientAddr: string | null;
+  waitingMs: number | null;
+  /** Pids of the sessions it waits for (usually the key's holder). */
+  blockedBy: number[];
+}
+
+/** A task `running` whose holder session is gone and whose key lock is free. */
+export interface Orphan {
+  key: string;
+  kind: string;
+  taskId: number;
+  attempt: number;
+  fence: number;
+  worker: string | null;
+  holderPid: number | null;
+  /** Since the lost attempt started: the holder died at some point within this time. */
+  runningForMs: number;
+}
+
+export interface QueueRow {
+  kind: string;
+  /** Ready now (run_at reached). */
+  pending: number;
+  running: number;
+  /** Pending with a future run_at (delayed or waiting for a retry backoff). */
+  delayed: number;
+  /** state 'failed': attempts used up. */
+  deadLettered: number;
+  /** How long the oldest ready task has been waiting since its run_at; null when none. */
+  oldestPendingMs: number | null;
+}
+
+export interface Capacity {
+  advisoryLocks: {
+    /** Advisory locks of every database on the server (they share one lock table). */
+    used: number;
+    /** Of which holdfast key locks held (granted) in this database. */
+    holdfast: number;
+    /** max_locks_per_transaction × (max_connections + max_prepared_transactions). */
+    lockTableSize: number;
+    maxLocksPerTransaction: number;
+    maxPreparedTransactions: number;
+  };
+  connections: {
+    /** Sessions of this database named holdfast:lock:* (one per worker process). */
+    lockSessions: number;
+    /** Sessions of this database named holdfast:listen:* (one per worker process). */
+    listenSessions: number;
+    /** Client backends on the whole server. */
+    used: number;
+    max: number;
+  };
+}
+
+export interface Snapshot {
+  version: typeof snapshotVersion;
+  /** ISO time of the snapshot. */
+  at: string;
+  database: string;
+  filters: { key: string | null; kind: string | null };
+  /** false when orphans or dead-lettered tasks exist (exit code 1). */
+  healthy: boolean;
+  /** Human-readable reasons for healthy = false. */
+  problems: string[];
+  holders: Holder[];
+  waiters: Waiter[];
+  orphans: Orphan[];
+  queue: QueueRow[];
+  capacity: Capacity;
+}
+
+const num = (v: string | number | null): number | null => (v === null ? null : Number(v));
+const ms = (v: number | null): number | null => (v === null ? null : Math.max(0, Math.round(v)));
+
+/** Reads one consistent picture in a read-only transaction (works for a SELECT-only role). */
+export async function takeSnapshot(
+  client: pg.ClientBase,
+  filters: InspectFilters = {},
+): Promise<Snapshot> {
+  const args = [filters.key ?? null, filters.kind ?? null];
+  await client.query("begin transaction read only");
+  try {
+    const holders = await client.query(holdersSql, args);
+    const waiters = await client.query(waitersSql, args);
+    const orphans = await client.query(orphansSql, args);
+    const queue = await client.query(queueSql, args);
+    const cap = (await client.query(capacitySql)).rows[0];
+    await client.query("commit");
+    const snapshot: Snapshot = {
+      version: snapshotVersion,
+      at: new Date().toISOString(),
+      database: cap.database,
+      filters: { key: filters.key ?? null, kind: filters.kind ?? null },
+      healthy: true,
+      problems: [],
+      holders: holders.rows.map((r) => ({
+        key: r.key,
+        kind: r.kind,
+        taskId: num(r.task_id),
+        attempt: r.attempt,
+        maxAttempts: r.max_attempts,
+        fence: num(r.fence),
+        worker: r.worker,
+        pid: r.pid,
+        applicationName: r.application_name,
+        clientAddr: r.client_addr,
+        heldForMs: ms(r.held_for_ms),
+      })),
+      waiters: waiters.rows.map((r) => ({
+        key: r.key,
+        pid: r.pid,
+        applicationName: r.application_name,
+        clientAddr: r.client_addr,
+        waitingMs: ms(r.waiting_ms),
+        blockedBy: r.blocked_by ?? [],
+      })),
+      orphans: orphans.rows.map((r) => ({
+        key: r.key,
+        kind: r.kind,
+        taskId: Number(r.task_id),
+        attempt: r.attempt,
+        fence: Number(r.fence),
+        worker: r.worker,
+        holderPid: r.holder_pid,
+        runningForMs: ms(r.running_for_ms) ?? 0,
+      })),
+      queue: queue.rows.map((r) => ({
+        kind: r.kind,
+        pending: r.pending,
+        running: r.running,
+        delayed: r.delayed,
+        deadLettered: r.dead_lettered,
+        oldestPendingMs: ms(r.oldest_pending_ms),
+      })),
+      capacity: {
+        advisoryLocks: {
+          used: cap.advisory_locks,
+          holdfast: cap.holdfast_locks,
+          lockTableSize:
+            cap.max_locks_per_transaction * (cap.max_connections + cap.max_prepared_transactions),
+          maxLocksPerTransaction: cap.max_locks_per_transaction,
+          maxPreparedTransactions: cap.max_prepared_transactions,
+        },
+        connections: {
+          lockSessions: cap.lock_sessions,
+          listenSessions: cap.listen_sessions,
+          used: cap.client_connections,
+          max: cap.max_connections,
+        },
+      },
+    };
+    snapshot.problems = problemsOf(snapshot);
+    snapshot.healthy = snapshot.problems.length === 0;
+    return snapshot;
+  } catch (err) {
+    await client.query("rollback").catch(() => {});
+    throw err;
+  }
+}
+
+function problemsOf(s: Snapshot): string[] {
+  const problems: string[] = [];
+  const n = s.orphans.length;
+  if (n > 0) problems.push(`${n} orphaned task${n === 1 ? "" : "s"}`);
+  const dead = s.queue.reduce((sum, q) => sum + q.deadLettered, 0);
+  if (dead > 0) problems.push(`${dead} dead-lettered task${dead === 1 ? "" : "s"}`);
+  return problems;
+}

@@ -1,0 +1,199 @@
+import type pg from "pg";
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { TaskCancelledError } from "./errors.js";
+import { queueSql } from "./inspect/queries.js";
+import type { Worker } from "./worker/worker.js";
+
+export interface MetricsOptions {
+  /** Register into this registry (e.g. your app's) instead of a new one. */
+  registry?: Registry;
+}
+
+/**
+ * Prometheus metrics of holdfast workers, fed by the workers' typed events (no polling of the
+ * worker), plus queue depth read from the database at scrape time. Names are in the README.
+ */
+export class HoldfastMetrics {
+  readonly registry: Registry;
+  private readonly started: Counter<"kind">;
+  private readonly succeeded: Counter<"kind">;
+  private readonly failed: Counter<"kind">;
+  private readonly deadLettered: Counter<"kind">;
+  private readonly cancelled: Counter<"kind">;
+  private readonly lost: Counter<"kind" | "reason">;
+  private readonly takeovers: Counter;
+  private readonly lockLosses: Counter;
+  private readonly running: Gauge<"kind">;
+  private readonly wakeLatency: Histogram<"kind">;
+  private readonly runTime: Histogram<"kind" | "outcome">;
+  private readonly observed = new Map<Worker, () => void>();
+
+  constructor(pool: pg.Pool | undefined, options: MetricsOptions = {}) {
+    this.registry = options.registry ?? new Registry();
+    const registers = [this.registry];
+    const perKind = (name: string, help: string) =>
+      new Counter({ name, help, labelNames: ["kind"] as const, registers });
+    this.started = perKind("holdfast_tasks_started_total", "Handler runs started.");
+    this.succeeded = perKind("holdfast_tasks_succeeded_total", "Runs reported succeeded.");
+    this.failed = perKind(
+      "holdfast_tasks_failed_total",
+      "Runs reported failed (retried or dead-lettered).",
+    );
+    this.deadLettered = perKind(
+      "holdfast_tasks_dead_lettered_total",
+      "Failed runs that used the task's last attempt.",
+    );
+    this.cancelled = perKind("holdfast_tasks_cancelled_total", "Runs that ended cancelled.");
+    this.lost = new Counter({
+      name: "holdfast_tasks_lost_total",
+      help: "Runs whose outcome was not recorded: lock_lost (session gone) or stale_fence (a newer claim exists).",
+      labelNames: ["kind", "reason"] as const,
+      registers,
+    });
+    this.takeovers = new Counter({
+      name: "holdfast_takeovers_total",
+      help: "Orphaned tasks (holder died) requeued by this process's sweeper.",
+      registers,
+    });
+    this.lockLosses = new Counter({
+      name: "holdfast_lock_losses_total",
+      help: "Lock sessions lost (every running handler of the session was aborted).",
+      registers,
+    });
+    this.running = new Gauge({
+      name: "holdfast_tasks_running",
+      help: "Handlers running now in this process.",
+      labelNames: ["kind"] as const,
+      registers,
+    });
+    this.wakeLatency = new Histogram({
+      name: "holdfast_wake_latency_seconds",
+      help: "From a task becoming ready (its run_at) to its handler starting: wake latency when idle, plus queueing under load.",
+      labelNames: ["kind"] as const,
+      buckets: [0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+      registers,
+    });
+    this.runTime = new Histogram({
+      name: "holdfast_task_run_seconds",
+      help: "Handler run time by outcome (succeeded, failed, lost, rejected).",
+      labelNames: ["kind", "outcome"] as const,
+      buckets: [0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 21600],
+      registers,
+    });
+    if (pool) this.registerQueueGauges(pool, registers);
+  }
+
+  /** Starts counting a worker's events; returns a function that stops it. Idempotent. */
+  observe(worker: Worker): () => void {
+    const existing = this.observed.get(worker);
+    if (existing) return existing;
+    const startedAt = new Map<number, number>();
+    const start = (task: { id: number; kind: string; runAt: Date }) => {
+      const now = Date.now();
+      startedAt.set(task.id, now);
+      this.started.inc({ kind: task.kind });
+      this.running.inc({ kind: task.kind });
+      this.wakeLatency.observe({ kind: task.kind }, Math.max(0, now - task.runAt.getTime()) / 1000);
+    };
+    const end = (
+      task: { id: number; kind: string; attempt: number; maxAttempts: number },
+      info: { outcome: "succeeded" | "failed" | "lost" | "rejected"; error?: unknown },
+    ) => {
+      const kind = task.kind;
+      const t0 = startedAt.get(task.id);
+      startedAt.delete(task.id);
+      if (t0 !== undefined) {
+        this.running.dec({ kind });
+        this.runTime.observe({ kind, outcome: info.outcome }, (Date.now() - t0) / 1000);
+      }
+      if (info.outcome === "succeeded") this.succeeded.inc({ kind });
+      else if (info.outcome === "lost") this.lost.inc({ kind, reason: "lock_lost" });
+      else if (info.outcome === "rejected") this.lost.inc({ kind, reason: "stale_fence" });
+      else if (info.error instanceof TaskCancelledError) this.cancelled.inc({ kind });
+      else {
+        this.failed.inc({ kind });
+        if (task.attempt >= task.maxAttempts) this.deadLettered.inc({ kind });
+      }
+    };
+    const takeover = ({ requeued }: { requeued: number }) => this.takeovers.inc(requeued);
+    const lockLost = () => this.lockLosses.inc();
+    worker.on("task:start", start);
+    worker.on("task:end", end);
+    worker.on("takeover", takeover);
+    worker.on("lock:lost", lockLost);
+    const detach = () => {
+      worker.off("task:start", start);
+      worker.off("task:end", end);
+      worker.off("takeover", takeover);
+      worker.off("lock:lost", lockLost);
+      this.observed.delete(worker);
+    };
+    this.observed.set(worker, detach);
+    return detach;
+  }
+
+  /** The Prometheus text exposition of every metric in the registry. */
+  async text(): Promise<string> {
+    return await this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+
+  /** Queue depth is read at scrape time (one grouped query), so it covers every producer. */
+  private registerQueueGauges(pool: pg.Pool, registers: Registry[]): void {
+    // Both gauges collect at once during a scrape: they share the query while it is in flight.
+    let inFlight: Promise<QueueDbRow[] | undefined> | undefined;
+    const load = () => {
+      inFlight ??= pool
+        .query<QueueDbRow>(queueSql, [null, null])
+        .then(
+          (r) => r.rows,
+          () => undefined, // keep the last values: a scrape must not fail on a DB hiccup
+        )
+        .finally(() => {
+          inFlight = undefined;
+        });
+      return inFlight;
+    };
+    new Gauge({
+      name: "holdfast_queue_tasks",
+      help: "Tasks per kind and state (pending = ready now, delayed, running, dead_lettered), read at scrape time.",
+      labelNames: ["kind", "state"] as const,
+      registers,
+      async collect() {
+        const rows = await load();
+        if (!rows) return;
+        this.reset();
+        for (const r of rows) {
+          this.set({ kind: r.kind, state: "pending" }, r.pending);
+          this.set({ kind: r.kind, state: "delayed" }, r.delayed);
+          this.set({ kind: r.kind, state: "running" }, r.running);
+          this.set({ kind: r.kind, state: "dead_lettered" }, r.dead_lettered);
+        }
+      },
+    });
+    new Gauge({
+      name: "holdfast_queue_oldest_pending_seconds",
+      help: "Wait of the oldest ready task per kind (0 when none), read at scrape time.",
+      labelNames: ["kind"] as const,
+      registers,
+      async collect() {
+        const rows = await load();
+        if (!rows) return;
+        this.reset();
+        for (const r of rows) this.set({ kind: r.kind }, (r.oldest_pending_ms ?? 0) / 1000);
+      },
+    });
+  }
+}
+
+interface QueueDbRow {
+  kind: string;
+  pending: number;
+  running: number;
+  delayed: number;
+  dead_lettered: number;
+  oldest_pending_ms: number | null;
+}
