@@ -65,7 +65,16 @@ begin
     error = _finish.error
   where a.task_id = t.id and a.attempt = t.attempt;
 
-  perform holdfast._refresh_key(t.key);
+  -- A success starts the kind's minimum interval on this key (read by the key's head).
+  if v_state = 'succeeded' then
+    insert into holdfast.key_kinds as kk (key, kind, last_succeeded_at)
+    select t.key, t.kind, now() from holdfast.kinds kd
+    where kd.kind = t.kind and kd.min_interval > interval '0'
+    on conflict (key, kind) do update set last_succeeded_at = excluded.last_succeeded_at;
+  end if;
+
+  -- requeue: the key's next task waits behind keys that were ready before this run ended.
+  perform holdfast._refresh_key(t.key, true);
   perform holdfast._release(t.key);
   perform holdfast._notify_if_ready(t.key);
   return true;
@@ -134,3 +143,14 @@ begin
       'a newer claim of this key exists: this run lost its lock and must stop');
   end if;
 end $$;
+
+-- Dead letters: tasks that used all their attempts, with their attempts history.
+create view holdfast.dead_letters as
+select t.id, t.kind, t.key, t.payload, t.attempt, t.max_attempts, t.last_error, t.created_at,
+  t.finished_at,
+  (select jsonb_agg(jsonb_build_object('attempt', a.attempt, 'worker', a.worker,
+     'started_at', a.started_at, 'finished_at', a.finished_at, 'outcome', a.outcome,
+     'error', a.error) order by a.attempt)
+   from holdfast.attempts a where a.task_id = t.id) as attempts
+from holdfast.tasks t
+where t.state = 'failed';

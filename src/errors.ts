@@ -84,6 +84,9 @@ const bySqlState: Record<
   HF004: StaleFenceError,
   "22P02": InvalidArgumentError, // invalid_text_representation (e.g. malformed JSON)
   "23514": InvalidArgumentError, // check_violation
+  "22007": InvalidArgumentError, // invalid_datetime_format (e.g. a malformed interval)
+  "22008": InvalidArgumentError, // datetime_field_overflow
+  "22015": InvalidArgumentError, // interval_field_overflow
 };
 
 /** Node errors that mean the server is not there (as opposed to a query it rejected). */

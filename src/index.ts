@@ -14,11 +14,18 @@ export { Holdfast } from "./holdfast.js";
 export type { MigrateResult } from "./migrate.js";
 export { type HoldfastOptions, workerDefaults } from "./options.js";
 export type {
+  Attempt,
+  BatchHandler,
+  BatchKindOptions,
+  DeadLetter,
+  DefineKindOptions,
   EnqueueOptions,
   EnqueueResult,
   Handler,
   HandlerContext,
+  Interval,
   KindOptions,
+  KindSettings,
   Queryable,
   Task,
   WorkerOptions,

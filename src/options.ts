@@ -2,7 +2,8 @@ import os from "node:os";
 import pg from "pg";
 import { type Logger, pino } from "pino";
 import { ConfigError } from "./errors.js";
-import type { KindOptions, WorkerOptions } from "./types.js";
+import { type KindParams, kindParams } from "./kinds.js";
+import type { BatchKindOptions, KindOptions, WorkerOptions } from "./types.js";
 
 export interface HoldfastOptions {
   /** `postgres://user:pass@host:port/db`. Either this or `pool`. */
@@ -87,10 +88,11 @@ export interface ResolvedWorkerOptions {
   reconnectMaxDelayMs: number;
 }
 
-export interface ResolvedKind extends KindOptions {
-  kind: string;
-  handler: NonNullable<KindOptions["handler"]>;
-}
+/** A worker's kind: a single-task handler, or a batch handler with its batch size. */
+export type ResolvedKind = { kind: string; params: KindParams } & (
+  | { batchMax: 1; handler: KindOptions["handler"]; batch: false }
+  | { batchMax: number; handler: BatchKindOptions["handler"]; batch: true }
+);
 
 const kindPattern = /^[A-Za-z0-9_.:-]{1,100}$/;
 
@@ -114,13 +116,27 @@ export function resolveWorkerOptions(opts: WorkerOptions): ResolvedWorkerOptions
         `holdfast: invalid kind name ${JSON.stringify(kind)} (1-100 of letters, digits, _ . : -)`,
       );
     }
-    const def: KindOptions = typeof entry === "function" ? { handler: entry } : entry;
+    const def: KindOptions | BatchKindOptions =
+      typeof entry === "function" ? { handler: entry } : entry;
     if (typeof def?.handler !== "function") {
       throw new ConfigError(
         `holdfast: the handler of kind ${JSON.stringify(kind)} must be a function`,
       );
     }
-    kinds.set(kind, { ...def, kind, handler: def.handler });
+    // A worker states the batch size its handler takes: 1 for a single-task handler.
+    const params = kindParams(kind, def, ConfigError);
+    if (def.batch === undefined) {
+      kinds.set(kind, {
+        kind,
+        params: { ...params, batchMax: 1 },
+        batchMax: 1,
+        handler: def.handler,
+        batch: false,
+      });
+    } else {
+      const batchMax = params.batchMax ?? 1;
+      kinds.set(kind, { kind, params, batchMax, handler: def.handler, batch: true });
+    }
   }
   const name =
     opts.name ?? `${os.hostname()}:${process.pid}:${Math.random().toString(36).slice(2, 8)}`;

@@ -18,9 +18,11 @@ import { LockSession } from "./lock-session.js";
 export interface WorkerEvents {
   /** The lock session is connected and the first scan is under way. */
   ready: [];
+  /** Once per task; the tasks of a batch run start and end together. */
   "task:start": [Task];
-  /** outcome: succeeded | failed | lost (lock lost: nothing was reported) | rejected (stale fence). */
-  "task:end": [Task, { outcome: "succeeded" | "failed" | "lost" | "rejected"; error?: unknown }];
+  /** outcome: succeeded | failed | cancelled | lost (lock lost: nothing was reported) |
+   *  rejected (stale fence). */
+  "task:end": [Task, { outcome: Outcome; error?: unknown }];
   /** The lock session was lost; running handlers were aborted. */
   "lock:lost": [LockLostError];
   /** A new lock session is connected after a loss. */
@@ -32,8 +34,12 @@ export interface WorkerEvents {
   error: [unknown];
 }
 
+type Outcome = "succeeded" | "failed" | "cancelled" | "lost" | "rejected";
+
+/** One handler call: a single task, or the tasks of one key claimed together (a batch). */
 interface Run {
   task: Task;
+  tasks: Task[];
   controller: AbortController;
   session: LockSession;
   logger: Logger;
@@ -61,7 +67,12 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private readonly logger: Logger;
   private session: LockSession | undefined;
   private listener: Listener | undefined;
+  /** Runs by their first task's id; `byTask` finds a run from any of its tasks (cancel). */
   private readonly running = new Map<number, Run>();
+  private readonly byTask = new Map<number, Run>();
+  /** Cancels notified for tasks not (yet) known here: a cancel can overtake its claim. */
+  private readonly earlyCancels = new Map<number, number>();
+  private readonly maxBatch: number;
   private settled: Settlement[] = [];
   private wantClaim = false;
   private sweepDue = false;
@@ -79,6 +90,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     super();
     this.name = opts.name;
     this.kinds = [...opts.kinds.keys()];
+    this.maxBatch = Math.max(...[...opts.kinds.values()].map((k) => k.batchMax));
     this.logger = deps.logger.child({ worker: opts.name });
     // An unhandled 'error' event would crash the host process; errors are logged already.
     this.on("error", () => {});
@@ -95,7 +107,12 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.state = "starting";
     try {
       for (const k of this.opts.kinds.values()) {
-        await this.deps.pool.query(sql.defineKind, [k.kind, k.maxAttempts ?? null]);
+        const p = k.params;
+        await this.deps.pool
+          .query(sql.defineKind, [k.kind, p.maxAttempts, p.minInterval, p.batchMax])
+          .catch((err: unknown) => {
+            throw translateError(err);
+          });
       }
       // LISTEN before the first scan, so a task enqueued in between still wakes us.
       this.listener = new Listener(
@@ -233,14 +250,27 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
   }
 
+  /** Claims up to one key per free slot; a batch kind's key brings up to batch.max tasks. */
   private async claim(session: LockSession): Promise<void> {
     const free = this.opts.concurrency - this.running.size;
-    const rows = await session.query<TaskRow>(sql.claim, [this.kinds, this.name, free]);
-    rows.sort((a, b) => Number(a.id) - Number(b.id));
-    for (const row of rows) this.startRun(session, toTask(row));
-    if (rows.length === free) {
+    const rows = await session.query<TaskRow>(sql.claim, [
+      this.kinds,
+      this.name,
+      free * this.maxBatch,
+      free,
+    ]);
+    // One key's tasks share the claim's fence and come in the key's order.
+    const runs = new Map<string, Task[]>();
+    for (const row of rows) {
+      const task = toTask(row);
+      const id = `${task.fence}:${task.key}`;
+      runs.set(id, [...(runs.get(id) ?? []), task]);
+    }
+    for (const tasks of runs.values()) this.startRun(session, tasks);
+    if (runs.size === free) {
       this.wantClaim = true; // there may be more
-    } else if (rows.length === 0) {
+    } else {
+      // Some slot is idle: wake at the earliest delayed task (a timer, not a poll).
       await this.armDelayTimer(session);
     }
   }
@@ -280,38 +310,45 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private async report(session: LockSession, batch: Settlement[]): Promise<void> {
     const live = batch.filter((s) => s.run.session === session);
     for (const s of batch) {
-      if (s.run.session !== session) this.finish(s.run, "lost", s.error);
+      if (s.run.session !== session) {
+        for (const t of s.run.tasks) this.finish(s.run, t, "lost", s.error);
+      }
     }
-    const ok = live.filter((s) => s.error === undefined);
+    const ok = live.filter((s) => s.error === undefined).flatMap((s) => s.run.tasks);
     if (ok.length > 0) {
       const [row] = await session.query<{ rejected: string[] | null }>(
         "select array(select holdfast.complete_many($1::bigint[], $2::bigint[])) as rejected",
-        [ok.map((s) => s.run.task.id), ok.map((s) => s.run.task.fence)],
+        [ok.map((t) => t.id), ok.map((t) => t.fence)],
       );
       const rejected = new Set((row?.rejected ?? []).map(Number));
-      for (const s of ok)
-        this.finish(s.run, rejected.has(s.run.task.id) ? "rejected" : "succeeded");
+      for (const s of live.filter((x) => x.error === undefined)) {
+        for (const t of s.run.tasks)
+          this.finish(s.run, t, rejected.has(t.id) ? "rejected" : "succeeded");
+      }
     }
     for (const s of live.filter((x) => x.error !== undefined)) {
       const err = s.error instanceof Error ? s.error : new Error(String(s.error));
-      const [row] = await session.query<{ ok: boolean }>(sql.fail, [
-        s.run.task.id,
-        s.run.task.fence,
-        `${err.name}: ${err.message}`,
-        null,
-        err.stack ?? null,
-      ]);
-      this.finish(s.run, row?.ok ? "failed" : "rejected", s.error);
+      const cancelled = s.run.controller.signal.reason instanceof TaskCancelledError;
+      for (const t of s.run.tasks) {
+        const [row] = await session.query<{ ok: boolean }>(sql.fail, [
+          t.id,
+          t.fence,
+          `${err.name}: ${err.message}`,
+          null,
+          err.stack ?? null,
+        ]);
+        // A cancel notice follows a committed cancel request, so fail() recorded 'cancelled'.
+        const outcome = !row?.ok ? "rejected" : cancelled ? "cancelled" : "failed";
+        this.finish(s.run, t, outcome, s.error);
+      }
     }
   }
 
-  private finish(
-    run: Run,
-    outcome: "succeeded" | "failed" | "lost" | "rejected",
-    error?: unknown,
-  ): void {
-    const log = run.logger;
+  private finish(run: Run, task: Task, outcome: Outcome, error?: unknown): void {
+    const log = run.tasks.length > 1 ? run.logger.child({ task: task.id }) : run.logger;
     if (outcome === "succeeded") log.info({ event: "task_succeeded" }, "holdfast: task succeeded");
+    else if (outcome === "cancelled")
+      log.info({ event: "task_cancelled" }, "holdfast: task cancelled");
     else if (outcome === "failed")
       log.warn({ event: "task_failed", err: error }, "holdfast: task failed");
     else if (outcome === "rejected")
@@ -324,21 +361,23 @@ export class Worker extends EventEmitter<WorkerEvents> {
         { event: "task_lost", err: error },
         "holdfast: lock lost during the run; outcome not reported",
       );
-    this.emit("task:end", run.task, error === undefined ? { outcome } : { outcome, error });
+    this.emit("task:end", task, error === undefined ? { outcome } : { outcome, error });
   }
 
-  private startRun(session: LockSession, task: Task): void {
+  private startRun(session: LockSession, tasks: Task[]): void {
+    const task = tasks[0] as Task;
     const kind = this.opts.kinds.get(task.kind);
     const controller = new AbortController();
     const logger = this.logger.child({
-      task: task.id,
+      task: tasks.length > 1 ? tasks.map((t) => t.id) : task.id,
       kind: task.kind,
       key: task.key,
       attempt: task.attempt,
       fence: task.fence,
     });
-    const run: Run = { task, controller, session, logger };
+    const run: Run = { task, tasks, controller, session, logger };
     this.running.set(task.id, run);
+    for (const t of tasks) this.byTask.set(t.id, run);
     const ctx: HandlerContext = {
       signal: controller.signal,
       logger,
@@ -350,11 +389,15 @@ export class Worker extends EventEmitter<WorkerEvents> {
         }
       },
     };
-    logger.info({ event: "task_started" }, "holdfast: task started");
-    this.emit("task:start", task);
+    logger.info({ event: "task_started", batch: tasks.length }, "holdfast: task started");
+    for (const t of tasks) this.emit("task:start", t);
+    for (const t of tasks) {
+      if (this.earlyCancels.delete(t.id)) this.cancelRunning(t.id);
+    }
     const started = (async () => {
       if (!kind) throw new HoldfastError("HF_CONFIG", `holdfast: no handler for kind ${task.kind}`);
-      await kind.handler(task, ctx);
+      if (kind.batch) await kind.handler(tasks, ctx);
+      else await kind.handler(task, ctx);
     })();
     started.then(
       () => this.settle(run, undefined),
@@ -364,9 +407,10 @@ export class Worker extends EventEmitter<WorkerEvents> {
 
   private settle(run: Run, error: unknown): void {
     this.running.delete(run.task.id);
+    for (const t of run.tasks) this.byTask.delete(t.id);
     if (run.session.isLost || run.controller.signal.reason instanceof LockLostError) {
       // The lock is gone: another worker may already run this task. Report nothing.
-      this.finish(run, "lost", error);
+      for (const t of run.tasks) this.finish(run, t, "lost", error);
     } else {
       this.settled.push(error === undefined ? { run } : { run, error });
     }
@@ -374,9 +418,16 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.kick();
   }
 
+  /** Aborts the run holding task `id` (a whole batch: its other tasks fail and are retried). */
   private cancelRunning(id: number): void {
-    const run = this.running.get(id);
-    if (!run) return;
+    const run = this.byTask.get(id);
+    if (!run) {
+      // Remember it briefly: the claim that returns this task may still be on its way.
+      this.earlyCancels.set(id, Date.now());
+      for (const [k, at] of this.earlyCancels)
+        if (Date.now() - at > 60_000) this.earlyCancels.delete(k);
+      return;
+    }
     run.logger.info({ event: "task_cancel_requested" }, "holdfast: cancel requested");
     run.controller.abort(new TaskCancelledError(`holdfast: task ${id} was cancelled`));
   }
