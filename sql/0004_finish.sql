@@ -137,7 +137,7 @@ declare
   v_fence bigint;
 begin
   select k.fence into v_fence from holdfast.keys k where k.key = assert_fence.key for key share;
-  if v_fence is distinct from assert_fence.fence then
+  if v_fence is null or assert_fence.fence is null or v_fence <> assert_fence.fence then
     perform holdfast._raise('HF004', format('holdfast: stale fence %s for key %L (current %s)',
       assert_fence.fence, assert_fence.key, coalesce(v_fence::text, 'none')),
       'a newer claim of this key exists: this run lost its lock and must stop');
