@@ -91,7 +91,7 @@ export interface ResolvedWorkerOptions {
 /** A worker's kind: a single-task handler, or a batch handler with its batch size. */
 export type ResolvedKind = { kind: string; params: KindParams } & (
   | { batchMax: 1; handler: KindOptions["handler"]; batch: false }
-  | { batchMax: number; handler: BatchKindOptions["handler"]; batch: true }
+  | { batchMax: number; handler: BatchKindOptions["handleBatch"]; batch: true }
 );
 
 const kindPattern = /^[A-Za-z0-9_.:-]{1,100}$/;
@@ -118,14 +118,23 @@ export function resolveWorkerOptions(opts: WorkerOptions): ResolvedWorkerOptions
     }
     const def: KindOptions | BatchKindOptions =
       typeof entry === "function" ? { handler: entry } : entry;
-    if (typeof def?.handler !== "function") {
-      throw new ConfigError(
-        `holdfast: the handler of kind ${JSON.stringify(kind)} must be a function`,
-      );
-    }
-    // A worker states the batch size its handler takes: 1 for a single-task handler.
-    const params = kindParams(kind, def, ConfigError);
-    if (def.batch === undefined) {
+    if (def !== null && typeof def === "object" && "handleBatch" in def) {
+      if (typeof def.handleBatch !== "function" || def.batch === undefined) {
+        throw new ConfigError(
+          `holdfast: batch kind ${JSON.stringify(kind)} needs batch: { max } and a handleBatch function`,
+        );
+      }
+      const params = kindParams(kind, def, ConfigError);
+      const batchMax = params.batchMax ?? 1;
+      kinds.set(kind, { kind, params, batchMax, handler: def.handleBatch, batch: true });
+    } else {
+      if (typeof def?.handler !== "function") {
+        throw new ConfigError(
+          `holdfast: the handler of kind ${JSON.stringify(kind)} must be a function`,
+        );
+      }
+      // A worker states the batch size its handler takes: 1 for a single-task handler.
+      const params = kindParams(kind, { ...def, batch: undefined }, ConfigError);
       kinds.set(kind, {
         kind,
         params: { ...params, batchMax: 1 },
@@ -133,9 +142,6 @@ export function resolveWorkerOptions(opts: WorkerOptions): ResolvedWorkerOptions
         handler: def.handler,
         batch: false,
       });
-    } else {
-      const batchMax = params.batchMax ?? 1;
-      kinds.set(kind, { kind, params, batchMax, handler: def.handler, batch: true });
     }
   }
   const name =

@@ -62,19 +62,20 @@ export interface DefineKindOptions extends KindSettings {
 export interface KindOptions extends KindSettings {
   // biome-ignore lint/suspicious/noExplicitAny: handlers declare their own payload type
   handler: Handler<any>;
-  batch?: undefined;
 }
 
+/** A batch kind: `handleBatch` (not `handler`) receives the tasks, so each entry's handler
+ *  parameters are typed from the entry's shape. */
 export interface BatchKindOptions extends KindSettings {
   /** Up to `max` pending tasks of one key, of this kind and next in the key's order. */
   batch: { max: number };
   // biome-ignore lint/suspicious/noExplicitAny: handlers declare their own payload type
-  handler: BatchHandler<any>;
+  handleBatch: BatchHandler<any>;
 }
 
 export interface WorkerOptions {
   /** Handlers per kind: a function, `{ handler, maxAttempts, minInterval }`, or a batch kind
-   *  `{ batch: { max }, handler: (tasks, ctx) => … }`. The worker defines these kinds. */
+   *  `{ batch: { max }, handleBatch: (tasks, ctx) => … }`. The worker defines these kinds. */
   // biome-ignore lint/suspicious/noExplicitAny: handlers declare their own payload type
   handlers: Record<string, Handler<any> | KindOptions | BatchKindOptions>;
   /** Handlers running at once (default 1). Connections do not grow with it. */

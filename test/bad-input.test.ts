@@ -1,10 +1,5 @@
 import { afterAll, beforeAll, expect, it } from "vitest";
-import {
-  ConfigError,
-  Holdfast,
-  InvalidArgumentError,
-  UnknownKindError,
-} from "../src/index.js";
+import { ConfigError, Holdfast, InvalidArgumentError, UnknownKindError } from "../src/index.js";
 import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
 
 let db: TestDatabase;

@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { Holdfast, TaskCancelledError, TaskNotFoundError, type Task } from "../src/index.js";
+import { Holdfast, type Task, TaskCancelledError, TaskNotFoundError } from "../src/index.js";
 import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
 
 let db: TestDatabase;
@@ -55,11 +55,15 @@ it("cancelling a running task (from SQL) aborts its handler's signal and ends it
   const outcomes = new Map<number, string>();
   worker.on("task:end", (t, r) => outcomes.set(t.id, r.outcome));
   await worker.start();
-  const started = new Promise<void>((r) => worker.on("task:start", (t) => t.key === "k:long" && r()));
+  const started = new Promise<void>((r) =>
+    worker.on("task:start", (t) => t.key === "k:long" && r()),
+  );
   const long = await hf.enqueue("job", { key: "k:long", payload: { block: true } });
   const after = await hf.enqueue("job", { key: "k:long" });
   await started;
-  const afterDone = new Promise<void>((r) => worker.on("task:end", (t) => t.id === after.id && r()));
+  const afterDone = new Promise<void>((r) =>
+    worker.on("task:end", (t) => t.id === after.id && r()),
+  );
   const { rows } = await db.pool.query("select holdfast.cancel($1) as ok", [long.id]);
   expect(rows[0].ok).toBe(true);
   await afterDone; // the key's lock was released: its next task ran

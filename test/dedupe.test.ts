@@ -94,7 +94,12 @@ it("onDedupe 'replace' and 'merge' update the pending task's payload", async () 
     (await db.pool.query("select payload from holdfast.tasks where id = $1", [a.id])).rows[0]
       .payload;
   expect(await payload()).toEqual({ a: 1, b: 2, c: 2 });
-  const r = await hf.enqueue("dream", { key, dedupeKey: "c", payload: { z: 9 }, onDedupe: "replace" });
+  const r = await hf.enqueue("dream", {
+    key,
+    dedupeKey: "c",
+    payload: { z: 9 },
+    onDedupe: "replace",
+  });
   expect(r).toEqual({ id: a.id, deduped: true });
   expect(await payload()).toEqual({ z: 9 });
   await expect(hf.enqueue("dream", { key: "other", dedupeKey: "c" })).rejects.toMatchObject({

@@ -53,7 +53,11 @@ it("minimum interval per key and kind holds with 3 producers and 3 workers", asy
     producers.map(async (hf, i) => {
       while (Date.now() < until) {
         for (const peer of ["alice", "bob"]) {
-          await hf.enqueue("dream", { key: `ws:${peer}`, dedupeKey: `dream:${peer}`, payload: { i } });
+          await hf.enqueue("dream", {
+            key: `ws:${peer}`,
+            dedupeKey: `dream:${peer}`,
+            payload: { i },
+          });
         }
         await new Promise((r) => setTimeout(r, 50));
       }

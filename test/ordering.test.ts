@@ -85,7 +85,7 @@ it("a batch kind's handler gets up to batch.max tasks of one key, in order, stop
     handlers: {
       batch: {
         batch: { max: 5 },
-        handler: async (tasks: Task<Seq>[]) => {
+        handleBatch: async (tasks: Task<Seq>[]) => {
           batches.push({
             key: tasks[0]?.key ?? "",
             seqs: tasks.map((t) => t.payload.seq),
@@ -103,12 +103,7 @@ it("a batch kind's handler gets up to batch.max tasks of one key, in order, stop
   await worker.start();
   await last;
   await worker.stop();
-  expect(batches.map((b) => b.seqs)).toEqual([
-    [0, 1, 2, 3, 4],
-    [5, 6, 7, 8, 9],
-    [10, 11],
-    [13],
-  ]);
+  expect(batches.map((b) => b.seqs)).toEqual([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11], [13]]);
   expect(order).toEqual([...Array(14).keys()]);
   // One claim, one fence for the whole batch.
   expect(batches.every((b) => b.fences.size === 1)).toBe(true);
@@ -128,7 +123,7 @@ it("fairness: a key with 1,000 pending tasks delays another key's single task by
     handlers: {
       batch: {
         batch: { max: 5 },
-        handler: async (tasks: Task<Seq>[]) => {
+        handleBatch: async (tasks: Task<Seq>[]) => {
           const seq = tasks[0]?.payload.seq ?? -1;
           events.push({ key: tasks[0]?.key ?? "", phase: "start", seq });
           await new Promise((r) => setTimeout(r, 20));

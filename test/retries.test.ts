@@ -114,7 +114,7 @@ it("a task whose holder session dies on every attempt is dead-lettered after max
     expect(claimed[0]).toMatchObject({ id: String(id), attempt });
     // The session ends without a report, as when the process is killed.
     await db.pool.query("select pg_terminate_backend(pid) from pg_stat_activity where pid = $1", [
-      c.processID,
+      (c as unknown as { processID: number }).processID,
     ]);
     await c.end().catch(() => {});
     await until(async () => ((await stateOf(id)) !== "running" ? true : undefined));

@@ -82,13 +82,7 @@ const allowed: Record<string, string[]> = {
     "sweep",
     // assert_fence raises HF004 for an unknown key: allowed to run, refused by the fence.
   ],
-  observer: [
-    "read_locks",
-    "read_orphans",
-    "read_dead_letters",
-    "read_tasks",
-    "read_attempts",
-  ],
+  observer: ["read_locks", "read_orphans", "read_dead_letters", "read_tasks", "read_attempts"],
   nobody: [],
 };
 

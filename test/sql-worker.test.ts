@@ -48,7 +48,10 @@ async function sqlWorker(name: string, stopAt: () => boolean): Promise<number> {
         );
         expect(f[0].ok).toBe(true);
       } else {
-        const { rows: d } = await c.query("select holdfast.complete($1, $2) as ok", [t.id, t.fence]);
+        const { rows: d } = await c.query("select holdfast.complete($1, $2) as ok", [
+          t.id,
+          t.fence,
+        ]);
         expect(d[0].ok).toBe(true);
       }
     }
@@ -79,13 +82,13 @@ it("a worker written in SQL runs tasks side by side with TS workers, never overl
     }),
   );
   const done = async () =>
-    (
-      await db.pool.query(
-        "select count(*)::int as n from holdfast.tasks where state = 'succeeded'",
-      )
-    ).rows[0].n === total;
+    (await db.pool.query("select count(*)::int as n from holdfast.tasks where state = 'succeeded'"))
+      .rows[0].n === total;
   let finished = false;
-  const sqlRuns = Promise.all([sqlWorker("sql1", () => finished), sqlWorker("sql2", () => finished)]);
+  const sqlRuns = Promise.all([
+    sqlWorker("sql1", () => finished),
+    sqlWorker("sql2", () => finished),
+  ]);
   await Promise.all(workers.map((w) => w.start()));
   const deadline = Date.now() + 30_000;
   while (!(await done()) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
