@@ -9,10 +9,18 @@ import {
   translateError,
 } from "../errors.js";
 import type { ResolvedWorkerOptions } from "../options.js";
-import { sql, type TaskRow, toTask } from "../queries/tasks.js";
+import { sql, type TaskRow } from "../queries/tasks.js";
 import type { HandlerContext, Queryable, Task } from "../types.js";
 import { Listener } from "./listener.js";
 import { LockSession } from "./lock-session.js";
+import {
+  groupRuns,
+  logOutcome,
+  type Outcome,
+  type Run,
+  reportRuns,
+  type Settlement,
+} from "./runs.js";
 
 /** Events a worker emits; tests and metrics wait on these instead of sleeping. */
 export interface WorkerEvents {
@@ -32,22 +40,6 @@ export interface WorkerEvents {
   /** The sweep returned orphaned tasks to the queue. */
   takeover: [{ requeued: number }];
   error: [unknown];
-}
-
-type Outcome = "succeeded" | "failed" | "cancelled" | "lost" | "rejected";
-
-/** One handler call: a single task, or the tasks of one key claimed together (a batch). */
-interface Run {
-  task: Task;
-  tasks: Task[];
-  controller: AbortController;
-  session: LockSession;
-  logger: Logger;
-}
-
-interface Settlement {
-  run: Run;
-  error?: unknown;
 }
 
 export interface WorkerDeps {
@@ -259,15 +251,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
       free * this.maxBatch,
       free,
     ]);
-    // One key's tasks share the claim's fence and come in the key's order.
-    const runs = new Map<string, Task[]>();
-    for (const row of rows) {
-      const task = toTask(row);
-      const id = `${task.fence}:${task.key}`;
-      runs.set(id, [...(runs.get(id) ?? []), task]);
-    }
-    for (const tasks of runs.values()) this.startRun(session, tasks);
-    if (runs.size === free) {
+    const runs = groupRuns(rows);
+    for (const tasks of runs) this.startRun(session, tasks);
+    if (runs.length === free) {
       this.wantClaim = true; // there may be more
     } else {
       // Some slot is idle: wake at the earliest delayed task (a timer, not a poll).
@@ -306,61 +292,21 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
   }
 
-  /** Reports finished runs: successes in one batch, failures one by one. */
+  /** Reports finished runs; those of a lost session end as lost, unreported. */
   private async report(session: LockSession, batch: Settlement[]): Promise<void> {
-    const live = batch.filter((s) => s.run.session === session);
     for (const s of batch) {
       if (s.run.session !== session) {
         for (const t of s.run.tasks) this.finish(s.run, t, "lost", s.error);
       }
     }
-    const ok = live.filter((s) => s.error === undefined).flatMap((s) => s.run.tasks);
-    if (ok.length > 0) {
-      const [row] = await session.query<{ rejected: string[] | null }>(
-        "select array(select holdfast.complete_many($1::bigint[], $2::bigint[])) as rejected",
-        [ok.map((t) => t.id), ok.map((t) => t.fence)],
-      );
-      const rejected = new Set((row?.rejected ?? []).map(Number));
-      for (const s of live.filter((x) => x.error === undefined)) {
-        for (const t of s.run.tasks)
-          this.finish(s.run, t, rejected.has(t.id) ? "rejected" : "succeeded");
-      }
-    }
-    for (const s of live.filter((x) => x.error !== undefined)) {
-      const err = s.error instanceof Error ? s.error : new Error(String(s.error));
-      const cancelled = s.run.controller.signal.reason instanceof TaskCancelledError;
-      for (const t of s.run.tasks) {
-        const [row] = await session.query<{ ok: boolean }>(sql.fail, [
-          t.id,
-          t.fence,
-          `${err.name}: ${err.message}`,
-          null,
-          err.stack ?? null,
-        ]);
-        // A cancel notice follows a committed cancel request, so fail() recorded 'cancelled'.
-        const outcome = !row?.ok ? "rejected" : cancelled ? "cancelled" : "failed";
-        this.finish(s.run, t, outcome, s.error);
-      }
-    }
+    const live = batch.filter((s) => s.run.session === session);
+    await reportRuns(session, live, (run, task, outcome, error) =>
+      this.finish(run, task, outcome, error),
+    );
   }
 
   private finish(run: Run, task: Task, outcome: Outcome, error?: unknown): void {
-    const log = run.tasks.length > 1 ? run.logger.child({ task: task.id }) : run.logger;
-    if (outcome === "succeeded") log.info({ event: "task_succeeded" }, "holdfast: task succeeded");
-    else if (outcome === "cancelled")
-      log.info({ event: "task_cancelled" }, "holdfast: task cancelled");
-    else if (outcome === "failed")
-      log.warn({ event: "task_failed", err: error }, "holdfast: task failed");
-    else if (outcome === "rejected")
-      log.warn(
-        { event: "report_rejected" },
-        "holdfast: report rejected: a newer claim of the key exists",
-      );
-    else
-      log.warn(
-        { event: "task_lost", err: error },
-        "holdfast: lock lost during the run; outcome not reported",
-      );
+    logOutcome(run, task, outcome, error);
     this.emit("task:end", task, error === undefined ? { outcome } : { outcome, error });
   }
 
