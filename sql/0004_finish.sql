@@ -1,10 +1,14 @@
 -- Completion, failure, cancellation and fences. complete()/fail() run on the session that
 -- claimed the task, are checked against the fence, and release the key's lock.
 
--- Exponential backoff with jitter: about 2^(attempt-1) seconds, capped at one hour.
-create function holdfast._backoff(attempt int) returns interval
+-- Exponential backoff with jitter: about 2^(attempt-1) seconds +-25 %, capped at one hour.
+-- With a seed (the claim's fence) the jitter is the same for every task of one claim, so a
+-- failed batch comes back in its order; different claims still spread out.
+create function holdfast._backoff(attempt int, seed bigint default null) returns interval
   language sql volatile as $$
-  select interval '1 second' * least(power(2, greatest(attempt - 1, 0)), 3600) * (0.75 + random() * 0.5)
+  select interval '1 second' * least(power(2, greatest(attempt - 1, 0)), 3600)
+    * (0.75 + 0.5 * case when seed is null then random()
+                         else (hashint8(seed)::bigint & 1048575) / 1048576.0 end)
 $$;
 
 -- Tells idle workers when the key has a task ready now.
@@ -55,7 +59,8 @@ begin
   update holdfast.tasks u set
     state = v_state,
     run_at = case when v_state = 'pending'
-                  then now() + coalesce(_finish.retry_in, holdfast._backoff(t.attempt)) else u.run_at end,
+                  then now() + coalesce(_finish.retry_in, holdfast._backoff(t.attempt, t.fence))
+                  else u.run_at end,
     finished_at = case when v_state = 'pending' then null else now() end,
     last_error = coalesce(_finish.error, u.last_error)
   where u.id = t.id;

@@ -11,6 +11,7 @@ beforeAll(async () => {
   await hf.defineKind("rep");
   await hf.defineKind("batch", { batch: { max: 5 } });
   await hf.defineKind("other");
+  await hf.defineKind("fbatch", { batch: { max: 5 } });
 });
 
 afterAll(async () => {
@@ -149,4 +150,27 @@ it("fairness: a key with 1,000 pending tasks delays another key's single task by
     "select count(*)::int as n from holdfast.tasks where key = 'hot' and state = 'pending'",
   );
   expect(rows[0].n).toBeGreaterThan(900); // the hot key was far from drained
+});
+
+it("a failed batch is retried in its order", async () => {
+  const key = "b:retry";
+  for (let seq = 0; seq < 4; seq++) await hf.enqueue("fbatch", { key, payload: { seq } });
+  const calls: number[][] = [];
+  const worker = hf.worker({
+    handlers: {
+      fbatch: {
+        batch: { max: 5 },
+        handleBatch: async (tasks: Task<Seq>[]) => {
+          calls.push(tasks.map((t) => t.payload.seq));
+          if (calls.length === 1) throw new Error("model unavailable");
+        },
+      },
+    },
+  });
+  const last = waitFor(worker, (t) => t.key === key && (t.payload as Seq).seq === 3);
+  await worker.start();
+  await last;
+  await worker.stop();
+  expect(calls[0]).toEqual([0, 1, 2, 3]);
+  expect(calls.slice(1).flat()).toEqual([0, 1, 2, 3]);
 });

@@ -343,7 +343,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
     const started = (async () => {
       if (!kind) throw new HoldfastError("HF_CONFIG", `holdfast: no handler for kind ${task.kind}`);
       if (kind.batch) await kind.handler(tasks, ctx);
-      else await kind.handler(task, ctx);
+      // Several tasks for a single-task handler (another worker set a batch size for this
+      // kind): run them one after another under the lock this run holds.
+      else for (const t of tasks) await kind.handler(t, ctx);
     })();
     started.then(
       () => this.settle(run, undefined),
