@@ -1,7 +1,10 @@
+// Claim latency against the number of pending tasks (the ready-key head design keeps it flat):
+// `npx tsx scripts/claim-cost.ts [1000,100000,1000000]` on a private embedded Postgres. Half
+// the tasks are spread over 1,000 keys, half sit on one hot batch key.
 import pg from "pg";
 import { pino } from "pino";
-import { Holdfast } from "./src/index.js";
-import { startEmbedded } from "./test/support/postgres.js";
+import { Holdfast } from "../src/index.js";
+import { startEmbedded } from "../test/support/postgres.js";
 
 const server = await startEmbedded(["-c", "fsync=off"]);
 const hf = new Holdfast({ connectionString: server.url, logger: pino({ level: "silent" }) });
@@ -11,7 +14,8 @@ await hf.defineKind("batch", { batch: { max: 10 } });
 const c = new pg.Client({ connectionString: server.url });
 await c.connect();
 let have = 0;
-for (const target of [1_000, 100_000, 1_000_000]) {
+const targets = (process.argv[2] ?? "1000,100000,1000000").split(",").map(Number);
+for (const target of targets) {
   const t0 = Date.now();
   while (have < target) {
     const n = Math.min(50_000, target - have);
@@ -27,12 +31,21 @@ for (const target of [1_000, 100_000, 1_000_000]) {
   const times: number[] = [];
   for (let i = 0; i < 200; i++) {
     const s = performance.now();
-    const { rows } = await c.query("select * from holdfast.claim(array['job','batch'], 'm', 10, 1)");
+    const { rows } = await c.query(
+      "select * from holdfast.claim(array['job','batch'], 'm', 10, 1)",
+    );
     times.push(performance.now() - s);
     for (const r of rows) await c.query("select holdfast.complete($1, $2)", [r.id, r.fence]);
   }
   times.sort((a, b) => a - b);
-  console.log(JSON.stringify({ pending: target, fillMs: fill, claimP50: times[100]?.toFixed(2), claimP95: times[190]?.toFixed(2) }));
+  console.log(
+    JSON.stringify({
+      pending: target,
+      fillMs: fill,
+      claimP50: times[100]?.toFixed(2),
+      claimP95: times[190]?.toFixed(2),
+    }),
+  );
 }
 await c.end();
 await hf.close();
