@@ -4,6 +4,7 @@ export {
   HoldfastError,
   InvalidArgumentError,
   LockLostError,
+  PermissionDeniedError,
   ShutdownError,
   StaleFenceError,
   TaskCancelledError,

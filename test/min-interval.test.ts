@@ -76,7 +76,7 @@ it("minimum interval per key and kind holds with 3 producers and 3 workers", asy
       // Woken by the timer at the interval's end, not by a 60 s rescan.
       expect(gap).toBeLessThan(intervalMs + 1_000);
     }
-    // Runs were spread over the workers, so the interval held across sessions.
   }
+  // Runs were spread over the workers, so the interval held across their sessions.
   expect(new Set(runs.map((r) => r.worker)).size).toBeGreaterThan(1);
 });

@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { Holdfast } from "../src/index.js";
+import { Holdfast, PermissionDeniedError } from "../src/index.js";
 import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
 
 let db: TestDatabase;
@@ -137,6 +137,8 @@ it("a TS producer and a TS worker run the whole lifecycle with only their roles"
     await worker.stop();
     expect(ended).toEqual(["failed", "succeeded"]);
     expect(await producer.retry(id)).toBe(false); // succeeded: nothing to requeue
+    // Reading dead letters is the observer's: a typed error says which right is missing.
+    await expect(producer.deadLetters()).rejects.toBeInstanceOf(PermissionDeniedError);
   } finally {
     await producer.close();
     await workerSide.close();
