@@ -1,25 +1,34 @@
--- Claim: take up to max_tasks ready tasks, holding each key's session advisory lock in the
--- caller's session until complete()/fail() (or until the session ends).
+-- Claim: take ready tasks, holding each key's session advisory lock in the caller's session
+-- until complete()/fail() (or until the session ends).
 
 -- The caller's session identity, recorded as the holder of what it claims.
 create function holdfast._session_started() returns timestamptz
   language sql stable as $$ select backend_start from pg_stat_get_activity(pg_backend_pid()) $$;
 
-create function holdfast.claim(kinds text[], worker text, max_tasks int default 1)
+-- Claims up to max_tasks tasks from at most max_keys keys (null: no key limit). Each claimed
+-- key yields its head task, and for a batch kind (batch_max > 1) the tasks of that kind that
+-- directly follow it in the key's order, up to batch_max: one run, one fence. Keys are taken
+-- in (priority, ready time, id) order of their heads; a key whose run just ended is ready
+-- again only from that moment, so it goes behind keys that were waiting (fairness).
+create function holdfast.claim(kinds text[], worker text, max_tasks int default 1,
+                               max_keys int default null)
 returns setof holdfast.tasks
   language plpgsql as $$
 #variable_conflict use_column
 declare
   c record;
+  p record;
   t holdfast.tasks;
   v_fence bigint;
   v_pid int := pg_backend_pid();
   v_started timestamptz := holdfast._session_started();
+  v_head_kind text;
   v_batch int;
-  v_before int;
+  v_taken int;
   n int := 0;
+  n_keys int := 0;
 begin
-  if max_tasks is null or max_tasks < 1 then
+  if max_tasks is null or max_tasks < 1 or (max_keys is not null and max_keys < 1) then
     return;
   end if;
   -- A lost claim commit is harmless: the lock dies with the session in a crash, and fences
@@ -32,14 +41,14 @@ begin
       and k.head_run_at <= now() and k.head_kind = any (kinds)
     order by k.head_priority, k.head_run_at, k.head_id
   loop
-    exit when n >= max_tasks;
+    exit when n >= max_tasks or n_keys >= coalesce(max_keys, n_keys + 1);
     -- One key at a time, never in a WHERE with LIMIT: no lock is taken that is not used.
     continue when not pg_try_advisory_lock(c.lock_id);
 
     -- Re-check under the key row lock: advisory locks ignore MVCC, so the scan may be stale.
     -- A busy key is skipped, which also covers our own session re-taking a lock it holds.
     -- SKIP LOCKED: a handler's assert_fence may hold the row; never block the lock session.
-    perform 1 from holdfast.keys k
+    select k.head_kind into v_head_kind from holdfast.keys k
     where k.key = c.key and k.head_id is not null and not k.busy
       and k.head_run_at <= now() and k.head_kind = any (kinds)
     for update skip locked;
@@ -50,31 +59,37 @@ begin
 
     update holdfast.keys k set fence = holdfast._next_fence(k.fence)
     where k.key = c.key returning k.fence into v_fence;
-
     select least(kd.batch_max, max_tasks - n) into v_batch
-    from holdfast.keys k join holdfast.kinds kd on kd.kind = k.head_kind where k.key = c.key;
+    from holdfast.kinds kd where kd.kind = v_head_kind;
 
-    v_before := n;
-    for t in
+    -- The head and the tasks of its kind right behind it, in the key's order (FIFO per key).
+    -- Bounded by the batch size: no scan over the key's other pending tasks.
+    v_taken := 0;
+    for p in
+      select q.id, q.kind, q.run_at from holdfast.tasks q
+      where q.key = c.key and q.state = 'pending'
+      order by q.priority, q.run_at, q.id
+      limit v_batch
+      for update
+    loop
+      exit when p.kind <> v_head_kind or (v_taken > 0 and p.run_at > now());
       update holdfast.tasks u set
         state = 'running', attempt = u.attempt + 1, fence = v_fence, worker = claim.worker,
-        holder_pid = v_pid, holder_started = v_started, started_at = now()
-      where u.id in (
-        select p.id from holdfast.tasks p join holdfast.keys k on k.key = p.key
-        where p.key = c.key and p.state = 'pending' and p.run_at <= now() and p.kind = k.head_kind
-        order by p.priority, p.run_at, p.id
-        limit v_batch
-        for update of p)
-      returning u.*
-    loop
+        holder_pid = v_pid, holder_started = v_started, started_at = now(),
+        cancel_requested = false
+      where u.id = p.id
+      returning u.* into t;
       insert into holdfast.attempts (task_id, attempt, fence, worker, pid)
       values (t.id, t.attempt, v_fence, claim.worker, v_pid);
+      v_taken := v_taken + 1;
       n := n + 1;
       return next t;
     end loop;
 
-    if n = v_before then
+    if v_taken = 0 then
       perform pg_advisory_unlock(c.lock_id);
+    else
+      n_keys := n_keys + 1;
     end if;
     perform holdfast._refresh_key(c.key);
   end loop;

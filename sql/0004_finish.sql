@@ -1,10 +1,14 @@
 -- Completion, failure, cancellation and fences. complete()/fail() run on the session that
 -- claimed the task, are checked against the fence, and release the key's lock.
 
--- Exponential backoff with jitter: about 2^(attempt-1) seconds, capped at one hour.
-create function holdfast._backoff(attempt int) returns interval
+-- Exponential backoff with jitter: about 2^(attempt-1) seconds +-25 %, capped at one hour.
+-- With a seed (the claim's fence) the jitter is the same for every task of one claim, so a
+-- failed batch comes back in its order; different claims still spread out.
+create function holdfast._backoff(attempt int, seed bigint default null) returns interval
   language sql volatile as $$
-  select interval '1 second' * least(power(2, greatest(attempt - 1, 0)), 3600) * (0.75 + random() * 0.5)
+  select interval '1 second' * least(power(2, greatest(attempt - 1, 0)), 3600)
+    * (0.75 + 0.5 * case when seed is null then random()
+                         else (hashint8(seed)::bigint & 1048575) / 1048576.0 end)
 $$;
 
 -- Tells idle workers when the key has a task ready now.
@@ -55,7 +59,8 @@ begin
   update holdfast.tasks u set
     state = v_state,
     run_at = case when v_state = 'pending'
-                  then now() + coalesce(_finish.retry_in, holdfast._backoff(t.attempt)) else u.run_at end,
+                  then now() + coalesce(_finish.retry_in, holdfast._backoff(t.attempt, t.fence))
+                  else u.run_at end,
     finished_at = case when v_state = 'pending' then null else now() end,
     last_error = coalesce(_finish.error, u.last_error)
   where u.id = t.id;
@@ -65,7 +70,16 @@ begin
     error = _finish.error
   where a.task_id = t.id and a.attempt = t.attempt;
 
-  perform holdfast._refresh_key(t.key);
+  -- A success starts the kind's minimum interval on this key (read by the key's head).
+  if v_state = 'succeeded' then
+    insert into holdfast.key_kinds as kk (key, kind, last_succeeded_at)
+    select t.key, t.kind, now() from holdfast.kinds kd
+    where kd.kind = t.kind and kd.min_interval > interval '0'
+    on conflict (key, kind) do update set last_succeeded_at = excluded.last_succeeded_at;
+  end if;
+
+  -- requeue: the key's next task waits behind keys that were ready before this run ended.
+  perform holdfast._refresh_key(t.key, true);
   perform holdfast._release(t.key);
   perform holdfast._notify_if_ready(t.key);
   return true;
@@ -128,9 +142,20 @@ declare
   v_fence bigint;
 begin
   select k.fence into v_fence from holdfast.keys k where k.key = assert_fence.key for key share;
-  if v_fence is distinct from assert_fence.fence then
+  if v_fence is null or assert_fence.fence is null or v_fence <> assert_fence.fence then
     perform holdfast._raise('HF004', format('holdfast: stale fence %s for key %L (current %s)',
       assert_fence.fence, assert_fence.key, coalesce(v_fence::text, 'none')),
       'a newer claim of this key exists: this run lost its lock and must stop');
   end if;
 end $$;
+
+-- Dead letters: tasks that used all their attempts, with their attempts history.
+create view holdfast.dead_letters as
+select t.id, t.kind, t.key, t.payload, t.attempt, t.max_attempts, t.last_error, t.created_at,
+  t.finished_at,
+  (select jsonb_agg(jsonb_build_object('attempt', a.attempt, 'worker', a.worker,
+     'started_at', a.started_at, 'finished_at', a.finished_at, 'outcome', a.outcome,
+     'error', a.error) order by a.attempt)
+   from holdfast.attempts a where a.task_id = t.id) as attempts
+from holdfast.tasks t
+where t.state = 'failed';

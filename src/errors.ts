@@ -50,6 +50,14 @@ export class StaleFenceError extends HoldfastError {
   }
 }
 
+/** The database role lacks the holdfast role this call needs (SQLSTATE 42501): grant
+ *  holdfast_producer, holdfast_worker or holdfast_observer. */
+export class PermissionDeniedError extends HoldfastError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("42501", message, options);
+  }
+}
+
 /** The worker's lock session ended or stopped answering: every running handler lost its lock. */
 export class LockLostError extends HoldfastError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -82,8 +90,12 @@ const bySqlState: Record<
   HF002: InvalidArgumentError,
   HF003: TaskNotFoundError,
   HF004: StaleFenceError,
+  "42501": PermissionDeniedError, // insufficient_privilege
   "22P02": InvalidArgumentError, // invalid_text_representation (e.g. malformed JSON)
   "23514": InvalidArgumentError, // check_violation
+  "22007": InvalidArgumentError, // invalid_datetime_format (e.g. a malformed interval)
+  "22008": InvalidArgumentError, // datetime_field_overflow
+  "22015": InvalidArgumentError, // interval_field_overflow
 };
 
 /** Node errors that mean the server is not there (as opposed to a query it rejected). */

@@ -7,6 +7,7 @@ import {
   InvalidArgumentError,
   translateError,
 } from "./errors.js";
+import { kindParams } from "./kinds.js";
 import { HoldfastMetrics, type MetricsOptions } from "./metrics.js";
 import { type MigrateResult, migrate } from "./migrate.js";
 import {
@@ -15,8 +16,14 @@ import {
   resolveOptions,
   resolveWorkerOptions,
 } from "./options.js";
-import { sql } from "./queries/tasks.js";
-import type { EnqueueOptions, EnqueueResult, WorkerOptions } from "./types.js";
+import { type DeadLetterRow, sql, toDeadLetter } from "./queries/tasks.js";
+import type {
+  DeadLetter,
+  DefineKindOptions,
+  EnqueueOptions,
+  EnqueueResult,
+  WorkerOptions,
+} from "./types.js";
 import { Worker } from "./worker/worker.js";
 
 /** Entry point: enqueue tasks, run workers, migrate the schema. */
@@ -55,9 +62,12 @@ export class Holdfast {
     }
   }
 
-  /** Defines a kind (or updates its settings); enqueue rejects kinds nobody defined. */
-  async defineKind(kind: string, options: { maxAttempts?: number } = {}): Promise<void> {
-    await this.query(sql.defineKind, [kind, options.maxAttempts ?? null]);
+  /** Defines a kind (or updates the settings given); enqueue rejects kinds nobody defined. */
+  async defineKind(kind: string, options: DefineKindOptions = {}): Promise<void> {
+    if (typeof kind !== "string" || kind === "")
+      throw new InvalidArgumentError("holdfast: kind must be a non-empty string");
+    const p = kindParams(kind, options, InvalidArgumentError);
+    await this.query(sql.defineKind, [kind, p.maxAttempts, p.minInterval, p.batchMax]);
   }
 
   /** Adds a task. Resolves once it is committed; idle workers are notified on commit. */
@@ -66,7 +76,7 @@ export class Holdfast {
       throw new InvalidArgumentError("holdfast: kind must be a non-empty string");
     if (typeof options !== "object" || options === null)
       throw new InvalidArgumentError("holdfast: enqueue options must be an object with a key");
-    const { key, payload, runAt, priority, dedupeKey, maxAttempts } = options;
+    const { key, payload, runAt, priority, dedupeKey, maxAttempts, onDedupe } = options;
     if (typeof key !== "string" || key === "")
       throw new InvalidArgumentError("holdfast: key must be a non-empty string");
     if (runAt !== undefined && !(runAt instanceof Date && !Number.isNaN(runAt.getTime()))) {
@@ -77,6 +87,10 @@ export class Holdfast {
     if (maxAttempts !== undefined && !(Number.isInteger(maxAttempts) && maxAttempts >= 1)) {
       throw new InvalidArgumentError("holdfast: maxAttempts must be an integer of at least 1");
     }
+    if (dedupeKey !== undefined && (typeof dedupeKey !== "string" || dedupeKey === ""))
+      throw new InvalidArgumentError("holdfast: dedupeKey must be a non-empty string");
+    if (onDedupe !== undefined && !["keep", "replace", "merge"].includes(onDedupe))
+      throw new InvalidArgumentError("holdfast: onDedupe must be keep, replace or merge");
     const json = encodePayload(payload);
     const rows = await this.query<{ id: string; deduped: boolean }>(sql.enqueue, [
       kind,
@@ -86,6 +100,7 @@ export class Holdfast {
       priority ?? 0,
       dedupeKey ?? null,
       maxAttempts ?? null,
+      onDedupe ?? "keep",
     ]);
     const row = rows[0];
     if (!row) throw new InvalidArgumentError("holdfast: enqueue returned no row");
@@ -96,6 +111,28 @@ export class Holdfast {
   async cancel(id: number): Promise<boolean> {
     const rows = await this.query<{ ok: boolean }>(sql.cancel, [id]);
     return rows[0]?.ok ?? false;
+  }
+
+  /**
+   * Requeues a dead-lettered (or cancelled) task as its next attempt, with `extraAttempts`
+   * more attempts (default: the kind's maxAttempts); its attempts history is kept. Resolves
+   * false when the task is pending, running or succeeded (nothing changes).
+   */
+  async retry(id: number, options: { extraAttempts?: number } = {}): Promise<boolean> {
+    const { extraAttempts } = options;
+    if (extraAttempts !== undefined && !(Number.isInteger(extraAttempts) && extraAttempts >= 1))
+      throw new InvalidArgumentError("holdfast: extraAttempts must be an integer of at least 1");
+    const rows = await this.query<{ ok: boolean }>(sql.retry, [id, extraAttempts ?? null]);
+    return rows[0]?.ok ?? false;
+  }
+
+  /** Dead-lettered tasks, latest first, each with its attempts history. */
+  async deadLetters(options: { kind?: string; limit?: number } = {}): Promise<DeadLetter[]> {
+    const rows = await this.query<DeadLetterRow>(sql.deadLetters, [
+      options.kind ?? null,
+      options.limit ?? 100,
+    ]);
+    return rows.map(toDeadLetter);
   }
 
   /** Creates a worker; call `start()` on it. Its lock and LISTEN sessions are its own. */

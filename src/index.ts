@@ -4,6 +4,7 @@ export {
   HoldfastError,
   InvalidArgumentError,
   LockLostError,
+  PermissionDeniedError,
   ShutdownError,
   StaleFenceError,
   TaskCancelledError,
@@ -25,11 +26,18 @@ export { HoldfastMetrics, type MetricsOptions } from "./metrics.js";
 export type { MigrateResult } from "./migrate.js";
 export { type HoldfastOptions, workerDefaults } from "./options.js";
 export type {
+  Attempt,
+  BatchHandler,
+  BatchKindOptions,
+  DeadLetter,
+  DefineKindOptions,
   EnqueueOptions,
   EnqueueResult,
   Handler,
   HandlerContext,
+  Interval,
   KindOptions,
+  KindSettings,
   LockSessionOptions,
   Queryable,
   Task,

@@ -2,6 +2,7 @@ import type pg from "pg";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import { TaskCancelledError } from "./errors.js";
 import { queueSql } from "./inspect/queries.js";
+import type { Outcome } from "./worker/runs.js";
 import type { Worker } from "./worker/worker.js";
 
 export interface MetricsOptions {
@@ -97,7 +98,7 @@ export class HoldfastMetrics {
     };
     const end = (
       task: { id: number; kind: string; attempt: number; maxAttempts: number },
-      info: { outcome: "succeeded" | "failed" | "lost" | "rejected"; error?: unknown },
+      info: { outcome: Outcome; error?: unknown },
     ) => {
       const kind = task.kind;
       const t0 = startedAt.get(task.id);
@@ -109,7 +110,8 @@ export class HoldfastMetrics {
       if (info.outcome === "succeeded") this.succeeded.inc({ kind });
       else if (info.outcome === "lost") this.lost.inc({ kind, reason: "lock_lost" });
       else if (info.outcome === "rejected") this.lost.inc({ kind, reason: "stale_fence" });
-      else if (info.error instanceof TaskCancelledError) this.cancelled.inc({ kind });
+      else if (info.outcome === "cancelled" || info.error instanceof TaskCancelledError)
+        this.cancelled.inc({ kind });
       else {
         this.failed.inc({ kind });
         if (task.attempt >= task.maxAttempts) this.deadLettered.inc({ kind });

@@ -2,7 +2,8 @@ import os from "node:os";
 import pg from "pg";
 import { type Logger, pino } from "pino";
 import { ConfigError } from "./errors.js";
-import type { KindOptions, LockSessionOptions, WorkerOptions } from "./types.js";
+import { type KindParams, kindParams } from "./kinds.js";
+import type { BatchKindOptions, KindOptions, LockSessionOptions, WorkerOptions } from "./types.js";
 import {
   clientDetectionMs,
   type LockSessionSettings,
@@ -94,10 +95,11 @@ export interface ResolvedWorkerOptions {
   lockSession: LockSessionSettings;
 }
 
-export interface ResolvedKind extends KindOptions {
-  kind: string;
-  handler: NonNullable<KindOptions["handler"]>;
-}
+/** A worker's kind: a single-task handler, or a batch handler with its batch size. */
+export type ResolvedKind = { kind: string; params: KindParams } & (
+  | { batchMax: 1; handler: KindOptions["handler"]; batch: false }
+  | { batchMax: number; handler: BatchKindOptions["handleBatch"]; batch: true }
+);
 
 const kindPattern = /^[A-Za-z0-9_.:-]{1,100}$/;
 
@@ -121,13 +123,33 @@ export function resolveWorkerOptions(opts: WorkerOptions): ResolvedWorkerOptions
         `holdfast: invalid kind name ${JSON.stringify(kind)} (1-100 of letters, digits, _ . : -)`,
       );
     }
-    const def: KindOptions = typeof entry === "function" ? { handler: entry } : entry;
-    if (typeof def?.handler !== "function") {
-      throw new ConfigError(
-        `holdfast: the handler of kind ${JSON.stringify(kind)} must be a function`,
-      );
+    const def: KindOptions | BatchKindOptions =
+      typeof entry === "function" ? { handler: entry } : entry;
+    if (def !== null && typeof def === "object" && "handleBatch" in def) {
+      if (typeof def.handleBatch !== "function" || def.batch === undefined) {
+        throw new ConfigError(
+          `holdfast: batch kind ${JSON.stringify(kind)} needs batch: { max } and a handleBatch function`,
+        );
+      }
+      const params = kindParams(kind, def, ConfigError);
+      const batchMax = params.batchMax ?? 1;
+      kinds.set(kind, { kind, params, batchMax, handler: def.handleBatch, batch: true });
+    } else {
+      if (typeof def?.handler !== "function") {
+        throw new ConfigError(
+          `holdfast: the handler of kind ${JSON.stringify(kind)} must be a function`,
+        );
+      }
+      // A worker states the batch size its handler takes: 1 for a single-task handler.
+      const params = kindParams(kind, { ...def, batch: undefined }, ConfigError);
+      kinds.set(kind, {
+        kind,
+        params: { ...params, batchMax: 1 },
+        batchMax: 1,
+        handler: def.handler,
+        batch: false,
+      });
     }
-    kinds.set(kind, { ...def, kind, handler: def.handler });
   }
   const name =
     opts.name ?? `${os.hostname()}:${process.pid}:${Math.random().toString(36).slice(2, 8)}`;

@@ -34,17 +34,50 @@ export interface HandlerContext {
 
 export type Handler<P = unknown> = (task: Task<P>, ctx: HandlerContext) => Promise<void> | void;
 
-export interface KindOptions {
+/** A batch kind's handler: up to `batch.max` tasks of one key, in the key's order, claimed
+ *  together under one lock and one fence. They succeed together when it resolves and fail
+ *  together (each one's attempt is recorded and retried) when it throws. */
+export type BatchHandler<P = unknown> = (
+  tasks: Task<P>[],
+  ctx: HandlerContext,
+) => Promise<void> | void;
+
+/** A minimum interval: milliseconds, or a Postgres interval such as `"8 hours"`. */
+export type Interval = number | string;
+
+/** Settings stored with a kind (`hf.defineKind`, or a worker's handler entry). */
+export interface KindSettings {
+  /** Attempts before a failing task is dead-lettered (default 5). */
+  maxAttempts?: number;
+  /** A task of this kind does not start on a key before the last successful run of the kind
+   *  on that key ended plus this interval (enforced at claim time, across all producers). */
+  minInterval?: Interval;
+}
+
+export interface DefineKindOptions extends KindSettings {
+  /** Tasks handed to a batch handler at once (1 to 1000; default 1: not a batch kind). */
+  batch?: { max: number };
+}
+
+export interface KindOptions extends KindSettings {
   // biome-ignore lint/suspicious/noExplicitAny: handlers declare their own payload type
   handler: Handler<any>;
-  /** Attempts before a failing task is dead-lettered; stored with the kind (default 5). */
-  maxAttempts?: number;
+}
+
+/** A batch kind: `handleBatch` (not `handler`) receives the tasks, so each entry's handler
+ *  parameters are typed from the entry's shape. */
+export interface BatchKindOptions extends KindSettings {
+  /** Up to `max` pending tasks of one key, of this kind and next in the key's order. */
+  batch: { max: number };
+  // biome-ignore lint/suspicious/noExplicitAny: handlers declare their own payload type
+  handleBatch: BatchHandler<any>;
 }
 
 export interface WorkerOptions {
-  /** Handlers per kind: a function, or `{ handler, maxAttempts }`. The worker defines these kinds. */
+  /** Handlers per kind: a function, `{ handler, maxAttempts, minInterval }`, or a batch kind
+   *  `{ batch: { max }, handleBatch: (tasks, ctx) => … }`. The worker defines these kinds. */
   // biome-ignore lint/suspicious/noExplicitAny: handlers declare their own payload type
-  handlers: Record<string, Handler<any> | KindOptions>;
+  handlers: Record<string, Handler<any> | KindOptions | BatchKindOptions>;
   /** Handlers running at once (default 1). Connections do not grow with it. */
   concurrency?: number;
   /** Recorded as the holder of its tasks (default host:pid:random). */
@@ -92,8 +125,12 @@ export interface EnqueueOptions<P = unknown> {
   runAt?: Date;
   /** Lower runs first (default 0). */
   priority?: number;
-  /** At most one pending task per dedupe key: enqueuing again returns the pending one. */
+  /** At most one pending task per dedupe key: enqueuing again returns the pending one (a
+   *  dedupe key belongs to one key). One may run while another waits. */
   dedupeKey?: string;
+  /** What a deduped enqueue does to the pending task's payload: keep it (default), replace
+   *  it with this payload, or merge (jsonb `||`: this payload's top-level fields win). */
+  onDedupe?: "keep" | "replace" | "merge";
   /** Overrides the kind's max attempts. */
   maxAttempts?: number;
 }
@@ -102,4 +139,28 @@ export interface EnqueueResult {
   id: number;
   /** true when a pending task with the same dedupeKey already existed (its id is returned). */
   deduped: boolean;
+}
+
+/** One attempt of a task: who ran it and how it ended (null while it runs). */
+export interface Attempt {
+  attempt: number;
+  worker: string | null;
+  startedAt: Date;
+  finishedAt: Date | null;
+  outcome: "succeeded" | "failed" | "lost" | "cancelled" | null;
+  error: { message?: string; stack?: string } | null;
+}
+
+/** A task that used all its attempts (state `failed`); requeue it with `hf.retry(id)`. */
+export interface DeadLetter<P = unknown> {
+  id: number;
+  kind: string;
+  key: string;
+  payload: P;
+  attempt: number;
+  maxAttempts: number;
+  lastError: { message?: string; stack?: string } | null;
+  createdAt: Date;
+  finishedAt: Date;
+  attempts: Attempt[];
 }

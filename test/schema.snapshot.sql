@@ -10,11 +10,13 @@ CREATE INDEX tasks_kind_state ON holdfast.tasks USING btree (kind, state);
 
 CREATE INDEX tasks_running ON holdfast.tasks USING btree (key) WHERE (state = 'running'::text);
 
-CREATE OR REPLACE FUNCTION holdfast._backoff(attempt integer)
+CREATE OR REPLACE FUNCTION holdfast._backoff(attempt integer, seed bigint DEFAULT NULL::bigint)
  RETURNS interval
  LANGUAGE sql
 AS $function$
-  select interval '1 second' * least(power(2, greatest(attempt - 1, 0)), 3600) * (0.75 + random() * 0.5)
+  select interval '1 second' * least(power(2, greatest(attempt - 1, 0)), 3600)
+    * (0.75 + 0.5 * case when seed is null then random()
+                         else (hashint8(seed)::bigint & 1048575) / 1048576.0 end)
 $function$
 ;
 
@@ -47,7 +49,8 @@ begin
   update holdfast.tasks u set
     state = v_state,
     run_at = case when v_state = 'pending'
-                  then now() + coalesce(_finish.retry_in, holdfast._backoff(t.attempt)) else u.run_at end,
+                  then now() + coalesce(_finish.retry_in, holdfast._backoff(t.attempt, t.fence))
+                  else u.run_at end,
     finished_at = case when v_state = 'pending' then null else now() end,
     last_error = coalesce(_finish.error, u.last_error)
   where u.id = t.id;
@@ -57,11 +60,31 @@ begin
     error = _finish.error
   where a.task_id = t.id and a.attempt = t.attempt;
 
-  perform holdfast._refresh_key(t.key);
+  -- A success starts the kind's minimum interval on this key (read by the key's head).
+  if v_state = 'succeeded' then
+    insert into holdfast.key_kinds as kk (key, kind, last_succeeded_at)
+    select t.key, t.kind, now() from holdfast.kinds kd
+    where kd.kind = t.kind and kd.min_interval > interval '0'
+    on conflict (key, kind) do update set last_succeeded_at = excluded.last_succeeded_at;
+  end if;
+
+  -- requeue: the key's next task waits behind keys that were ready before this run ended.
+  perform holdfast._refresh_key(t.key, true);
   perform holdfast._release(t.key);
   perform holdfast._notify_if_ready(t.key);
   return true;
 end $function$
+;
+
+CREATE OR REPLACE FUNCTION holdfast._interval_bound(k text, kd text)
+ RETURNS timestamp with time zone
+ LANGUAGE sql
+ STABLE
+AS $function$
+  select kk.last_succeeded_at + kinds.min_interval
+  from holdfast.key_kinds kk join holdfast.kinds on kinds.kind = kk.kind
+  where kk.key = k and kk.kind = kd and kinds.min_interval > interval '0'
+$function$
 ;
 
 CREATE OR REPLACE FUNCTION holdfast._next_fence(current bigint)
@@ -91,14 +114,16 @@ begin
 end $function$
 ;
 
-CREATE OR REPLACE FUNCTION holdfast._refresh_key(k text)
+CREATE OR REPLACE FUNCTION holdfast._refresh_key(k text, requeue boolean DEFAULT false)
  RETURNS void
  LANGUAGE sql
 AS $function$
   update holdfast.keys set
     busy = exists (select 1 from holdfast.tasks t where t.key = k and t.state = 'running'),
     (head_id, head_kind, head_priority, head_run_at) = (
-      select t.id, t.kind, t.priority, t.run_at from holdfast.tasks t
+      select t.id, t.kind, t.priority,
+        greatest(t.run_at, holdfast._interval_bound(k, t.kind), case when requeue then now() end)
+      from holdfast.tasks t
       where t.key = k and t.state = 'pending'
       order by t.priority, t.run_at, t.id
       limit 1)
@@ -127,13 +152,15 @@ AS $function$ select backend_start from pg_stat_get_activity(pg_backend_pid()) $
 CREATE OR REPLACE FUNCTION holdfast.assert_fence(key text, fence bigint)
  RETURNS void
  LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
 declare
   v_fence bigint;
 begin
   select k.fence into v_fence from holdfast.keys k where k.key = assert_fence.key for key share;
-  if v_fence is distinct from assert_fence.fence then
+  if v_fence is null or assert_fence.fence is null or v_fence <> assert_fence.fence then
     perform holdfast._raise('HF004', format('holdfast: stale fence %s for key %L (current %s)',
       assert_fence.fence, assert_fence.key, coalesce(v_fence::text, 'none')),
       'a newer claim of this key exists: this run lost its lock and must stop');
@@ -144,6 +171,8 @@ end $function$
 CREATE OR REPLACE FUNCTION holdfast.cancel(id bigint)
  RETURNS boolean
  LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
 declare
@@ -168,22 +197,27 @@ begin
 end $function$
 ;
 
-CREATE OR REPLACE FUNCTION holdfast.claim(kinds text[], worker text, max_tasks integer DEFAULT 1)
+CREATE OR REPLACE FUNCTION holdfast.claim(kinds text[], worker text, max_tasks integer DEFAULT 1, max_keys integer DEFAULT NULL::integer)
  RETURNS SETOF holdfast.tasks
  LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
 declare
   c record;
+  p record;
   t holdfast.tasks;
   v_fence bigint;
   v_pid int := pg_backend_pid();
   v_started timestamptz := holdfast._session_started();
+  v_head_kind text;
   v_batch int;
-  v_before int;
+  v_taken int;
   n int := 0;
+  n_keys int := 0;
 begin
-  if max_tasks is null or max_tasks < 1 then
+  if max_tasks is null or max_tasks < 1 or (max_keys is not null and max_keys < 1) then
     return;
   end if;
   -- A lost claim commit is harmless: the lock dies with the session in a crash, and fences
@@ -196,14 +230,14 @@ begin
       and k.head_run_at <= now() and k.head_kind = any (kinds)
     order by k.head_priority, k.head_run_at, k.head_id
   loop
-    exit when n >= max_tasks;
+    exit when n >= max_tasks or n_keys >= coalesce(max_keys, n_keys + 1);
     -- One key at a time, never in a WHERE with LIMIT: no lock is taken that is not used.
     continue when not pg_try_advisory_lock(c.lock_id);
 
     -- Re-check under the key row lock: advisory locks ignore MVCC, so the scan may be stale.
     -- A busy key is skipped, which also covers our own session re-taking a lock it holds.
     -- SKIP LOCKED: a handler's assert_fence may hold the row; never block the lock session.
-    perform 1 from holdfast.keys k
+    select k.head_kind into v_head_kind from holdfast.keys k
     where k.key = c.key and k.head_id is not null and not k.busy
       and k.head_run_at <= now() and k.head_kind = any (kinds)
     for update skip locked;
@@ -214,31 +248,37 @@ begin
 
     update holdfast.keys k set fence = holdfast._next_fence(k.fence)
     where k.key = c.key returning k.fence into v_fence;
-
     select least(kd.batch_max, max_tasks - n) into v_batch
-    from holdfast.keys k join holdfast.kinds kd on kd.kind = k.head_kind where k.key = c.key;
+    from holdfast.kinds kd where kd.kind = v_head_kind;
 
-    v_before := n;
-    for t in
+    -- The head and the tasks of its kind right behind it, in the key's order (FIFO per key).
+    -- Bounded by the batch size: no scan over the key's other pending tasks.
+    v_taken := 0;
+    for p in
+      select q.id, q.kind, q.run_at from holdfast.tasks q
+      where q.key = c.key and q.state = 'pending'
+      order by q.priority, q.run_at, q.id
+      limit v_batch
+      for update
+    loop
+      exit when p.kind <> v_head_kind or (v_taken > 0 and p.run_at > now());
       update holdfast.tasks u set
         state = 'running', attempt = u.attempt + 1, fence = v_fence, worker = claim.worker,
-        holder_pid = v_pid, holder_started = v_started, started_at = now()
-      where u.id in (
-        select p.id from holdfast.tasks p join holdfast.keys k on k.key = p.key
-        where p.key = c.key and p.state = 'pending' and p.run_at <= now() and p.kind = k.head_kind
-        order by p.priority, p.run_at, p.id
-        limit v_batch
-        for update of p)
-      returning u.*
-    loop
+        holder_pid = v_pid, holder_started = v_started, started_at = now(),
+        cancel_requested = false
+      where u.id = p.id
+      returning u.* into t;
       insert into holdfast.attempts (task_id, attempt, fence, worker, pid)
       values (t.id, t.attempt, v_fence, claim.worker, v_pid);
+      v_taken := v_taken + 1;
       n := n + 1;
       return next t;
     end loop;
 
-    if n = v_before then
+    if v_taken = 0 then
       perform pg_advisory_unlock(c.lock_id);
+    else
+      n_keys := n_keys + 1;
     end if;
     perform holdfast._refresh_key(c.key);
   end loop;
@@ -248,12 +288,16 @@ end $function$
 CREATE OR REPLACE FUNCTION holdfast.complete(id bigint, fence bigint)
  RETURNS boolean
  LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$ select holdfast._finish(id, fence, 'succeeded', null, null) $function$
 ;
 
 CREATE OR REPLACE FUNCTION holdfast.complete_many(ids bigint[], fences bigint[])
  RETURNS SETOF bigint
  LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
   select d.id from unnest(ids, fences) as d(id, fence)
   where not holdfast._finish(d.id, d.fence, 'succeeded', null, null)
@@ -263,6 +307,8 @@ $function$
 CREATE OR REPLACE FUNCTION holdfast.define_kind(kind text, max_attempts integer DEFAULT NULL::integer, min_interval interval DEFAULT NULL::interval, batch_max integer DEFAULT NULL::integer)
  RETURNS void
  LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
 begin
@@ -289,23 +335,30 @@ begin
 end $function$
 ;
 
-CREATE OR REPLACE FUNCTION holdfast.enqueue(kind text, key text, payload jsonb DEFAULT '{}'::jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, dedupe_key text DEFAULT NULL::text, max_attempts integer DEFAULT NULL::integer)
+CREATE OR REPLACE FUNCTION holdfast.enqueue(kind text, key text, payload jsonb DEFAULT '{}'::jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, dedupe_key text DEFAULT NULL::text, max_attempts integer DEFAULT NULL::integer, on_dedupe text DEFAULT 'keep'::text)
  RETURNS bigint
  LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
-  select e.id from holdfast.enqueue_task(kind, key, payload, run_at, priority, dedupe_key, max_attempts) e
+  select e.id from holdfast.enqueue_task(kind, key, payload, run_at, priority, dedupe_key,
+    max_attempts, on_dedupe) e
 $function$
 ;
 
-CREATE OR REPLACE FUNCTION holdfast.enqueue_task(kind text, key text, payload jsonb DEFAULT '{}'::jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, dedupe_key text DEFAULT NULL::text, max_attempts integer DEFAULT NULL::integer)
+CREATE OR REPLACE FUNCTION holdfast.enqueue_task(kind text, key text, payload jsonb DEFAULT '{}'::jsonb, run_at timestamp with time zone DEFAULT NULL::timestamp with time zone, priority integer DEFAULT 0, dedupe_key text DEFAULT NULL::text, max_attempts integer DEFAULT NULL::integer, on_dedupe text DEFAULT 'keep'::text)
  RETURNS TABLE(id bigint, deduped boolean)
  LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
 declare
   v_kind holdfast.kinds;
   v_run_at timestamptz := coalesce(enqueue_task.run_at, now());
   v_id bigint;
+  v_key text;
+  v_head holdfast.tasks;
 begin
   select * into v_kind from holdfast.kinds k where k.kind = enqueue_task.kind;
   if not found then
@@ -327,42 +380,63 @@ begin
   if enqueue_task.priority is null then
     perform holdfast._raise('HF002', 'holdfast: priority must not be null');
   end if;
+  if enqueue_task.on_dedupe is null or enqueue_task.on_dedupe not in ('keep', 'replace', 'merge') then
+    perform holdfast._raise('HF002', 'holdfast: on_dedupe must be keep, replace or merge');
+  end if;
 
   insert into holdfast.keys (key, lock_id)
   values (enqueue_task.key, holdfast.lock_id(enqueue_task.key))
   on conflict do nothing;
-  -- Lock the key row first (lock order everywhere: key row, then task rows).
+  -- Lock the key row first (lock order everywhere: key row, then task rows). Holding it, no
+  -- claim can start this key's pending task before we commit, so a deduped request is never
+  -- folded into a task that already started.
   perform 1 from holdfast.keys k where k.key = enqueue_task.key for no key update;
 
   if enqueue_task.dedupe_key is not null then
-    select t.id into v_id from holdfast.tasks t
-    where t.dedupe_key = enqueue_task.dedupe_key and t.state = 'pending';
-    if found then
-      return query select v_id, true;
-      return;
-    end if;
+    for attempt in 1..2 loop
+      select t.id, t.key into v_id, v_key from holdfast.tasks t
+      where t.dedupe_key = enqueue_task.dedupe_key and t.state = 'pending';
+      if found then
+        if v_key <> enqueue_task.key then
+          perform holdfast._raise('HF002', format('holdfast: dedupe key %L is pending on key %L, not %L',
+            enqueue_task.dedupe_key, v_key, enqueue_task.key), 'a dedupe key belongs to one key');
+        end if;
+        if enqueue_task.on_dedupe <> 'keep' then
+          update holdfast.tasks t set payload = case enqueue_task.on_dedupe
+              when 'replace' then enqueue_task.payload else t.payload || enqueue_task.payload end
+          where t.id = v_id;
+        end if;
+        return query select v_id, true;
+        return;
+      end if;
+      exit when attempt = 2;
+      insert into holdfast.tasks (kind, key, payload, run_at, priority, dedupe_key, max_attempts)
+      values (enqueue_task.kind, enqueue_task.key, enqueue_task.payload, v_run_at,
+              enqueue_task.priority, enqueue_task.dedupe_key,
+              coalesce(enqueue_task.max_attempts, v_kind.max_attempts))
+      on conflict (dedupe_key) where state = 'pending' and dedupe_key is not null do nothing
+      returning tasks.id into v_id;
+      exit when v_id is not null;
+      -- A concurrent producer committed the same dedupe key on another key: report it above.
+    end loop;
+  else
+    insert into holdfast.tasks (kind, key, payload, run_at, priority, dedupe_key, max_attempts)
+    values (enqueue_task.kind, enqueue_task.key, enqueue_task.payload, v_run_at,
+            enqueue_task.priority, null, coalesce(enqueue_task.max_attempts, v_kind.max_attempts))
+    returning tasks.id into v_id;
   end if;
 
-  insert into holdfast.tasks (kind, key, payload, run_at, priority, dedupe_key, max_attempts)
-  values (enqueue_task.kind, enqueue_task.key, enqueue_task.payload, v_run_at, enqueue_task.priority,
-          enqueue_task.dedupe_key, coalesce(enqueue_task.max_attempts, v_kind.max_attempts))
-  on conflict (dedupe_key) where state = 'pending' and dedupe_key is not null do nothing
-  returning tasks.id into v_id;
-
-  if v_id is null then
-    -- A concurrent producer inserted the same dedupe key in another key; it is committed now.
-    select t.id into v_id from holdfast.tasks t
-    where t.dedupe_key = enqueue_task.dedupe_key and t.state = 'pending';
-    return query select v_id, true;
-    return;
+  -- The new task becomes the head if it comes before the current head in (priority, run_at,
+  -- id) order: one primary-key lookup, no scan of the key's pending tasks.
+  select t.* into v_head from holdfast.keys k join holdfast.tasks t on t.id = k.head_id
+  where k.key = enqueue_task.key;
+  if v_head.id is null
+     or (enqueue_task.priority, v_run_at, v_id) < (v_head.priority, v_head.run_at, v_head.id) then
+    update holdfast.keys k
+    set head_id = v_id, head_kind = enqueue_task.kind, head_priority = enqueue_task.priority,
+        head_run_at = greatest(v_run_at, holdfast._interval_bound(enqueue_task.key, enqueue_task.kind))
+    where k.key = enqueue_task.key;
   end if;
-
-  update holdfast.keys k
-  set head_id = v_id, head_kind = enqueue_task.kind, head_priority = enqueue_task.priority,
-      head_run_at = v_run_at
-  where k.key = enqueue_task.key
-    and (k.head_id is null
-         or (enqueue_task.priority, v_run_at, v_id) < (k.head_priority, k.head_run_at, k.head_id));
 
   perform pg_notify('holdfast', enqueue_task.kind);
   return query select v_id, false;
@@ -372,6 +446,8 @@ end $function$
 CREATE OR REPLACE FUNCTION holdfast.fail(id bigint, fence bigint, error text, retry_in interval DEFAULT NULL::interval, stack text DEFAULT NULL::text)
  RETURNS boolean
  LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
   select holdfast._finish(id, fence, 'failed',
     jsonb_strip_nulls(jsonb_build_object('message', error, 'stack', stack)), retry_in)
@@ -388,16 +464,56 @@ AS $function$ select hashtextextended(key, 4714072861207531113) $function$
 CREATE OR REPLACE FUNCTION holdfast.next_run_at(kinds text[])
  RETURNS timestamp with time zone
  LANGUAGE sql
- STABLE
+ STABLE SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
   select min(k.head_run_at) from holdfast.keys k
   where k.head_id is not null and not k.busy and k.head_kind = any (kinds)
 $function$
 ;
 
+CREATE OR REPLACE FUNCTION holdfast.retry(id bigint, extra_attempts integer DEFAULT NULL::integer)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+declare
+  t holdfast.tasks;
+begin
+  if extra_attempts is not null and extra_attempts < 1 then
+    perform holdfast._raise('HF002', 'holdfast: extra_attempts must be at least 1');
+  end if;
+  select * into t from holdfast.tasks where id = retry.id;
+  if not found then
+    perform holdfast._raise('HF003', format('holdfast: no task with id %s', retry.id));
+  end if;
+  perform 1 from holdfast.keys k where k.key = t.key for no key update;
+  select * into t from holdfast.tasks where id = retry.id;
+  if t.state not in ('failed', 'cancelled') then
+    return false;
+  end if;
+  if t.dedupe_key is not null and exists (
+    select 1 from holdfast.tasks p where p.dedupe_key = t.dedupe_key and p.state = 'pending') then
+    return false;
+  end if;
+  update holdfast.tasks u set
+    state = 'pending', run_at = now(), finished_at = null, cancel_requested = false,
+    max_attempts = t.attempt + coalesce(retry.extra_attempts,
+      (select kd.max_attempts from holdfast.kinds kd where kd.kind = t.kind))
+  where u.id = t.id;
+  perform holdfast._refresh_key(t.key);
+  perform pg_notify('holdfast', t.kind);
+  return true;
+end $function$
+;
+
 CREATE OR REPLACE FUNCTION holdfast.sweep()
  RETURNS integer
  LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
 declare
@@ -440,10 +556,14 @@ end $function$
 CREATE OR REPLACE FUNCTION holdfast.try_lead()
  RETURNS boolean
  LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$ select pg_try_advisory_lock(1752132708, 1) $function$
 ;
 
 CREATE UNIQUE INDEX attempts_pkey ON holdfast.attempts USING btree (task_id, attempt);
+
+CREATE UNIQUE INDEX key_kinds_pkey ON holdfast.key_kinds USING btree (key, kind);
 
 CREATE UNIQUE INDEX keys_pkey ON holdfast.keys USING btree (key);
 
@@ -460,6 +580,12 @@ constraint attempts_outcome_check on attempts: CHECK ((outcome = ANY (ARRAY['suc
 constraint attempts_pkey on attempts: PRIMARY KEY (task_id, attempt);
 
 constraint attempts_task_id_fkey on attempts: FOREIGN KEY (task_id) REFERENCES holdfast.tasks(id) ON DELETE CASCADE;
+
+constraint key_kinds_key_fkey on key_kinds: FOREIGN KEY (key) REFERENCES holdfast.keys(key);
+
+constraint key_kinds_kind_fkey on key_kinds: FOREIGN KEY (kind) REFERENCES holdfast.kinds(kind);
+
+constraint key_kinds_pkey on key_kinds: PRIMARY KEY (key, kind);
 
 constraint keys_key_check on keys: CHECK (((key <> ''::text) AND (octet_length(key) <= 1000)));
 
@@ -489,6 +615,8 @@ constraint tasks_state_check on tasks: CHECK ((state = ANY (ARRAY['pending'::tex
 
 table attempts (task_id bigint not null, attempt integer not null, fence bigint not null, worker text, pid integer, started_at timestamp with time zone not null default now(), finished_at timestamp with time zone, outcome text, error jsonb);
 
+table key_kinds (key text not null, kind text not null, last_succeeded_at timestamp with time zone not null);
+
 table keys (key text not null, lock_id bigint not null, fence bigint not null default 0, busy boolean not null default false, head_id bigint, head_kind text, head_priority integer, head_run_at timestamp with time zone);
 
 table kinds (kind text not null, max_attempts integer not null default 5, min_interval interval not null default '00:00:00'::interval, batch_max integer not null default 1, created_at timestamp with time zone not null default now());
@@ -496,6 +624,21 @@ table kinds (kind text not null, max_attempts integer not null default 5, min_in
 table migrations (name text not null, applied_at timestamp with time zone not null default now());
 
 table tasks (id bigint not null, kind text not null, key text not null, payload jsonb not null default '{}'::jsonb, state text not null default 'pending'::text, priority integer not null default 0, run_at timestamp with time zone not null default now(), attempt integer not null default 0, max_attempts integer not null, dedupe_key text, fence bigint, worker text, holder_pid integer, holder_started timestamp with time zone, cancel_requested boolean not null default false, last_error jsonb, created_at timestamp with time zone not null default now(), started_at timestamp with time zone, finished_at timestamp with time zone);
+
+view dead_letters as  SELECT id,
+    kind,
+    key,
+    payload,
+    attempt,
+    max_attempts,
+    last_error,
+    created_at,
+    finished_at,
+    ( SELECT jsonb_agg(jsonb_build_object('attempt', a.attempt, 'worker', a.worker, 'started_at', a.started_at, 'finished_at', a.finished_at, 'outcome', a.outcome, 'error', a.error) ORDER BY a.attempt) AS jsonb_agg
+           FROM holdfast.attempts a
+          WHERE (a.task_id = t.id)) AS attempts
+   FROM holdfast.tasks t
+  WHERE (state = 'failed'::text);
 
 view locks as  SELECT k.key,
     k.lock_id,

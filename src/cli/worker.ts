@@ -4,7 +4,7 @@ import { pathToFileURL } from "node:url";
 import type { Logger } from "pino";
 import { ConfigError, ShutdownError } from "../errors.js";
 import type { Holdfast } from "../holdfast.js";
-import type { Handler, KindOptions, WorkerOptions } from "../types.js";
+import type { Handler, HandlerContext, WorkerOptions } from "../types.js";
 
 export interface WorkerCommandOptions {
   handlers: string;
@@ -43,11 +43,19 @@ export async function loadHandlers(modulePath: string): Promise<Handlers> {
 function abortable(handlers: Handlers, abortNow: AbortSignal): Handlers {
   const wrapped: Handlers = {};
   for (const [kind, entry] of Object.entries(handlers)) {
-    const def: KindOptions = typeof entry === "function" ? { handler: entry } : entry;
-    const inner = def.handler;
-    const handler: Handler = (task, ctx) =>
-      inner(task, { ...ctx, signal: AbortSignal.any([ctx.signal, abortNow]) });
-    wrapped[kind] = { ...def, handler };
+    const signalOf = (ctx: HandlerContext) => ({
+      ...ctx,
+      signal: AbortSignal.any([ctx.signal, abortNow]),
+    });
+    if (typeof entry === "function") {
+      wrapped[kind] = (task, ctx) => entry(task, signalOf(ctx));
+    } else if ("handleBatch" in entry) {
+      const inner = entry.handleBatch;
+      wrapped[kind] = { ...entry, handleBatch: (tasks, ctx) => inner(tasks, signalOf(ctx)) };
+    } else {
+      const inner: Handler = entry.handler;
+      wrapped[kind] = { ...entry, handler: (task, ctx) => inner(task, signalOf(ctx)) };
+    }
   }
   return wrapped;
 }

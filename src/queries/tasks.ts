@@ -1,4 +1,4 @@
-import type { Task } from "../types.js";
+import type { Attempt, DeadLetter, Task } from "../types.js";
 
 /** A row of holdfast.tasks as node-postgres returns it (int8 as string). */
 export interface TaskRow {
@@ -30,13 +30,16 @@ export function toTask(row: TaskRow): Task {
 }
 
 export const sql = {
-  defineKind: "select holdfast.define_kind($1, $2)",
-  enqueue: "select id, deduped from holdfast.enqueue_task($1, $2, $3::jsonb, $4, $5, $6, $7)",
-  claim: "select * from holdfast.claim($1::text[], $2, $3)",
+  defineKind: "select holdfast.define_kind($1, $2, $3::interval, $4)",
+  enqueue: "select id, deduped from holdfast.enqueue_task($1, $2, $3::jsonb, $4, $5, $6, $7, $8)",
+  claim: "select * from holdfast.claim($1::text[], $2, $3, $4)",
   nextRunAt: "select holdfast.next_run_at($1::text[]) as at",
   completeMany: "select holdfast.complete_many($1::bigint[], $2::bigint[]) as rejected",
   fail: "select holdfast.fail($1, $2, $3, $4::interval, $5) as ok",
   cancel: "select holdfast.cancel($1) as ok",
+  retry: "select holdfast.retry($1, $2) as ok",
+  deadLetters: `select * from holdfast.dead_letters
+    where ($1::text is null or kind = $1) order by finished_at desc, id desc limit $2`,
   assertFence: "select holdfast.assert_fence($1, $2)",
   tryLead: "select holdfast.try_lead() as leader",
   // The previous holders come from the statement's snapshot, taken before sweep() changed
@@ -48,3 +51,39 @@ export const sql = {
       from holdfast.orphans o where o.holder_pid <> pg_backend_pid()) end as previous
     from (select holdfast.sweep() as requeued) s`,
 } as const;
+
+/** A row of holdfast.dead_letters. */
+export interface DeadLetterRow extends Omit<TaskRow, "fence" | "priority" | "run_at"> {
+  last_error: DeadLetter["lastError"];
+  finished_at: Date;
+  attempts: Array<{
+    attempt: number;
+    worker: string | null;
+    started_at: string;
+    finished_at: string | null;
+    outcome: Attempt["outcome"];
+    error: Attempt["error"];
+  }> | null;
+}
+
+export function toDeadLetter(row: DeadLetterRow): DeadLetter {
+  return {
+    id: Number(row.id),
+    kind: row.kind,
+    key: row.key,
+    payload: row.payload,
+    attempt: row.attempt,
+    maxAttempts: row.max_attempts,
+    lastError: row.last_error,
+    createdAt: row.created_at,
+    finishedAt: row.finished_at,
+    attempts: (row.attempts ?? []).map((a) => ({
+      attempt: a.attempt,
+      worker: a.worker,
+      startedAt: new Date(a.started_at),
+      finishedAt: a.finished_at === null ? null : new Date(a.finished_at),
+      outcome: a.outcome,
+      error: a.error,
+    })),
+  };
+}

@@ -10,18 +10,28 @@ import {
   translateError,
 } from "../errors.js";
 import type { ResolvedWorkerOptions } from "../options.js";
-import { sql, type TaskRow, toTask } from "../queries/tasks.js";
+import { sql, type TaskRow } from "../queries/tasks.js";
 import type { HandlerContext, Queryable, Task } from "../types.js";
 import { Listener } from "./listener.js";
 import { LockSession } from "./lock-session.js";
+import {
+  groupRuns,
+  logOutcome,
+  type Outcome,
+  type Run,
+  reportRuns,
+  type Settlement,
+} from "./runs.js";
 
 /** Events a worker emits; tests and metrics wait on these instead of sleeping. */
 export interface WorkerEvents {
   /** The lock session is connected and the first scan is under way. */
   ready: [];
+  /** Once per task; the tasks of a batch run start and end together. */
   "task:start": [Task];
-  /** outcome: succeeded | failed | lost (lock lost: nothing was reported) | rejected (stale fence). */
-  "task:end": [Task, { outcome: "succeeded" | "failed" | "lost" | "rejected"; error?: unknown }];
+  /** outcome: succeeded | failed | cancelled | lost (lock lost: nothing was reported) |
+   *  rejected (stale fence). */
+  "task:end": [Task, { outcome: Outcome; error?: unknown }];
   /** The lock session was lost; running handlers were aborted. */
   "lock:lost": [LockLostError];
   /** A new lock session is connected after a loss. */
@@ -43,18 +53,6 @@ export interface PreviousHolder {
   pid: number | null;
 }
 
-interface Run {
-  task: Task;
-  controller: AbortController;
-  session: LockSession;
-  logger: Logger;
-}
-
-interface Settlement {
-  run: Run;
-  error?: unknown;
-}
-
 export interface WorkerDeps {
   pool: pg.Pool;
   connection: pg.ClientConfig;
@@ -72,9 +70,14 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private readonly logger: Logger;
   private session: LockSession | undefined;
   private listener: Listener | undefined;
+  /** Runs by their first task's id; `byTask` finds a run from any of its tasks (cancel). */
   private readonly running = new Map<number, Run>();
   /** Runs whose lock was lost whose handler has not returned, displaced by a new claim. */
   private readonly zombies = new Set<Run>();
+  private readonly byTask = new Map<number, Run>();
+  /** Cancels notified for tasks not (yet) known here: a cancel can overtake its claim. */
+  private readonly earlyCancels = new Map<number, number>();
+  private readonly maxBatch: number;
   private settled: Settlement[] = [];
   private wantClaim = false;
   private sweepDue = false;
@@ -92,6 +95,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     super();
     this.name = opts.name;
     this.kinds = [...opts.kinds.keys()];
+    this.maxBatch = Math.max(...[...opts.kinds.values()].map((k) => k.batchMax));
     this.logger = deps.logger.child({ worker: opts.name });
     // An unhandled 'error' event would crash the host process; errors are logged already.
     this.on("error", () => {});
@@ -108,9 +112,12 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.state = "starting";
     try {
       for (const k of this.opts.kinds.values()) {
-        await this.deps.pool.query(sql.defineKind, [k.kind, k.maxAttempts ?? null]).catch((err) => {
-          throw asKnownError(err);
-        });
+        const p = k.params;
+        await this.deps.pool
+          .query(sql.defineKind, [k.kind, p.maxAttempts, p.minInterval, p.batchMax])
+          .catch((err: unknown) => {
+            throw asKnownError(err);
+          });
       }
       // LISTEN before the first scan, so a task enqueued in between still wakes us.
       this.listener = new Listener(
@@ -187,7 +194,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.kick();
     await this.pumping;
     // Left unreported only when the lock session was lost meanwhile: those locks are gone.
-    for (const s of this.settled.splice(0)) this.finish(s.run, "lost", s.error);
+    for (const s of this.settled.splice(0)) {
+      for (const t of s.run.tasks) this.finish(s.run, t, "lost", s.error);
+    }
     await this.listener?.close();
     await this.session?.close();
     this.state = "stopped";
@@ -250,19 +259,26 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
   }
 
+  /** Claims up to one key per free slot; a batch kind's key brings up to batch.max tasks. */
   private async claim(session: LockSession): Promise<void> {
     const free = this.opts.concurrency - this.activeCount;
-    const rows = await session.query<TaskRow>(sql.claim, [this.kinds, this.name, free]);
-    rows.sort((a, b) => Number(a.id) - Number(b.id));
+    const rows = await session.query<TaskRow>(sql.claim, [
+      this.kinds,
+      this.name,
+      free * this.maxBatch,
+      free,
+    ]);
     if (rows.length > 0)
       this.logger.debug(
         { event: "claim", tasks: rows.map((r) => Number(r.id)), free },
         "holdfast: claimed tasks",
       );
-    for (const row of rows) this.startRun(session, toTask(row));
-    if (rows.length === free) {
+    const runs = groupRuns(rows);
+    for (const tasks of runs) this.startRun(session, tasks);
+    if (runs.length === free) {
       this.wantClaim = true; // there may be more
-    } else if (rows.length === 0) {
+    } else {
+      // Some slot is idle: wake at the earliest delayed task (a timer, not a poll).
       await this.armDelayTimer(session);
     }
   }
@@ -301,85 +317,52 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
   }
 
-  /** Reports finished runs: successes in one batch, failures one by one. */
+  /** Reports finished runs; those of a lost session end as lost, unreported. */
   private async report(session: LockSession, batch: Settlement[]): Promise<void> {
-    const pending = new Set(batch);
-    const end = (s: Settlement, outcome: "succeeded" | "failed" | "lost" | "rejected") => {
-      pending.delete(s);
-      this.finish(s.run, outcome, s.error);
+    const unconfirmed = new Map<Task, Settlement>();
+    for (const s of batch) for (const t of s.run.tasks) unconfirmed.set(t, s);
+    const end = (run: Run, t: Task, outcome: Outcome, error?: unknown) => {
+      unconfirmed.delete(t);
+      this.finish(run, t, outcome, error);
     };
     try {
       // Runs claimed on an earlier session lost their lock with it: nothing to report.
-      for (const s of batch) if (s.run.session !== session) end(s, "lost");
-      const ok = [...pending].filter((s) => s.error === undefined);
-      if (ok.length > 0) {
-        const [row] = await session.query<{ rejected: string[] | null }>(
-          "select array(select holdfast.complete_many($1::bigint[], $2::bigint[])) as rejected",
-          [ok.map((s) => s.run.task.id), ok.map((s) => s.run.task.fence)],
-        );
-        const rejected = new Set((row?.rejected ?? []).map(Number));
-        for (const s of ok) end(s, rejected.has(s.run.task.id) ? "rejected" : "succeeded");
+      for (const s of batch) {
+        if (s.run.session !== session) for (const t of s.run.tasks) end(s.run, t, "lost", s.error);
       }
-      for (const s of [...pending]) {
-        const err = s.error instanceof Error ? s.error : new Error(String(s.error));
-        const [row] = await session.query<{ ok: boolean }>(sql.fail, [
-          s.run.task.id,
-          s.run.task.fence,
-          `${err.name}: ${err.message}`,
-          null,
-          err.stack ?? null,
-        ]);
-        end(s, row?.ok ? "failed" : "rejected");
-      }
+      await reportRuns(
+        session,
+        batch.filter((s) => s.run.session === session),
+        end,
+      );
     } finally {
       // The session failed mid-report: whatever was not confirmed is not ours to claim.
-      for (const s of pending) this.finish(s.run, "lost", s.error);
+      for (const [t, s] of unconfirmed) this.finish(s.run, t, "lost", s.error);
     }
   }
 
-  private finish(
-    run: Run,
-    outcome: "succeeded" | "failed" | "lost" | "rejected",
-    error?: unknown,
-  ): void {
-    const log = run.logger;
-    if (outcome === "succeeded") log.info({ event: "task_succeeded" }, "holdfast: task succeeded");
-    else if (outcome === "failed") {
-      log.warn({ event: "task_failed", err: error }, "holdfast: task failed");
-      // What fail() did with it, as the SQL decides (a requested cancel wins, then attempts).
-      if (error instanceof TaskCancelledError)
-        log.info({ event: "task_cancelled" }, "holdfast: task cancelled");
-      else if (run.task.attempt >= run.task.maxAttempts)
-        log.error({ event: "task_dead_lettered" }, "holdfast: attempts used up; dead-lettered");
-      else log.info({ event: "task_retry_scheduled" }, "holdfast: retry scheduled after backoff");
-    } else if (outcome === "rejected")
-      log.warn(
-        { event: "report_rejected" },
-        "holdfast: report rejected: a newer claim of the key exists",
-      );
-    else
-      log.warn(
-        { event: "task_lost", err: error },
-        "holdfast: lock lost during the run; outcome not reported",
-      );
-    this.emit("task:end", run.task, error === undefined ? { outcome } : { outcome, error });
+  private finish(run: Run, task: Task, outcome: Outcome, error?: unknown): void {
+    logOutcome(run, task, outcome, error);
+    this.emit("task:end", task, error === undefined ? { outcome } : { outcome, error });
   }
 
-  private startRun(session: LockSession, task: Task): void {
+  private startRun(session: LockSession, tasks: Task[]): void {
+    const task = tasks[0] as Task;
     const kind = this.opts.kinds.get(task.kind);
     const controller = new AbortController();
     const logger = this.logger.child({
-      task: task.id,
+      task: tasks.length > 1 ? tasks.map((t) => t.id) : task.id,
       kind: task.kind,
       key: task.key,
       attempt: task.attempt,
       fence: task.fence,
     });
-    const run: Run = { task, controller, session, logger };
+    const run: Run = { task, tasks, controller, session, logger };
     const zombie = this.running.get(task.id);
     // Its lock is gone; it still counts against concurrency until its handler returns.
     if (zombie) this.zombies.add(zombie);
     this.running.set(task.id, run);
+    for (const t of tasks) this.byTask.set(t.id, run);
     const ctx: HandlerContext = {
       signal: controller.signal,
       logger,
@@ -391,11 +374,17 @@ export class Worker extends EventEmitter<WorkerEvents> {
         }
       },
     };
-    logger.info({ event: "task_started" }, "holdfast: task started");
-    this.emit("task:start", task);
+    logger.info({ event: "task_started", batch: tasks.length }, "holdfast: task started");
+    for (const t of tasks) this.emit("task:start", t);
+    for (const t of tasks) {
+      if (this.earlyCancels.delete(t.id)) this.cancelRunning(t.id);
+    }
     const started = (async () => {
       if (!kind) throw new HoldfastError("HF_CONFIG", `holdfast: no handler for kind ${task.kind}`);
-      await kind.handler(task, ctx);
+      if (kind.batch) await kind.handler(tasks, ctx);
+      // Several tasks for a single-task handler (another worker set a batch size for this
+      // kind): run them one after another under the lock this run holds.
+      else for (const t of tasks) await kind.handler(t, ctx);
     })();
     started.then(
       () => this.settle(run, undefined),
@@ -407,9 +396,10 @@ export class Worker extends EventEmitter<WorkerEvents> {
     // A run aborted by a lock loss may return after the same task was claimed again.
     if (this.running.get(run.task.id) === run) this.running.delete(run.task.id);
     this.zombies.delete(run);
+    for (const t of run.tasks) if (this.byTask.get(t.id) === run) this.byTask.delete(t.id);
     if (run.session.isLost || run.controller.signal.reason instanceof LockLostError) {
       // The lock is gone: another worker may already run this task. Report nothing.
-      this.finish(run, "lost", error);
+      for (const t of run.tasks) this.finish(run, t, "lost", error);
     } else {
       this.settled.push(error === undefined ? { run } : { run, error });
     }
@@ -417,9 +407,16 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.kick();
   }
 
+  /** Aborts the run holding task `id` (a whole batch: its other tasks fail and are retried). */
   private cancelRunning(id: number): void {
-    const run = this.running.get(id);
-    if (!run) return;
+    const run = this.byTask.get(id);
+    if (!run) {
+      // Remember it briefly: the claim that returns this task may still be on its way.
+      this.earlyCancels.set(id, Date.now());
+      for (const [k, at] of this.earlyCancels)
+        if (Date.now() - at > 60_000) this.earlyCancels.delete(k);
+      return;
+    }
     run.logger.info({ event: "task_cancel_requested" }, "holdfast: cancel requested");
     run.controller.abort(new TaskCancelledError(`holdfast: task ${id} was cancelled`));
   }

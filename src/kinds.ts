@@ -1,0 +1,43 @@
+import type { HoldfastError } from "./errors.js";
+import type { DefineKindOptions, Interval } from "./types.js";
+
+/** Parameters of `holdfast.define_kind` (null keeps the stored value). */
+export interface KindParams {
+  maxAttempts: number | null;
+  /** A Postgres interval literal. */
+  minInterval: string | null;
+  batchMax: number | null;
+}
+
+type ErrorCtor = new (message: string) => HoldfastError;
+
+/** Validates kind settings before anything is written; throws `Err` saying what to fix. */
+export function kindParams(kind: string, opts: DefineKindOptions, Err: ErrorCtor): KindParams {
+  const where = `kind ${JSON.stringify(kind)}`;
+  const { maxAttempts, minInterval, batch } = opts;
+  if (maxAttempts !== undefined && !(Number.isInteger(maxAttempts) && maxAttempts >= 1)) {
+    throw new Err(`holdfast: ${where}: maxAttempts must be an integer of at least 1`);
+  }
+  if (batch !== undefined) {
+    const max = batch?.max;
+    if (!(Number.isInteger(max) && max >= 1 && max <= 1000))
+      throw new Err(`holdfast: ${where}: batch.max must be an integer from 1 to 1000`);
+  }
+  return {
+    maxAttempts: maxAttempts ?? null,
+    minInterval: minInterval === undefined ? null : intervalLiteral(minInterval, where, Err),
+    batchMax: batch?.max ?? null,
+  };
+}
+
+function intervalLiteral(value: Interval, where: string, Err: ErrorCtor): string {
+  if (typeof value === "number") {
+    if (!Number.isFinite(value) || value < 0)
+      throw new Err(`holdfast: ${where}: minInterval must be a non-negative number of ms`);
+    return `${value} milliseconds`;
+  }
+  // Postgres parses the text; a negative interval is refused there (HF002).
+  if (typeof value !== "string" || value.trim() === "")
+    throw new Err(`holdfast: ${where}: minInterval must be ms or an interval like "8 hours"`);
+  return value;
+}
