@@ -137,6 +137,31 @@ describe("claim edge cases", () => {
       expect(rows[i].started_at >= rows[i - 1].finished_at).toBe(true);
   });
 
+  it("a key skipped because a fenced write held its row is claimed soon after the write ends", async () => {
+    const writer = new pg.Client({ connectionString: db.url });
+    await writer.connect();
+    try {
+      await hf.enqueue("job", { key: "held-row" });
+      // The row lock assert_fence takes inside a handler's write transaction.
+      await writer.query("begin");
+      await writer.query("select 1 from holdfast.keys where key = 'held-row' for key share");
+      const w = newWorker(() => {}); // rescan every 10 minutes: only the re-claim backoff helps
+      const started = startedTask(w, (t) => t.key === "held-row");
+      await w.start();
+      const early = await Promise.race([
+        started.then(() => "started"),
+        sleep(300).then(() => "waiting"),
+      ]);
+      expect(early).toBe("waiting");
+      const released = performance.now();
+      await writer.query("commit");
+      const { at } = await started;
+      expect(at - released).toBeLessThan(5_000);
+    } finally {
+      await writer.end();
+    }
+  });
+
   it("a task finished between another worker's scan and its lock is not run twice", async () => {
     const a = new pg.Client({ connectionString: db.url });
     const b = new pg.Client({ connectionString: db.url });
@@ -171,6 +196,10 @@ describe("claim edge cases", () => {
     }
   });
 });
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
 
 async function waitUntil(pred: () => boolean, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;

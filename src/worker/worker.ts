@@ -86,6 +86,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private state: "new" | "starting" | "running" | "stopping" | "stopped" = "new";
   private timers: NodeJS.Timeout[] = [];
   private delayTimer: NodeJS.Timeout | undefined;
+  /** Backoff of the re-claim of ready keys someone else holds (see armDelayTimer). */
+  private readyRetryMs = 0;
   private reconnecting = false;
 
   constructor(
@@ -274,6 +276,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
         "holdfast: claimed tasks",
       );
     const runs = groupRuns(rows);
+    if (runs.length > 0) this.readyRetryMs = 0;
     for (const tasks of runs) this.startRun(session, tasks);
     if (runs.length === free) {
       this.wantClaim = true; // there may be more
@@ -289,8 +292,18 @@ export class Worker extends EventEmitter<WorkerEvents> {
     if (this.delayTimer) clearTimeout(this.delayTimer);
     this.delayTimer = undefined;
     if (!row?.at) return;
-    const delay = Math.min(Math.max(row.at.getTime() - Date.now(), 0), this.opts.rescanIntervalMs);
-    this.delayTimer = setTimeout(() => this.requestClaim(), delay + 1);
+    let delay = row.at.getTime() - Date.now();
+    if (delay <= 0) {
+      // A key is ready but was not ours to take: its lock or row is held elsewhere (a claim in
+      // flight, a fenced write of a run that lost its lock). Nothing will notify us when that
+      // ends, so look again soon, backing off to at most once a second.
+      this.readyRetryMs = Math.min(Math.max(this.readyRetryMs * 2, 50), 1_000);
+      delay = this.readyRetryMs;
+    }
+    this.delayTimer = setTimeout(
+      () => this.requestClaim(),
+      Math.min(delay, this.opts.rescanIntervalMs) + 1,
+    );
     this.delayTimer.unref();
   }
 
