@@ -1,23 +1,11 @@
-import { afterAll, beforeAll, expect, it } from "vitest";
-import { ConfigError, Holdfast, InvalidArgumentError, UnknownKindError } from "../src/index.js";
-import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
+import { expect, it } from "vitest";
+import { ConfigError, InvalidArgumentError, UnknownKindError } from "../src/index.js";
+import { useHoldfast } from "./support/db.js";
 
-let db: TestDatabase;
-let hf: Holdfast;
-
-beforeAll(async () => {
-  db = await freshDatabase();
-  hf = new Holdfast({ connectionString: db.url, logger: silent });
-  await hf.defineKind("job");
-});
-
-afterAll(async () => {
-  await hf.close();
-  await db.drop();
-});
+const t = useHoldfast({ job: {} });
 
 async function counts(): Promise<{ tasks: number; keys: number; kinds: string }> {
-  const { rows } = await db.pool.query(`select
+  const { rows } = await t.db.pool.query(`select
     (select count(*)::int from holdfast.tasks) as tasks,
     (select count(*)::int from holdfast.keys) as keys,
     (select string_agg(kind || ':' || max_attempts || ':' || min_interval || ':' || batch_max, ',' order by kind)
@@ -30,17 +18,17 @@ const huge = { blob: "x".repeat(1024 * 1024 + 1) };
 it("bad input from TypeScript: a typed error with a clear message, and nothing written", async () => {
   const before = await counts();
   const cases: Array<[() => Promise<unknown>, new (...a: never[]) => Error, RegExp]> = [
-    [() => hf.enqueue("nope", { key: "k" }), UnknownKindError, /unknown kind 'nope'/],
-    [() => hf.enqueue("job", { key: "k", maxAttempts: 0 }), InvalidArgumentError, /maxAttempts/],
-    [() => hf.enqueue("job", { key: "k", payload: huge }), InvalidArgumentError, /1 MiB/],
-    [() => hf.enqueue("job", { key: "" }), InvalidArgumentError, /key/],
-    [() => hf.defineKind("job", { minInterval: -5 }), InvalidArgumentError, /minInterval/],
-    [() => hf.defineKind("job", { minInterval: "-1 hour" }), InvalidArgumentError, /negative/],
-    [() => hf.defineKind("job", { minInterval: "soon" }), InvalidArgumentError, /interval/],
-    [() => hf.defineKind("job", { maxAttempts: 0 }), InvalidArgumentError, /maxAttempts/],
-    [() => hf.defineKind("job", { batch: { max: 0 } }), InvalidArgumentError, /batch.max/],
-    [() => hf.defineKind("bad kind!"), InvalidArgumentError, /invalid kind name/],
-    [() => hf.retry(1, { extraAttempts: 0 }), InvalidArgumentError, /extraAttempts/],
+    [() => t.hf.enqueue("nope", { key: "k" }), UnknownKindError, /unknown kind 'nope'/],
+    [() => t.hf.enqueue("job", { key: "k", maxAttempts: 0 }), InvalidArgumentError, /maxAttempts/],
+    [() => t.hf.enqueue("job", { key: "k", payload: huge }), InvalidArgumentError, /1 MiB/],
+    [() => t.hf.enqueue("job", { key: "" }), InvalidArgumentError, /key/],
+    [() => t.hf.defineKind("job", { minInterval: -5 }), InvalidArgumentError, /minInterval/],
+    [() => t.hf.defineKind("job", { minInterval: "-1 hour" }), InvalidArgumentError, /negative/],
+    [() => t.hf.defineKind("job", { minInterval: "soon" }), InvalidArgumentError, /interval/],
+    [() => t.hf.defineKind("job", { maxAttempts: 0 }), InvalidArgumentError, /maxAttempts/],
+    [() => t.hf.defineKind("job", { batch: { max: 0 } }), InvalidArgumentError, /batch.max/],
+    [() => t.hf.defineKind("bad kind!"), InvalidArgumentError, /invalid kind name/],
+    [() => t.hf.retry(1, { extraAttempts: 0 }), InvalidArgumentError, /extraAttempts/],
   ];
   for (const [call, Type, message] of cases) {
     const err = await call().then(
@@ -51,10 +39,10 @@ it("bad input from TypeScript: a typed error with a clear message, and nothing w
     expect((err as Error).message).toMatch(message);
   }
   expect(() =>
-    hf.worker({ handlers: { job: { handler: async () => {}, maxAttempts: 0 } } }),
+    t.hf.worker({ handlers: { job: { handler: async () => {}, maxAttempts: 0 } } }),
   ).toThrow(ConfigError);
   expect(() =>
-    hf.worker({ handlers: { job: { handler: async () => {}, minInterval: -1 } } }),
+    t.hf.worker({ handlers: { job: { handler: async () => {}, minInterval: -1 } } }),
   ).toThrow(ConfigError);
   expect(await counts()).toEqual(before);
 });
@@ -74,7 +62,7 @@ it("bad input from SQL: SQLSTATE HF001/HF002, and nothing written", async () => 
     ["select holdfast.cancel(424242)", [], "HF003"],
   ];
   for (const [text, values, code] of cases) {
-    const err = await db.pool.query(text, values).then(
+    const err = await t.db.pool.query(text, values).then(
       () => undefined,
       (e: { code?: string }) => e,
     );

@@ -1,26 +1,15 @@
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { expect, it } from "vitest";
 import { Holdfast, type Task } from "../src/index.js";
-import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
+import { silent, useHoldfast } from "./support/db.js";
+import { until } from "./support/wait.js";
 
-let db: TestDatabase;
-let hf: Holdfast;
-
-beforeAll(async () => {
-  db = await freshDatabase();
-  hf = new Holdfast({ connectionString: db.url, logger: silent });
-  await hf.defineKind("dream");
-});
-
-afterAll(async () => {
-  await hf.close();
-  await db.drop();
-});
+const t = useHoldfast({ dream: {} });
 
 it("20 concurrent producers of one dedupe key leave exactly one pending task", async () => {
   // Separate Holdfast instances: 20 connections enqueue at the same moment.
   const producers = Array.from(
     { length: 20 },
-    () => new Holdfast({ connectionString: db.url, logger: silent }),
+    () => new Holdfast({ connectionString: t.db.url, logger: silent }),
   );
   try {
     const results = await Promise.all(
@@ -31,7 +20,7 @@ it("20 concurrent producers of one dedupe key leave exactly one pending task", a
     const ids = new Set(results.map((r) => r.id));
     expect(ids.size).toBe(1);
     expect(results.filter((r) => !r.deduped)).toHaveLength(1);
-    const { rows } = await db.pool.query(
+    const { rows } = await t.db.pool.query(
       "select count(*)::int as n from holdfast.tasks where dedupe_key = 'dream:alice' and state = 'pending'",
     );
     expect(rows[0].n).toBe(1);
@@ -47,8 +36,8 @@ it("requests during a run yield exactly one follow-up run, with the payload kept
   const firstRunBlocked = new Promise<void>((r) => {
     release = r;
   });
-  const first = await hf.enqueue("dream", { key, dedupeKey: `dream:${key}`, payload: { n: 0 } });
-  const worker = hf.worker({
+  const first = await t.hf.enqueue("dream", { key, dedupeKey: `dream:${key}`, payload: { n: 0 } });
+  const worker = t.hf.worker({
     concurrency: 2,
     handlers: {
       dream: async (task: Task<{ n: number }>) => {
@@ -69,7 +58,7 @@ it("requests during a run yield exactly one follow-up run, with the payload kept
   // Five producers ask for a dream while the first one runs.
   const during = await Promise.all(
     [1, 2, 3, 4, 5].map((n) =>
-      hf.enqueue("dream", { key, dedupeKey: `dream:${key}`, payload: { n } }),
+      t.hf.enqueue("dream", { key, dedupeKey: `dream:${key}`, payload: { n } }),
     ),
   );
   const followUp = during[0]?.id as number;
@@ -88,13 +77,13 @@ it("requests during a run yield exactly one follow-up run, with the payload kept
 
 it("onDedupe 'replace' and 'merge' update the pending task's payload", async () => {
   const key = "ws:carol:carol";
-  const a = await hf.enqueue("dream", { key, dedupeKey: "c", payload: { a: 1, b: 1 } });
-  await hf.enqueue("dream", { key, dedupeKey: "c", payload: { b: 2, c: 2 }, onDedupe: "merge" });
+  const a = await t.hf.enqueue("dream", { key, dedupeKey: "c", payload: { a: 1, b: 1 } });
+  await t.hf.enqueue("dream", { key, dedupeKey: "c", payload: { b: 2, c: 2 }, onDedupe: "merge" });
   const payload = async () =>
-    (await db.pool.query("select payload from holdfast.tasks where id = $1", [a.id])).rows[0]
+    (await t.db.pool.query("select payload from holdfast.tasks where id = $1", [a.id])).rows[0]
       .payload;
   expect(await payload()).toEqual({ a: 1, b: 2, c: 2 });
-  const r = await hf.enqueue("dream", {
+  const r = await t.hf.enqueue("dream", {
     key,
     dedupeKey: "c",
     payload: { z: 9 },
@@ -102,15 +91,7 @@ it("onDedupe 'replace' and 'merge' update the pending task's payload", async () 
   });
   expect(r).toEqual({ id: a.id, deduped: true });
   expect(await payload()).toEqual({ z: 9 });
-  await expect(hf.enqueue("dream", { key: "other", dedupeKey: "c" })).rejects.toMatchObject({
+  await expect(t.hf.enqueue("dream", { key: "other", dedupeKey: "c" })).rejects.toMatchObject({
     code: "HF002",
   });
 });
-
-async function until(pred: () => boolean, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!pred()) {
-    if (Date.now() > deadline) throw new Error("condition not met in time");
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}

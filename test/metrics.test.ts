@@ -1,23 +1,12 @@
-import { afterAll, beforeAll, expect, it } from "vitest";
-import { Holdfast, type Worker } from "../src/index.js";
-import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
+import { expect, it } from "vitest";
+import type { Worker } from "../src/index.js";
+import { useHoldfast } from "./support/db.js";
 
-let db: TestDatabase;
-let hf: Holdfast;
-
-beforeAll(async () => {
-  db = await freshDatabase();
-  hf = new Holdfast({ connectionString: db.url, logger: silent });
-});
-
-afterAll(async () => {
-  await hf.close();
-  await db.drop();
-});
+const t = useHoldfast();
 
 /** The value of one sample in the Prometheus text output (0 when absent). */
 async function sample(name: string, labels: Record<string, string> = {}): Promise<number> {
-  const text = await hf.metrics().text();
+  const text = await t.hf.metrics().text();
   const want = Object.entries(labels).map(([k, v]) => `${k}="${v}"`);
   for (const line of text.split("\n")) {
     if (line.startsWith("#")) continue;
@@ -37,12 +26,12 @@ const ended = (w: Worker, id: number) =>
   );
 
 it("counters, histograms and queue gauges move as tasks run", async () => {
-  const metrics = hf.metrics(); // before the worker exists: it is observed when created
+  const metrics = t.hf.metrics(); // before the worker exists: it is observed when created
   let release: () => void = () => {};
   const gate = new Promise<void>((r) => {
     release = r;
   });
-  const w = hf.worker({
+  const w = t.hf.worker({
     name: "m",
     concurrency: 2,
     handlers: {
@@ -54,7 +43,7 @@ it("counters, histograms and queue gauges move as tasks run", async () => {
   await w.start();
   expect(metrics.contentType).toMatch(/text\/plain/);
 
-  const a = await hf.enqueue("ok", { key: "k1" });
+  const a = await t.hf.enqueue("ok", { key: "k1" });
   await ended(w, a.id);
   expect(await sample("holdfast_tasks_started_total", { kind: "ok" })).toBe(1);
   expect(await sample("holdfast_tasks_succeeded_total", { kind: "ok" })).toBe(1);
@@ -63,18 +52,18 @@ it("counters, histograms and queue gauges move as tasks run", async () => {
     await sample("holdfast_task_run_seconds_count", { kind: "ok", outcome: "succeeded" }),
   ).toBe(1);
 
-  const b = await hf.enqueue("bad", { key: "k2" });
+  const b = await t.hf.enqueue("bad", { key: "k2" });
   expect(await ended(w, b.id)).toBe("failed");
   expect(await sample("holdfast_tasks_failed_total", { kind: "bad" })).toBe(1);
   expect(await sample("holdfast_tasks_dead_lettered_total", { kind: "bad" })).toBe(1);
   expect(await sample("holdfast_queue_tasks", { kind: "bad", state: "dead_lettered" })).toBe(1);
 
   const started = new Promise<void>((r) => w.once("task:start", () => r()));
-  const c = await hf.enqueue("slow", { key: "k3" });
+  const c = await t.hf.enqueue("slow", { key: "k3" });
   await started;
   expect(await sample("holdfast_tasks_running", { kind: "slow" })).toBe(1);
   expect(await sample("holdfast_queue_tasks", { kind: "slow", state: "running" })).toBe(1);
-  await hf.enqueue("slow", { key: "k4", runAt: new Date(Date.now() + 3_600_000) });
+  await t.hf.enqueue("slow", { key: "k4", runAt: new Date(Date.now() + 3_600_000) });
   expect(await sample("holdfast_queue_tasks", { kind: "slow", state: "delayed" })).toBe(1);
   const done = ended(w, c.id);
   release();
@@ -97,23 +86,27 @@ it("a terminated lock session counts a lock loss and a takeover", async () => {
     );
   };
   // Two workers: one loses its session mid-task, the other's sweeper requeues the task.
-  const a = hf.worker({
+  const a = t.hf.worker({
     name: "victim",
     handlers: { hang: handler },
     sweepIntervalMs: 50,
     shutdownTimeoutMs: 500,
   });
   await a.start();
-  const { id } = await hf.enqueue("hang", { key: "k5" });
+  const { id } = await t.hf.enqueue("hang", { key: "k5" });
   expect(await running).toBe(id);
-  const b = hf.worker({ name: "other", handlers: { other: async () => {} }, sweepIntervalMs: 50 });
+  const b = t.hf.worker({
+    name: "other",
+    handlers: { other: async () => {} },
+    sweepIntervalMs: 50,
+  });
   await b.start();
   const before = await sample("holdfast_takeovers_total");
   const takeover = new Promise<void>((r) => {
     a.once("takeover", () => r());
     b.once("takeover", () => r());
   });
-  await db.pool.query(
+  await t.db.pool.query(
     "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'holdfast:lock:victim'",
   );
   await takeover;

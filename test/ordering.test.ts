@@ -1,22 +1,12 @@
-import { afterAll, beforeAll, expect, it } from "vitest";
-import { Holdfast, type Task, type Worker } from "../src/index.js";
-import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
+import { expect, it } from "vitest";
+import type { Task, Worker } from "../src/index.js";
+import { useHoldfast } from "./support/db.js";
 
-let db: TestDatabase;
-let hf: Holdfast;
-
-beforeAll(async () => {
-  db = await freshDatabase();
-  hf = new Holdfast({ connectionString: db.url, logger: silent });
-  await hf.defineKind("rep");
-  await hf.defineKind("batch", { batch: { max: 5 } });
-  await hf.defineKind("other");
-  await hf.defineKind("fbatch", { batch: { max: 5 } });
-});
-
-afterAll(async () => {
-  await hf.close();
-  await db.drop();
+const t = useHoldfast({
+  rep: {},
+  batch: { batch: { max: 5 } },
+  other: {},
+  fbatch: { batch: { max: 5 } },
 });
 
 type Seq = { seq: number };
@@ -37,10 +27,10 @@ it("tasks of a key start in enqueue order and never overlap, under 3 workers", a
   const keys = ["s:1", "s:2", "s:3", "s:4"];
   const runs: Array<{ key: string; seq: number; start: number; end: number }> = [];
   for (let seq = 0; seq < 15; seq++) {
-    for (const key of keys) await hf.enqueue("rep", { key, payload: { seq } });
+    for (const key of keys) await t.hf.enqueue("rep", { key, payload: { seq } });
   }
   const workers = [1, 2, 3].map((i) =>
-    hf.worker({
+    t.hf.worker({
       name: `fifo${i}`,
       concurrency: 2,
       handlers: {
@@ -76,12 +66,12 @@ it("tasks of a key start in enqueue order and never overlap, under 3 workers", a
 it("a batch kind's handler gets up to batch.max tasks of one key, in order, stopping at another kind", async () => {
   const batches: Array<{ key: string; seqs: number[]; fences: Set<number> }> = [];
   const key = "b:1";
-  for (let seq = 0; seq < 12; seq++) await hf.enqueue("batch", { key, payload: { seq } });
+  for (let seq = 0; seq < 12; seq++) await t.hf.enqueue("batch", { key, payload: { seq } });
   // A task of another kind in the key's line: the batch must not jump over it.
-  await hf.enqueue("other", { key, payload: { seq: 12 } });
-  await hf.enqueue("batch", { key, payload: { seq: 13 } });
+  await t.hf.enqueue("other", { key, payload: { seq: 12 } });
+  await t.hf.enqueue("batch", { key, payload: { seq: 13 } });
   const order: number[] = [];
-  const worker = hf.worker({
+  const worker = t.hf.worker({
     concurrency: 4,
     handlers: {
       batch: {
@@ -113,13 +103,13 @@ it("a batch kind's handler gets up to batch.max tasks of one key, in order, stop
 it("fairness: a key with 1,000 pending tasks delays another key's single task by at most one batch", async () => {
   const hot = "hot";
   for (let i = 0; i < 1000; i += 100) {
-    await db.pool.query(
+    await t.db.pool.query(
       "select holdfast.enqueue('batch', $1, jsonb_build_object('seq', g)) from generate_series($2::int, $2::int + 99) g",
       [hot, i],
     );
   }
   const events: Array<{ key: string; phase: "start" | "end"; seq: number }> = [];
-  const worker = hf.worker({
+  const worker = t.hf.worker({
     concurrency: 1,
     handlers: {
       batch: {
@@ -138,7 +128,7 @@ it("fairness: a key with 1,000 pending tasks delays another key's single task by
   await worker.start();
   await hotStarted;
   const enqueuedAt = events.length;
-  await hf.enqueue("batch", { key: "cold", payload: { seq: 0 } });
+  await t.hf.enqueue("batch", { key: "cold", payload: { seq: 0 } });
   await coldDone;
   await worker.stop();
   const after = events.slice(enqueuedAt);
@@ -146,7 +136,7 @@ it("fairness: a key with 1,000 pending tasks delays another key's single task by
   // Before the cold task starts, at most the hot batch in flight ends; no new hot batch starts.
   const hotStartsBefore = after.slice(0, coldStart).filter((e) => e.phase === "start");
   expect(hotStartsBefore.length).toBeLessThanOrEqual(1);
-  const { rows } = await db.pool.query(
+  const { rows } = await t.db.pool.query(
     "select count(*)::int as n from holdfast.tasks where key = 'hot' and state = 'pending'",
   );
   expect(rows[0].n).toBeGreaterThan(900); // the hot key was far from drained
@@ -154,9 +144,9 @@ it("fairness: a key with 1,000 pending tasks delays another key's single task by
 
 it("a failed batch is retried in its order", async () => {
   const key = "b:retry";
-  for (let seq = 0; seq < 4; seq++) await hf.enqueue("fbatch", { key, payload: { seq } });
+  for (let seq = 0; seq < 4; seq++) await t.hf.enqueue("fbatch", { key, payload: { seq } });
   const calls: number[][] = [];
-  const worker = hf.worker({
+  const worker = t.hf.worker({
     handlers: {
       fbatch: {
         batch: { max: 5 },

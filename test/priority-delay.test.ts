@@ -1,20 +1,8 @@
-import { afterAll, beforeAll, expect, it } from "vitest";
-import { Holdfast, type Task } from "../src/index.js";
-import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
+import { expect, it } from "vitest";
+import type { Task } from "../src/index.js";
+import { useHoldfast } from "./support/db.js";
 
-let db: TestDatabase;
-let hf: Holdfast;
-
-beforeAll(async () => {
-  db = await freshDatabase();
-  hf = new Holdfast({ connectionString: db.url, logger: silent });
-  await hf.defineKind("job");
-});
-
-afterAll(async () => {
-  await hf.close();
-  await db.drop();
-});
+const t = useHoldfast({ job: {} });
 
 it("ready tasks start in priority order (lower first), then enqueue order", async () => {
   const order: string[] = [];
@@ -25,9 +13,9 @@ it("ready tasks start in priority order (lower first), then enqueue order", asyn
     ["pm1", -1],
     ["p0b", 0],
   ] as const) {
-    await hf.enqueue("job", { key, priority });
+    await t.hf.enqueue("job", { key, priority });
   }
-  const worker = hf.worker({ concurrency: 1, handlers: { job: (t) => void order.push(t.key) } });
+  const worker = t.hf.worker({ concurrency: 1, handlers: { job: (t) => void order.push(t.key) } });
   const done = new Promise<void>((r) => worker.on("task:end", () => order.length === 5 && r()));
   await worker.start();
   await done;
@@ -41,7 +29,7 @@ it("a delayed task starts at its time, woken by a timer (no polling), even while
     releaseLong = r;
   });
   const startedAt = new Map<string, number>();
-  const worker = hf.worker({
+  const worker = t.hf.worker({
     concurrency: 2,
     rescanIntervalMs: 60_000,
     handlers: {
@@ -55,7 +43,7 @@ it("a delayed task starts at its time, woken by a timer (no polling), even while
   const longStarted = new Promise<void>((r) =>
     worker.on("task:start", (t) => t.key === "long" && r()),
   );
-  await hf.enqueue("job", { key: "long" });
+  await t.hf.enqueue("job", { key: "long" });
   await longStarted;
 
   const delayMs = 1_200;
@@ -63,7 +51,7 @@ it("a delayed task starts at its time, woken by a timer (no polling), even while
   const delayedStarted = new Promise<void>((r) =>
     worker.on("task:start", (t) => t.key === "delayed" && r()),
   );
-  await hf.enqueue("job", { key: "delayed", runAt });
+  await t.hf.enqueue("job", { key: "delayed", runAt });
   await delayedStarted;
   const lateness = (startedAt.get("delayed") ?? 0) - runAt.getTime();
   console.log(`delayed task started ${lateness} ms after its runAt`);

@@ -1,40 +1,19 @@
 import pg from "pg";
-import { afterAll, beforeAll, expect, it } from "vitest";
-import { Holdfast } from "../src/index.js";
-import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
+import { expect, it } from "vitest";
+import { useHoldfast } from "./support/db.js";
+import { until } from "./support/wait.js";
 
-let db: TestDatabase;
-let hf: Holdfast;
-
-beforeAll(async () => {
-  db = await freshDatabase();
-  hf = new Holdfast({ connectionString: db.url, logger: silent });
-});
-
-afterAll(async () => {
-  await hf.close();
-  await db.drop();
-});
-
-async function until<T>(f: () => Promise<T | undefined>, timeoutMs = 20_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await f();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error("condition not met in time");
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
+const t = useHoldfast();
 
 async function stateOf(id: number): Promise<string> {
-  return (await db.pool.query("select state from holdfast.tasks where id = $1", [id])).rows[0]
+  return (await t.db.pool.query("select state from holdfast.tasks where id = $1", [id])).rows[0]
     .state;
 }
 
 it("a failing task is retried with exponential backoff, then dead-lettered with its attempts history; SQL requeues it", async () => {
   const starts: number[] = [];
   let healthy = false;
-  const worker = hf.worker({
+  const worker = t.hf.worker({
     handlers: {
       flaky: {
         maxAttempts: 3,
@@ -46,7 +25,7 @@ it("a failing task is retried with exponential backoff, then dead-lettered with 
     },
   });
   await worker.start();
-  const { id } = await hf.enqueue("flaky", { key: "k:flaky", payload: { x: 1 } });
+  const { id } = await t.hf.enqueue("flaky", { key: "k:flaky", payload: { x: 1 } });
   await until(async () => ((await stateOf(id)) === "failed" ? true : undefined));
 
   // Backoff ~1 s then ~2 s, each with +-25 % jitter.
@@ -58,7 +37,7 @@ it("a failing task is retried with exponential backoff, then dead-lettered with 
   expect(gap2).toBeGreaterThanOrEqual(1_450);
   expect(gap2).toBeLessThan(2_500 + 700);
 
-  const [dead] = await hf.deadLetters({ kind: "flaky" });
+  const [dead] = await t.hf.deadLetters({ kind: "flaky" });
   expect(dead).toMatchObject({ id, attempt: 3, maxAttempts: 3, payload: { x: 1 } });
   expect(dead?.attempts.map((a) => a.outcome)).toEqual(["failed", "failed", "failed"]);
   expect(dead?.attempts.map((a) => a.error?.message)).toEqual([
@@ -70,7 +49,7 @@ it("a failing task is retried with exponential backoff, then dead-lettered with 
 
   // Requeue from plain SQL: the task runs again as attempt 4 and its history is kept.
   healthy = true;
-  const sqlClient = new pg.Client({ connectionString: db.url });
+  const sqlClient = new pg.Client({ connectionString: t.db.url });
   await sqlClient.connect();
   const { rows } = await sqlClient.query("select holdfast.retry($1) as ok", [id]);
   expect(rows[0].ok).toBe(true);
@@ -78,17 +57,17 @@ it("a failing task is retried with exponential backoff, then dead-lettered with 
   expect(again.rows[0].ok).toBe(false); // pending now: nothing to requeue
   await sqlClient.end();
   await until(async () => ((await stateOf(id)) === "succeeded" ? true : undefined));
-  const { rows: history } = await db.pool.query(
+  const { rows: history } = await t.db.pool.query(
     "select attempt, outcome from holdfast.attempts where task_id = $1 order by attempt",
     [id],
   );
   expect(history.map((h) => h.outcome)).toEqual(["failed", "failed", "failed", "succeeded"]);
-  expect(await hf.deadLetters({ kind: "flaky" })).toEqual([]);
+  expect(await t.hf.deadLetters({ kind: "flaky" })).toEqual([]);
   await worker.stop();
 });
 
 it("backoff is jittered: retries of the same attempt do not line up", async () => {
-  const { rows } = await db.pool.query(
+  const { rows } = await t.db.pool.query(
     "select extract(epoch from holdfast._backoff(3))::float8 as s from generate_series(1, 200)",
   );
   const secs = rows.map((r) => r.s as number);
@@ -99,12 +78,12 @@ it("backoff is jittered: retries of the same attempt do not line up", async () =
 
 it("a task whose holder session dies on every attempt is dead-lettered after max attempts", async () => {
   // A sweeping worker of another kind; the crashing holder is a plain SQL session.
-  const sweeper = hf.worker({ sweepIntervalMs: 50, handlers: { other: async () => {} } });
+  const sweeper = t.hf.worker({ sweepIntervalMs: 50, handlers: { other: async () => {} } });
   await sweeper.start();
-  await hf.defineKind("crashy");
-  const { id } = await hf.enqueue("crashy", { key: "k:crash", maxAttempts: 3 });
+  await t.hf.defineKind("crashy");
+  const { id } = await t.hf.enqueue("crashy", { key: "k:crash", maxAttempts: 3 });
   for (let attempt = 1; attempt <= 3; attempt++) {
-    const c = new pg.Client({ connectionString: db.url });
+    const c = new pg.Client({ connectionString: t.db.url });
     c.on("error", () => {}); // its termination below is the point
     await c.connect();
     const claimed = await until(async () => {
@@ -113,14 +92,14 @@ it("a task whose holder session dies on every attempt is dead-lettered after max
     });
     expect(claimed[0]).toMatchObject({ id: String(id), attempt });
     // The session ends without a report, as when the process is killed.
-    await db.pool.query("select pg_terminate_backend(pid) from pg_stat_activity where pid = $1", [
+    await t.db.pool.query("select pg_terminate_backend(pid) from pg_stat_activity where pid = $1", [
       (c as unknown as { processID: number }).processID,
     ]);
     await c.end().catch(() => {});
     await until(async () => ((await stateOf(id)) !== "running" ? true : undefined));
   }
   expect(await stateOf(id)).toBe("failed");
-  const { rows } = await db.pool.query(
+  const { rows } = await t.db.pool.query(
     "select outcome from holdfast.attempts where task_id = $1 order by attempt",
     [id],
   );

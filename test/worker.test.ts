@@ -2,6 +2,7 @@ import pg from "pg";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { Holdfast, type Task, type Worker } from "../src/index.js";
 import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
+import { sleep, until } from "./support/wait.js";
 
 let db: TestDatabase;
 let hf: Holdfast;
@@ -85,7 +86,7 @@ describe("wake", () => {
       for (let i = 0; i < 30; i++) ids.push((await hf.enqueue("job", { key: `startup:${i}` })).id);
     })();
     await Promise.all([w.start(), enqueueing]);
-    await waitUntil(() => ids.every((id) => seen.has(id)), 10_000);
+    await until(() => ids.every((id) => seen.has(id)), 10_000);
     expect(ids.every((id) => seen.has(id))).toBe(true);
   });
 
@@ -127,7 +128,7 @@ describe("claim edge cases", () => {
     for (let i = 0; i < 8; i++) ids.push((await hf.enqueue("job", { key: "same-key" })).id);
     const done = new Set<number>();
     w.on("task:end", (t) => done.add(t.id));
-    await waitUntil(() => ids.every((id) => done.has(id)), 15_000);
+    await until(() => ids.every((id) => done.has(id)), 15_000);
     expect(maxRunning).toBe(1);
     const { rows } = await db.pool.query(
       "select id, started_at, finished_at from holdfast.tasks where key = 'same-key' order by id",
@@ -196,15 +197,6 @@ describe("claim edge cases", () => {
     }
   });
 });
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms));
-}
-
-async function waitUntil(pred: () => boolean, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!pred() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
-}
 
 /** Waits until the claim made for worker `name` is blocked on a row lock. */
 async function waitForBlocked(observer: pg.Client, name: string): Promise<void> {

@@ -1,6 +1,10 @@
 import type pg from "pg";
 import type { Task, Worker, WorkerEvents } from "../../src/index.js";
 
+import { until } from "../support/wait.js";
+
+export { until };
+
 /** Resolves when `signal` aborts (with the time it did). */
 export function aborted(signal: AbortSignal): Promise<number> {
   return new Promise((resolve) => {
@@ -16,22 +20,6 @@ export function gate<T = void>(): { promise: Promise<T>; open(value: T): void } 
     open = resolve;
   });
   return { promise, open };
-}
-
-/** Polls `check` (for state only the database shows, where no event exists) until it returns a value. */
-export async function until<T>(
-  check: () => Promise<T | undefined | false>,
-  timeoutMs: number,
-  what: string,
-  stepMs = 50,
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check().catch(() => undefined);
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`not seen within ${timeoutMs} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, stepMs));
-  }
 }
 
 /** The backend pid holding the advisory lock of `key`, if any (server view). */

@@ -1,8 +1,9 @@
 import { randomBytes } from "node:crypto";
 import pg from "pg";
 import { pino } from "pino";
-import { inject } from "vitest";
+import { afterAll, beforeAll, inject } from "vitest";
 import { Holdfast } from "../../src/index.js";
+import type { DefineKindOptions } from "../../src/types.js";
 
 export const silent = pino({ level: "silent" });
 
@@ -49,6 +50,39 @@ export async function freshDatabase(
       await a.connect();
       await a.query(`drop database if exists ${name} with (force)`);
       await a.end();
+    },
+  };
+}
+
+/**
+ * Registers beforeAll/afterAll hooks for a fresh database and a Holdfast on it with `kinds`
+ * defined; read `.db` and `.hf` inside the tests.
+ */
+export function useHoldfast(kinds: Record<string, DefineKindOptions> = {}): {
+  readonly db: TestDatabase;
+  readonly hf: Holdfast;
+} {
+  let db: TestDatabase | undefined;
+  let hf: Holdfast | undefined;
+  beforeAll(async () => {
+    db = await freshDatabase();
+    hf = new Holdfast({ connectionString: db.url, logger: silent });
+    for (const [kind, options] of Object.entries(kinds)) await hf.defineKind(kind, options);
+  });
+  afterAll(async () => {
+    await hf?.close();
+    await db?.drop();
+  });
+  const ready = <T>(v: T | undefined): T => {
+    if (v === undefined) throw new Error("useHoldfast: read .db/.hf inside a test or hook");
+    return v;
+  };
+  return {
+    get db() {
+      return ready(db);
+    },
+    get hf() {
+      return ready(hf);
     },
   };
 }
