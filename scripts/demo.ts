@@ -6,7 +6,7 @@ import { fileURLToPath } from "node:url";
 import { pino } from "pino";
 import { Holdfast } from "../src/index.js";
 import { startEmbedded } from "../test/support/postgres.js";
-import { overlaps } from "../test/support/processes.js";
+import { overlaps } from "../test/support/runs.js";
 
 const DREAM_SECONDS = 6;
 const KILL_AFTER_MS = 2_000;

@@ -1,13 +1,8 @@
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { Holdfast } from "../src/index.js";
 import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
-import {
-  createRunsTable,
-  overlaps,
-  type RunRow,
-  startWorkerProcess,
-  type WorkerProcess,
-} from "./support/processes.js";
+import { startWorkerProcess, type WorkerProcess } from "./support/processes.js";
+import { createRunsTable, overlaps, type RunRow } from "./support/runs.js";
 
 let db: TestDatabase;
 const procs: WorkerProcess[] = [];

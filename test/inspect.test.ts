@@ -4,7 +4,8 @@ import { Holdfast, type Snapshot, takeSnapshot } from "../src/index.js";
 import { runCli } from "./support/cli.js";
 import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
 import { assertInspectShape } from "./support/inspect-schema.js";
-import { createRunsTable, startWorkerProcess, type WorkerProcess } from "./support/processes.js";
+import { startWorkerProcess, type WorkerProcess } from "./support/processes.js";
+import { createRunsTable } from "./support/runs.js";
 
 let db: TestDatabase;
 let hf: Holdfast;

@@ -2,7 +2,7 @@ import pg from "pg";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { Holdfast, type Task } from "../src/index.js";
 import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
-import { createRunsTable, overlaps, type RunRow } from "./support/processes.js";
+import { createRunsTable, overlaps, type RunRow } from "./support/runs.js";
 
 let db: TestDatabase;
 let hf: Holdfast;

@@ -2,10 +2,10 @@
 // Every lock session ends at once; workers must recover on their own, without a restart.
 import pg from "pg";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { type HandlerContext, Holdfast, LockLostError, type Task } from "../../src/index.js";
+import { Holdfast, LockLostError, type Task } from "../../src/index.js";
 import { freshDatabase, silent, type TestDatabase } from "../support/db.js";
 import { type EmbeddedServer, startEmbedded } from "../support/postgres.js";
-import { createRunsTable, overlaps, type RunRow } from "../support/processes.js";
+import { createRunsTable, overlaps, type RunRow, recordedRun } from "../support/runs.js";
 import { until, waitEvent } from "./support.js";
 
 let server: EmbeddedServer;
@@ -29,40 +29,6 @@ afterAll(async () => {
   await server?.stop();
 });
 
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => {
-      clearTimeout(t);
-      reject(signal.reason);
-    });
-  });
-}
-
-/** Records its run, works `ms` (abortable), then marks the run ended, fenced. */
-async function job(task: Task<{ ms: number }>, ctx: HandlerContext, worker: string) {
-  await pool.query(
-    "insert into runs (task_id, key, attempt, fence, worker, started_at) values ($1, $2, $3, $4, $5, clock_timestamp())",
-    [task.id, task.key, task.attempt, task.fence, worker],
-  );
-  await sleep(task.payload.ms, ctx.signal);
-  const client = await pool.connect();
-  try {
-    await client.query("begin");
-    await ctx.assertFence(client);
-    await client.query(
-      "update runs set ended_at = clock_timestamp() where task_id = $1 and fence = $2",
-      [task.id, task.fence],
-    );
-    await client.query("commit");
-  } catch (err) {
-    await client.query("rollback").catch(() => {});
-    throw err;
-  } finally {
-    client.release();
-  }
-}
-
 it("after a Postgres restart with tasks running, every task ends exactly once and the same workers carry on", async () => {
   const workers = ["w1", "w2"].map((name) =>
     hf.worker({
@@ -71,7 +37,10 @@ it("after a Postgres restart with tasks running, every task ends exactly once an
       reconnectMaxDelayMs: 500,
       rescanIntervalMs: 60_000, // wake-ups after the restart must come from LISTEN
       handlers: {
-        job: { handler: (task: Task<{ ms: number }>, ctx) => job(task, ctx, name), maxAttempts: 5 },
+        job: {
+          handler: (task: Task<{ ms: number }>, ctx) => recordedRun(pool, task, ctx, name),
+          maxAttempts: 5,
+        },
       },
     }),
   );

@@ -1,7 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import type pg from "pg";
 
 export interface WorkerEvent {
   event: string;
@@ -80,42 +79,4 @@ export async function startWorkerProcess(
   };
   await waitFor((e) => e.event === "ready", 60_000);
   return proc;
-}
-
-export interface RunRow {
-  task_id: number;
-  key: string;
-  attempt: number;
-  fence: string;
-  worker: string;
-  started_at: Date;
-  ended_at: Date | null;
-}
-
-export async function createRunsTable(pool: pg.Pool): Promise<void> {
-  await pool.query(`create table if not exists runs (
-    task_id bigint, key text, attempt int, fence bigint, worker text,
-    started_at timestamptz, ended_at timestamptz)`);
-}
-
-/** Pairs of runs of one key whose intervals overlap (a run without an end counts as open until `openUntil`). */
-type Interval = Pick<RunRow, "key" | "started_at" | "ended_at">;
-
-export function overlaps<R extends Interval>(
-  runs: R[],
-  openUntil: (r: R) => number = () => Number.POSITIVE_INFINITY,
-): Array<[R, R]> {
-  const byKey = new Map<string, R[]>();
-  for (const r of runs) byKey.set(r.key, [...(byKey.get(r.key) ?? []), r]);
-  const bad: Array<[R, R]> = [];
-  for (const list of byKey.values()) {
-    list.sort((a, b) => a.started_at.getTime() - b.started_at.getTime());
-    let latest: R | undefined; // the run that ends last among those started so far
-    const end = (r: R) => (r.ended_at ? r.ended_at.getTime() : openUntil(r));
-    for (const cur of list) {
-      if (latest && cur.started_at.getTime() < end(latest)) bad.push([latest, cur]);
-      if (!latest || end(cur) > end(latest)) latest = cur;
-    }
-  }
-  return bad;
 }
