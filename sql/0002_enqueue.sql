@@ -43,8 +43,11 @@ end $$;
 
 -- Recomputes a key's head (next pending task) and busy flag. The caller holds the key row's
 -- lock, so this statement's snapshot sees every committed change to the key's tasks.
+-- plpgsql, not sql: PostgreSQL < 18 re-plans a non-inlined SQL function on every call, which
+-- cost 0.25 ms per call here (claim and complete each call it once per key).
 create function holdfast._refresh_key(k text) returns void
-  language sql as $$
+  language plpgsql as $$
+begin
   update holdfast.keys set
     busy = exists (select 1 from holdfast.tasks t where t.key = k and t.state = 'running'),
     (head_id, head_kind, head_priority, head_run_at) = (
@@ -52,8 +55,8 @@ create function holdfast._refresh_key(k text) returns void
       where t.key = k and t.state = 'pending'
       order by t.priority, t.run_at, t.id
       limit 1)
-  where key = k
-$$;
+  where key = k;
+end $$;
 
 -- Adds a task; with dedupe_key, returns the pending task of that dedupe key instead
 -- (its payload is kept as it was). Notifies idle workers on commit.
