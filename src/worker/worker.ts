@@ -211,14 +211,14 @@ export class Worker extends EventEmitter<WorkerEvents> {
       const session = this.session;
       if (!session) return;
       try {
-        if (this.settled.length > 0) await this.report(session, this.settled.splice(0));
+        const done =
+          this.settled.length > 0 ? await this.report(session, this.settled.splice(0)) : [];
+        const claim = this.canClaim() && this.wantClaim;
+        if (claim) this.wantClaim = false;
+        if (done.length > 0 || claim) await this.settleAndClaim(session, done, claim);
         if (this.sweepDue) {
           this.sweepDue = false;
           await this.sweep(session);
-        }
-        if (this.canClaim() && this.wantClaim) {
-          this.wantClaim = false;
-          await this.claim(session);
         }
       } catch (err) {
         if (err instanceof LockLostError || session.isLost) {
@@ -233,14 +233,30 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
   }
 
-  private async claim(session: LockSession): Promise<void> {
-    const free = this.opts.concurrency - this.running.size;
-    const rows = await session.query<TaskRow>(sql.claim, [this.kinds, this.name, free]);
-    rows.sort((a, b) => Number(a.id) - Number(b.id));
-    for (const row of rows) this.startRun(session, toTask(row));
-    if (rows.length === free) {
+  /**
+   * Reports successful runs and claims up to the free slots in one round trip (holdfast.settle):
+   * a busy worker pays one lock-session round trip and one commit per batch.
+   */
+  private async settleAndClaim(session: LockSession, done: Run[], claim: boolean): Promise<void> {
+    const free = claim ? this.opts.concurrency - this.running.size : 0;
+    const rows = await session.query<TaskRow & { rejected: string | null }>(sql.settle, [
+      done.map((r) => r.task.id),
+      done.map((r) => r.task.fence),
+      this.kinds,
+      this.name,
+      free,
+    ]);
+    const rejected = new Set(
+      rows.filter((r) => r.rejected !== null).map((r) => Number(r.rejected)),
+    );
+    for (const run of done) this.finish(run, rejected.has(run.task.id) ? "rejected" : "succeeded");
+    if (!claim) return;
+    const claimed = rows.filter((r) => r.rejected === null && r.id !== null);
+    claimed.sort((a, b) => Number(a.id) - Number(b.id));
+    for (const row of claimed) this.startRun(session, toTask(row));
+    if (claimed.length === free) {
       this.wantClaim = true; // there may be more
-    } else if (rows.length === 0) {
+    } else if (claimed.length === 0) {
       await this.armDelayTimer(session);
     }
   }
@@ -276,21 +292,14 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
   }
 
-  /** Reports finished runs: successes in one batch, failures one by one. */
-  private async report(session: LockSession, batch: Settlement[]): Promise<void> {
+  /**
+   * Reports failed runs one by one and returns the successful ones, which settleAndClaim
+   * reports in one batch. Runs of an earlier (lost) session are reported nowhere.
+   */
+  private async report(session: LockSession, batch: Settlement[]): Promise<Run[]> {
     const live = batch.filter((s) => s.run.session === session);
     for (const s of batch) {
       if (s.run.session !== session) this.finish(s.run, "lost", s.error);
-    }
-    const ok = live.filter((s) => s.error === undefined);
-    if (ok.length > 0) {
-      const [row] = await session.query<{ rejected: string[] | null }>(
-        "select array(select holdfast.complete_many($1::bigint[], $2::bigint[])) as rejected",
-        [ok.map((s) => s.run.task.id), ok.map((s) => s.run.task.fence)],
-      );
-      const rejected = new Set((row?.rejected ?? []).map(Number));
-      for (const s of ok)
-        this.finish(s.run, rejected.has(s.run.task.id) ? "rejected" : "succeeded");
     }
     for (const s of live.filter((x) => x.error !== undefined)) {
       const err = s.error instanceof Error ? s.error : new Error(String(s.error));
@@ -303,6 +312,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       ]);
       this.finish(s.run, row?.ok ? "failed" : "rejected", s.error);
     }
+    return live.filter((s) => s.error === undefined).map((s) => s.run);
   }
 
   private finish(
