@@ -1,0 +1,68 @@
+import { performance } from "node:perf_hooks";
+import pg from "pg";
+import { pino } from "pino";
+import { Holdfast } from "../src/index.js";
+import { createDatabase, dropDatabase } from "./db.js";
+import { type Summary, summarize } from "./stats.js";
+
+export interface ClaimScaleResult extends Summary {
+  pending: number;
+}
+
+/**
+ * holdfast.claim() latency (one task, on one session, then complete) as the number of pending
+ * tasks grows. The backlog is written in bulk with the same rows enqueue() would produce.
+ */
+export async function claimScale(
+  adminUrl: string,
+  levels: number[],
+  samples: number,
+): Promise<ClaimScaleResult[]> {
+  const url = await createDatabase(adminUrl, "claimscale");
+  const hf = new Holdfast({ connectionString: url, logger: pino({ level: "silent" }) });
+  await hf.migrate();
+  await hf.close();
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  const out: ClaimScaleResult[] = [];
+  try {
+    await c.query("select holdfast.define_kind('noop')");
+    let have = 0;
+    for (const level of levels) {
+      await c.query(
+        `with k as (
+           insert into holdfast.keys (key, lock_id)
+           select 'c' || i, holdfast.lock_id('c' || i) from generate_series($1::int + 1, $2::int) i
+           returning key),
+         t as (
+           insert into holdfast.tasks (kind, key, max_attempts)
+           select 'noop', key, 5 from k returning id, kind, key, priority, run_at)
+         update holdfast.keys k set head_id = t.id, head_kind = t.kind,
+           head_priority = t.priority, head_run_at = t.run_at
+         from t where t.key = k.key`,
+        [have, level + samples + 10],
+      );
+      have = level + samples + 10;
+      await c.query("vacuum analyze holdfast.keys");
+      await c.query("vacuum analyze holdfast.tasks");
+      const times: number[] = [];
+      for (let i = 0; i < samples + 5; i++) {
+        const t0 = performance.now();
+        const { rows } = await c.query<{ id: string; fence: string }>(
+          "select id, fence from holdfast.claim(array['noop'], 'bench', 1)",
+        );
+        const dt = performance.now() - t0;
+        const row = rows[0];
+        if (!row) throw new Error("claim returned nothing");
+        await c.query("select holdfast.complete($1, $2)", [row.id, row.fence]);
+        if (i >= 5) times.push(dt);
+      }
+      have -= samples + 5;
+      out.push({ pending: level, ...summarize(times) });
+    }
+  } finally {
+    await c.end();
+    await dropDatabase(adminUrl, url);
+  }
+  return out;
+}
