@@ -1,7 +1,13 @@
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { Holdfast } from "../src/index.js";
 import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
-import { createRunsTable, overlaps, type RunRow, startWorkerProcess, type WorkerProcess } from "./support/processes.js";
+import {
+  createRunsTable,
+  overlaps,
+  type RunRow,
+  startWorkerProcess,
+  type WorkerProcess,
+} from "./support/processes.js";
 
 let db: TestDatabase;
 const procs: WorkerProcess[] = [];
@@ -17,7 +23,11 @@ afterAll(async () => {
 });
 
 it("3 processes x concurrency 2 never overlap runs of a key, and run every task exactly once", async () => {
-  procs.push(...(await Promise.all(["a", "b", "c"].map((n) => startWorkerProcess(db.url, n, { HF_CONCURRENCY: "2" })))));
+  procs.push(
+    ...(await Promise.all(
+      ["a", "b", "c"].map((n) => startWorkerProcess(db.url, n, { HF_CONCURRENCY: "2" })),
+    )),
+  );
   const hf = new Holdfast({ pool: db.pool, logger: silent });
   const keys = ["dream:ws:alice", "dream:ws:bob", "dream:ws:carol", "dream:ws:dave"];
   for (let i = 0; i < 20; i++) {
@@ -26,7 +36,9 @@ it("3 processes x concurrency 2 never overlap runs of a key, and run every task 
   }
   const deadline = Date.now() + 90_000;
   for (;;) {
-    const { rows } = await db.pool.query("select count(*)::int as n from holdfast.tasks where state <> 'succeeded'");
+    const { rows } = await db.pool.query(
+      "select count(*)::int as n from holdfast.tasks where state <> 'succeeded'",
+    );
     if (rows[0].n === 0 || Date.now() > deadline) break;
     await new Promise((r) => setTimeout(r, 250));
   }

@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
-import pg from "pg";
+import type pg from "pg";
 
 export interface WorkerEvent {
   event: string;
@@ -23,7 +23,11 @@ export interface WorkerProcess {
 const fixture = fileURLToPath(new URL("../fixtures/worker-process.ts", import.meta.url));
 
 /** Starts test/fixtures/worker-process.ts in a child process and waits until it is ready. */
-export async function startWorkerProcess(url: string, name: string, env: Record<string, string> = {}): Promise<WorkerProcess> {
+export async function startWorkerProcess(
+  url: string,
+  name: string,
+  env: Record<string, string> = {},
+): Promise<WorkerProcess> {
   const child = spawn(process.execPath, ["--import", "tsx", fixture], {
     env: { ...process.env, DATABASE_URL: url, HF_NAME: name, ...env },
     stdio: ["ignore", "pipe", "pipe"],
@@ -55,7 +59,11 @@ export async function startWorkerProcess(url: string, name: string, env: Record<
       };
       const timer = setTimeout(() => {
         waiters.delete(check);
-        reject(new Error(`worker ${name}: event not seen in ${timeoutMs} ms; stderr: ${stderr.slice(-2000)}`));
+        reject(
+          new Error(
+            `worker ${name}: event not seen in ${timeoutMs} ms; stderr: ${stderr.slice(-2000)}`,
+          ),
+        );
       }, timeoutMs);
       waiters.add(check);
       check();
@@ -91,7 +99,10 @@ export async function createRunsTable(pool: pg.Pool): Promise<void> {
 }
 
 /** Pairs of runs of one key whose intervals overlap (a run without an end counts as open until `openUntil`). */
-export function overlaps(runs: RunRow[], openUntil: (r: RunRow) => number = () => Number.POSITIVE_INFINITY): Array<[RunRow, RunRow]> {
+export function overlaps(
+  runs: RunRow[],
+  openUntil: (r: RunRow) => number = () => Number.POSITIVE_INFINITY,
+): Array<[RunRow, RunRow]> {
   const byKey = new Map<string, RunRow[]>();
   for (const r of runs) byKey.set(r.key, [...(byKey.get(r.key) ?? []), r]);
   const bad: Array<[RunRow, RunRow]> = [];
