@@ -27,22 +27,28 @@ export async function claimScale(
   const out: ClaimScaleResult[] = [];
   try {
     await c.query("select holdfast.define_kind('noop')");
-    let have = 0;
+    let pending = 0;
+    let next = 1;
     for (const level of levels) {
+      // Grow the backlog to level + samples (+ warm-up), in the shape enqueue() leaves it.
+      const add = level + samples + 5 - pending;
       await c.query(
-        `with k as (
-           insert into holdfast.keys (key, lock_id)
-           select 'c' || i, holdfast.lock_id('c' || i) from generate_series($1::int + 1, $2::int) i
-           returning key),
-         t as (
-           insert into holdfast.tasks (kind, key, max_attempts)
-           select 'noop', key, 5 from k returning id, kind, key, priority, run_at)
-         update holdfast.keys k set head_id = t.id, head_kind = t.kind,
-           head_priority = t.priority, head_run_at = t.run_at
-         from t where t.key = k.key`,
-        [have, level + samples + 10],
+        `insert into holdfast.keys (key, lock_id)
+         select 'c' || i, holdfast.lock_id('c' || i) from generate_series($1::int, $2::int) i`,
+        [next, next + add - 1],
       );
-      have = level + samples + 10;
+      await c.query(
+        `insert into holdfast.tasks (kind, key, max_attempts)
+         select 'noop', 'c' || i, 5 from generate_series($1::int, $2::int) i`,
+        [next, next + add - 1],
+      );
+      await c.query(
+        `update holdfast.keys k set head_id = t.id, head_kind = t.kind,
+           head_priority = t.priority, head_run_at = t.run_at
+         from holdfast.tasks t where t.key = k.key and k.head_id is null and t.state = 'pending'`,
+      );
+      next += add;
+      pending += add;
       await c.query("vacuum analyze holdfast.keys");
       await c.query("vacuum analyze holdfast.tasks");
       const times: number[] = [];
@@ -57,7 +63,7 @@ export async function claimScale(
         await c.query("select holdfast.complete($1, $2)", [row.id, row.fence]);
         if (i >= 5) times.push(dt);
       }
-      have -= samples + 5;
+      pending -= samples + 5;
       out.push({ pending: level, ...summarize(times) });
     }
   } finally {

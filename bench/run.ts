@@ -41,13 +41,13 @@ const pick = args.includes("--systems") && sysArg ? sysArg.split(",") : undefine
 const cfg = quick
   ? {
       wake: 300,
-      pollBudgetMs: 12_000,
+      pollBudgetMs: 5_000,
       tasks: 2_000,
-      tputTimeoutMs: 20_000,
+      tputTimeoutMs: 5_000,
       takeovers: 2,
       claimLevels: [1_000, 100_000],
       claimSamples: 50,
-      idleMs: 10_000,
+      idleMs: 6_000,
       longMs: 2_500,
     }
   : {
