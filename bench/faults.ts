@@ -38,9 +38,9 @@ export async function holdfastTakeover(adminUrl: string, rounds: number): Promis
   try {
     for (let i = 0; i < rounds; i++) {
       const { id } = await hf.enqueue("job", { key: `takeover${i}`, payload: { ms: 120_000 } });
-      const first = await Promise.race(
-        procs.map((p) => p.waitFor((e) => e.event === "start" && e.id === id).then(() => p)),
-      );
+      const isStart = (e: { event: string; id?: unknown }) => e.event === "start" && e.id === id;
+      await until(() => procs.some((p) => p.events.some(isStart)), 30_000, 2);
+      const first = procs.find((p) => p.events.some(isStart)) as WorkerProcess;
       const other = procs.find((p) => p !== first) as WorkerProcess;
       const killedAt = Date.now();
       await first.kill("SIGKILL");

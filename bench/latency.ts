@@ -33,7 +33,11 @@ export async function notifyFloor(adminUrl: string, samples: number): Promise<Wa
     await sender.end();
     await dropDatabase(adminUrl, url);
   }
-  return { system: "NOTIFY→LISTEN floor", ...summarize(out) };
+  return {
+    system: "NOTIFY→LISTEN floor",
+    ...summarize(out),
+    note: "< 0: the notification overtook the commit acknowledgement",
+  };
 }
 
 /**

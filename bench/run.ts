@@ -149,10 +149,10 @@ async function main(): Promise<void> {
         longTasks(server.url, new HoldfastSystem(), 2, ms, "no timeout to scale"),
         longTasks(
           server.url,
-          new DeriverSystem({ pollMs: 100, staleMs: ms / 3, cleanupEveryMs: 100 }, "deriver model"),
+          new DeriverSystem({ pollMs: 100, staleMs: Math.round(ms / 3), cleanupEveryMs: 100 }),
           2,
           ms,
-          `stale timeout scaled to ${ms / 3} ms`,
+          `stale timeout scaled to ${Math.round(ms / 3)} ms`,
         ),
         longTasks(
           server.url,

@@ -135,7 +135,7 @@ class DeriverWorker {
   private async cleanup(): Promise<void> {
     await this.pool
       .query(
-        "delete from active_queue_sessions where last_updated < now() - $1::int * interval '1 ms'",
+        "delete from active_queue_sessions where last_updated < now() - $1::float8 * interval '1 ms'",
         [this.t.staleMs],
       )
       .catch(() => {});

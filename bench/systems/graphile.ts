@@ -14,6 +14,8 @@ export class GraphileSystem implements QueueSystem {
   private url = "";
   private utils: WorkerUtils | undefined;
   private pool: pg.Pool | undefined;
+  /** Pools handed to graphile-worker, so this process owns their error handling and end. */
+  private pools: pg.Pool[] = [];
 
   constructor(private readonly tuned: boolean) {
     this.label = `graphile-worker (${tuned ? "tuned" : "default"})`;
@@ -23,7 +25,15 @@ export class GraphileSystem implements QueueSystem {
     this.url = url;
     await runMigrations({ connectionString: url, logger: silent });
     this.utils = await makeWorkerUtils({ connectionString: url, logger: silent });
-    this.pool = new pg.Pool({ connectionString: url, max: 2 });
+    this.pool = this.newPool(2);
+  }
+
+  private newPool(max: number): pg.Pool {
+    const pool = new pg.Pool({ connectionString: this.url, max });
+    pool.on("error", () => {});
+    pool.on("connect", (client) => client.on("error", () => {}));
+    this.pools.push(pool);
+    return pool;
   }
 
   async enqueue(key: string): Promise<void> {
@@ -47,7 +57,8 @@ export class GraphileSystem implements QueueSystem {
     handler: (key: string) => Promise<void>,
   ): Promise<RunningWorker> {
     const runner = await run({
-      connectionString: this.url,
+      // graphile-worker's default pool size (node-postgres default, 10).
+      pgPool: this.newPool(10),
       concurrency,
       noHandleSignals: true,
       logger: silent,
@@ -79,6 +90,6 @@ export class GraphileSystem implements QueueSystem {
 
   async close(): Promise<void> {
     await this.utils?.release();
-    await this.pool?.end();
+    for (const p of this.pools) await p.end().catch(() => {});
   }
 }
