@@ -36,7 +36,11 @@ export async function holdfastTakeover(adminUrl: string, rounds: number): Promis
     await startWorkerProcess(url, "a"),
     await startWorkerProcess(url, "b"),
   ];
-XX, { key: `takeover${i}`, payload: { ms: 120_000 } });
+  const out: number[] = [];
+  const missed: string[] = [];
+  try {
+    for (let i = 0; i < rounds; i++) {
+      const { id } = await hf.enqueue("job", { key: `takeover${i}`, payload: { ms: 120_000 } });
       const isStart = (e: { event: string; id?: unknown }) => e.event === "start" && e.id === id;
       await until(() => procs.some((p) => p.events.some(isStart)), 30_000, 2);
       const first = procs.find((p) => p.events.some(isStart)) as WorkerProcess;
