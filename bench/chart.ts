@@ -93,6 +93,7 @@ export function chartSvg(input: ChartInput): string {
   y += 12;
   return [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${y}" viewBox="0 0 ${W} ${y}" font-family="sans-serif">`,
+    "<title>holdfast benchmark: wake latency and throughput</title>",
     `<rect width="100%" height="100%" fill="white"/>`,
     ...parts,
     "</svg>",
