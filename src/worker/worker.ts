@@ -239,13 +239,21 @@ export class Worker extends EventEmitter<WorkerEvents> {
    */
   private async settleAndClaim(session: LockSession, done: Run[], claim: boolean): Promise<void> {
     const free = claim ? this.opts.concurrency - this.running.size : 0;
-    const rows = await session.query<TaskRow & { rejected: string | null }>(sql.settle, [
-      done.map((r) => r.task.id),
-      done.map((r) => r.task.fence),
-      this.kinds,
-      this.name,
-      free,
-    ]);
+    // Nothing to report (an idle worker woken by NOTIFY): claim directly, skipping settle's
+    // plpgsql layer on the wake path.
+    const rows =
+      done.length === 0
+        ? (await session.query<TaskRow>(sql.claim, [this.kinds, this.name, free])).map((r) => ({
+            ...r,
+            rejected: null,
+          }))
+        : await session.query<TaskRow & { rejected: string | null }>(sql.settle, [
+            done.map((r) => r.task.id),
+            done.map((r) => r.task.fence),
+            this.kinds,
+            this.name,
+            free,
+          ]);
     const rejected = new Set(
       rows.filter((r) => r.rejected !== null).map((r) => Number(r.rejected)),
     );
