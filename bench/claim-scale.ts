@@ -25,13 +25,14 @@ export async function claimScale(
   const c = new pg.Client({ connectionString: url });
   await c.connect();
   const out: ClaimScaleResult[] = [];
+  const warmup = 20; // plan caches and buffers warm before timing
   try {
     await c.query("select holdfast.define_kind('noop')");
     let pending = 0;
     let next = 1;
     for (const level of levels) {
       // Grow the backlog to level + samples (+ warm-up), in the shape enqueue() leaves it.
-      const add = level + samples + 5 - pending;
+      const add = level + samples + warmup - pending;
       await c.query(
         `insert into holdfast.keys (key, lock_id)
          select 'c' || i, holdfast.lock_id('c' || i) from generate_series($1::int, $2::int) i`,
@@ -52,7 +53,7 @@ export async function claimScale(
       await c.query("vacuum analyze holdfast.keys");
       await c.query("vacuum analyze holdfast.tasks");
       const times: number[] = [];
-      for (let i = 0; i < samples + 5; i++) {
+      for (let i = 0; i < samples + warmup; i++) {
         const t0 = performance.now();
         const { rows } = await c.query<{ id: string; fence: string }>(
           "select id, fence from holdfast.claim(array['noop'], 'bench', 1)",
@@ -61,9 +62,9 @@ export async function claimScale(
         const row = rows[0];
         if (!row) throw new Error("claim returned nothing");
         await c.query("select holdfast.complete($1, $2)", [row.id, row.fence]);
-        if (i >= 5) times.push(dt);
+        if (i >= warmup) times.push(dt);
       }
-      pending -= samples + 5;
+      pending -= samples + warmup;
       out.push({ pending: level, ...summarize(times) });
     }
   } finally {

@@ -1,7 +1,7 @@
 // npm run bench [-- --quick] [-- --only wake,throughput,...]: holdfast side by side with
 // graphile-worker, pg-boss and a model of the deriver's stale-timeout scheme, on one embedded
 // Postgres (fsync on). Writes bench/results.json and bench/chart.svg.
-import { writeFile } from "node:fs/promises";
+import { mkdir, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
@@ -184,10 +184,16 @@ async function main(): Promise<void> {
   }
   results.seconds = Math.round((Date.now() - started) / 1000);
   const here = (f: string) => fileURLToPath(new URL(f, import.meta.url));
-  await writeFile(here("results.json"), `${JSON.stringify(results, null, 2)}\n`);
+  // A partial run (--only / --systems) must not overwrite the committed results.
+  const partial = Boolean(only || pick);
+  if (partial) await mkdir(here(".runs"), { recursive: true });
+  await writeFile(
+    here(partial ? ".runs/results.json" : "results.json"),
+    `${JSON.stringify(results, null, 2)}\n`,
+  );
   const report = render(results);
   process.stdout.write(`${report}\n`);
-  if (results.wake && results.throughput) {
+  if (results.wake && results.throughput && !partial) {
     await writeFile(here("chart.svg"), chart(results));
   }
 }
