@@ -12,20 +12,23 @@ create function holdfast._backoff(attempt int, seed bigint default null) returns
 $$;
 
 -- Tells idle workers when the key has a task ready now.
+-- (Helpers called per key are plpgsql so their plans are cached: see _refresh_key.)
 create function holdfast._notify_if_ready(k text) returns void
-  language sql as $$
-  select pg_notify('holdfast', head_kind) from holdfast.keys
-  where key = k and head_id is not null and not busy and head_run_at <= now()
-$$;
+  language plpgsql as $$
+begin
+  perform pg_notify('holdfast', head_kind) from holdfast.keys
+  where key = k and head_id is not null and not busy and head_run_at <= now();
+end $$;
 
 -- Unlocks the key unless another task of it still runs under this session (a batch).
 create function holdfast._release(k text) returns void
-  language sql as $$
-  select pg_advisory_unlock(holdfast.lock_id(k))
+  language plpgsql as $$
+begin
+  perform pg_advisory_unlock(holdfast.lock_id(k))
   where not exists (
     select 1 from holdfast.tasks t
-    where t.key = k and t.state = 'running' and t.holder_pid = pg_backend_pid())
-$$;
+    where t.key = k and t.state = 'running' and t.holder_pid = pg_backend_pid());
+end $$;
 
 -- Ends an attempt. outcome: 'succeeded' | 'failed'. Returns false, changing nothing, when the
 -- task is not running under this fence in this session (a newer claim exists, or the caller

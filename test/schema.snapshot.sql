@@ -95,11 +95,12 @@ AS $function$ select greatest(current + 1, (extract(epoch from clock_timestamp()
 
 CREATE OR REPLACE FUNCTION holdfast._notify_if_ready(k text)
  RETURNS void
- LANGUAGE sql
+ LANGUAGE plpgsql
 AS $function$
-  select pg_notify('holdfast', head_kind) from holdfast.keys
-  where key = k and head_id is not null and not busy and head_run_at <= now()
-$function$
+begin
+  perform pg_notify('holdfast', head_kind) from holdfast.keys
+  where key = k and head_id is not null and not busy and head_run_at <= now();
+end $function$
 ;
 
 CREATE OR REPLACE FUNCTION holdfast._raise(code text, msg text, hint text DEFAULT NULL::text)
@@ -116,8 +117,9 @@ end $function$
 
 CREATE OR REPLACE FUNCTION holdfast._refresh_key(k text, requeue boolean DEFAULT false)
  RETURNS void
- LANGUAGE sql
+ LANGUAGE plpgsql
 AS $function$
+begin
   update holdfast.keys set
     busy = exists (select 1 from holdfast.tasks t where t.key = k and t.state = 'running'),
     (head_id, head_kind, head_priority, head_run_at) = (
@@ -127,19 +129,20 @@ AS $function$
       where t.key = k and t.state = 'pending'
       order by t.priority, t.run_at, t.id
       limit 1)
-  where key = k
-$function$
+  where key = k;
+end $function$
 ;
 
 CREATE OR REPLACE FUNCTION holdfast._release(k text)
  RETURNS void
- LANGUAGE sql
+ LANGUAGE plpgsql
 AS $function$
-  select pg_advisory_unlock(holdfast.lock_id(k))
+begin
+  perform pg_advisory_unlock(holdfast.lock_id(k))
   where not exists (
     select 1 from holdfast.tasks t
-    where t.key = k and t.state = 'running' and t.holder_pid = pg_backend_pid())
-$function$
+    where t.key = k and t.state = 'running' and t.holder_pid = pg_backend_pid());
+end $function$
 ;
 
 CREATE OR REPLACE FUNCTION holdfast._session_started()
@@ -506,6 +509,29 @@ begin
   perform holdfast._refresh_key(t.key);
   perform pg_notify('holdfast', t.kind);
   return true;
+end $function$
+;
+
+CREATE OR REPLACE FUNCTION holdfast.settle(done_ids bigint[], done_fences bigint[], kinds text[], worker text, max_tasks integer, max_keys integer DEFAULT NULL::integer)
+ RETURNS TABLE(rejected bigint, task holdfast.tasks)
+ LANGUAGE plpgsql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+#variable_conflict use_column
+declare
+  v_done boolean := coalesce(cardinality(done_ids), 0) > 0;
+begin
+  if v_done then
+    return query select r, null::holdfast.tasks from holdfast.complete_many(done_ids, done_fences) r;
+  end if;
+  if coalesce(max_tasks, 0) > 0 then
+    return query select null::bigint, c
+      from holdfast.claim(kinds, settle.worker, max_tasks, max_keys) c;
+  end if;
+  if v_done then
+    perform set_config('synchronous_commit', 'on', true);
+  end if;
 end $function$
 ;
 

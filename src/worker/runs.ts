@@ -33,25 +33,13 @@ export function groupRuns(rows: TaskRow[]): Task[][] {
 
 type Finish = (run: Run, task: Task, outcome: Outcome, error?: unknown) => void;
 
-/** Reports runs settled on `session`: successes in one call, each failed task one by one. */
-export async function reportRuns(
+/** Reports failed runs on `session`, each task by its own fail() call. */
+export async function reportFailures(
   session: LockSession,
-  live: Settlement[],
+  failed: Settlement[],
   finish: Finish,
 ): Promise<void> {
-  const succeeded = live.filter((s) => s.error === undefined);
-  const ok = succeeded.flatMap((s) => s.run.tasks);
-  if (ok.length > 0) {
-    const [row] = await session.query<{ rejected: string[] | null }>(
-      "select array(select holdfast.complete_many($1::bigint[], $2::bigint[])) as rejected",
-      [ok.map((t) => t.id), ok.map((t) => t.fence)],
-    );
-    const rejected = new Set((row?.rejected ?? []).map(Number));
-    for (const s of succeeded) {
-      for (const t of s.run.tasks) finish(s.run, t, rejected.has(t.id) ? "rejected" : "succeeded");
-    }
-  }
-  for (const s of live.filter((x) => x.error !== undefined)) {
+  for (const s of failed) {
     const err = s.error instanceof Error ? s.error : new Error(String(s.error));
     const cancelled = s.run.controller.signal.reason instanceof TaskCancelledError;
     for (const t of s.run.tasks) {
@@ -67,6 +55,46 @@ export async function reportRuns(
       finish(s.run, t, outcome, s.error);
     }
   }
+}
+
+export interface ClaimRequest {
+  kinds: string[];
+  worker: string;
+  maxTasks: number;
+  maxKeys: number;
+}
+
+/**
+ * Completes the succeeded runs and claims (when maxKeys > 0) in one round trip and one commit;
+ * with nothing to complete, claims directly (the wake path). Returns the claimed rows.
+ */
+export async function settle(
+  session: LockSession,
+  succeeded: Settlement[],
+  claim: ClaimRequest,
+  finish: Finish,
+): Promise<TaskRow[]> {
+  const done = succeeded.flatMap((s) => s.run.tasks.map((t) => ({ run: s.run, t })));
+  if (done.length === 0) {
+    if (claim.maxKeys <= 0) return [];
+    return await session.query<TaskRow>(sql.claim, [
+      claim.kinds,
+      claim.worker,
+      claim.maxTasks,
+      claim.maxKeys,
+    ]);
+  }
+  const rows = await session.query<TaskRow & { rejected: string | null }>(sql.settle, [
+    done.map((d) => d.t.id),
+    done.map((d) => d.t.fence),
+    claim.kinds,
+    claim.worker,
+    claim.maxKeys > 0 ? claim.maxTasks : 0,
+    claim.maxKeys > 0 ? claim.maxKeys : null,
+  ]);
+  const rejected = new Set(rows.filter((r) => r.rejected !== null).map((r) => Number(r.rejected)));
+  for (const { run, t } of done) finish(run, t, rejected.has(t.id) ? "rejected" : "succeeded");
+  return rows.filter((r) => r.rejected === null && r.id !== null);
 }
 
 export function logOutcome(run: Run, task: Task, outcome: Outcome, error?: unknown): void {

@@ -19,8 +19,9 @@ import {
   logOutcome,
   type Outcome,
   type Run,
-  reportRuns,
+  reportFailures,
   type Settlement,
+  settle,
 } from "./runs.js";
 
 /** Events a worker emits; tests and metrics wait on these instead of sleeping. */
@@ -239,14 +240,13 @@ export class Worker extends EventEmitter<WorkerEvents> {
       const session = this.session;
       if (!session) return;
       try {
-        if (this.settled.length > 0) await this.report(session, this.settled.splice(0));
+        const batch = this.settled.splice(0);
+        const claim = this.canClaim() && this.wantClaim;
+        if (claim) this.wantClaim = false;
+        if (batch.length > 0 || claim) await this.reportAndClaim(session, batch, claim);
         if (this.sweepDue) {
           this.sweepDue = false;
           await this.sweep(session);
-        }
-        if (this.canClaim() && this.wantClaim) {
-          this.wantClaim = false;
-          await this.claim(session);
         }
       } catch (err) {
         if (err instanceof LockLostError || session.isLost) {
@@ -261,15 +261,45 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
   }
 
-  /** Claims up to one key per free slot; a batch kind's key brings up to batch.max tasks. */
-  private async claim(session: LockSession): Promise<void> {
-    const free = this.opts.concurrency - this.activeCount;
-    const rows = await session.query<TaskRow>(sql.claim, [
-      this.kinds,
-      this.name,
-      free * this.maxBatch,
-      free,
-    ]);
+  /**
+   * Reports finished runs and claims up to one key per free slot (a batch kind's key brings up
+   * to batch.max tasks) in as few round trips as it can: failures one by one, then successes
+   * and the claim together (holdfast.settle), one commit. Runs of a lost session end as lost.
+   */
+  private async reportAndClaim(session: LockSession, batch: Settlement[], claim: boolean) {
+    const unconfirmed = new Map<Task, Settlement>();
+    for (const s of batch) for (const t of s.run.tasks) unconfirmed.set(t, s);
+    const end = (run: Run, t: Task, outcome: Outcome, error?: unknown) => {
+      unconfirmed.delete(t);
+      this.finish(run, t, outcome, error);
+    };
+    try {
+      // Runs claimed on an earlier session lost their lock with it: nothing to report.
+      for (const s of batch) {
+        if (s.run.session !== session) for (const t of s.run.tasks) end(s.run, t, "lost", s.error);
+      }
+      const live = batch.filter((s) => s.run.session === session);
+      await reportFailures(
+        session,
+        live.filter((s) => s.error !== undefined),
+        end,
+      );
+      const free = claim ? this.opts.concurrency - this.activeCount : 0;
+      const claimed = await settle(
+        session,
+        live.filter((s) => s.error === undefined),
+        { kinds: this.kinds, worker: this.name, maxTasks: free * this.maxBatch, maxKeys: free },
+        end,
+      );
+      if (claim) await this.startClaimed(session, claimed, free);
+    } finally {
+      // The session failed mid-report: whatever was not confirmed is not ours to claim.
+      for (const [t, s] of unconfirmed) this.finish(s.run, t, "lost", s.error);
+    }
+  }
+
+  /** Starts the claimed runs; more may wait when every slot was filled, else arm the timer. */
+  private async startClaimed(session: LockSession, rows: TaskRow[], free: number): Promise<void> {
     if (rows.length > 0)
       this.logger.debug(
         { event: "claim", tasks: rows.map((r) => Number(r.id)), free },
@@ -327,30 +357,6 @@ export class Worker extends EventEmitter<WorkerEvents> {
       );
       this.emit("takeover", { requeued, previous });
       this.wantClaim = true;
-    }
-  }
-
-  /** Reports finished runs; those of a lost session end as lost, unreported. */
-  private async report(session: LockSession, batch: Settlement[]): Promise<void> {
-    const unconfirmed = new Map<Task, Settlement>();
-    for (const s of batch) for (const t of s.run.tasks) unconfirmed.set(t, s);
-    const end = (run: Run, t: Task, outcome: Outcome, error?: unknown) => {
-      unconfirmed.delete(t);
-      this.finish(run, t, outcome, error);
-    };
-    try {
-      // Runs claimed on an earlier session lost their lock with it: nothing to report.
-      for (const s of batch) {
-        if (s.run.session !== session) for (const t of s.run.tasks) end(s.run, t, "lost", s.error);
-      }
-      await reportRuns(
-        session,
-        batch.filter((s) => s.run.session === session),
-        end,
-      );
-    } finally {
-      // The session failed mid-report: whatever was not confirmed is not ours to claim.
-      for (const [t, s] of unconfirmed) this.finish(s.run, t, "lost", s.error);
     }
   }
 

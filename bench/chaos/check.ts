@@ -1,0 +1,135 @@
+import type pg from "pg";
+
+export interface LogRun {
+  task_id: number;
+  key: string;
+  attempt: number;
+  fence: string;
+  worker: string;
+  started: number;
+  ended: number | null;
+}
+
+export interface Violation {
+  kind: "overlap" | "not-ended" | "ended-twice" | "fence-order";
+  detail: string;
+}
+
+export interface CheckResult {
+  tasks: number;
+  succeeded: number;
+  deadLettered: number;
+  runs: number;
+  /** Extra finished runs of succeeded tasks: a completion report lost in a fault. */
+  reruns: number;
+  violations: Violation[];
+}
+
+/**
+ * `runEnd(run)`: when a run without a recorded end stopped (its handler's exit event, or the
+ * kill of its process); undefined if unknown, which counts as still running.
+ */
+export async function check(
+  pool: pg.Pool,
+  runEnd: (run: LogRun) => number | undefined,
+): Promise<CheckResult> {
+  const { rows: raw } = await pool.query<{
+    task_id: string;
+    key: string;
+    attempt: number;
+    fence: string;
+    worker: string;
+    started: string;
+    ended: string | null;
+  }>(
+    `select task_id, key, attempt, fence, worker,
+            extract(epoch from started_at) * 1000 as started,
+            extract(epoch from ended_at) * 1000 as ended
+     from chaos_log`,
+  );
+  const runs: LogRun[] = raw.map((r) => ({
+    ...r,
+    task_id: Number(r.task_id),
+    started: Number(r.started),
+    ended: r.ended === null ? null : Number(r.ended),
+  }));
+  const { rows: tasks } = await pool.query<{
+    id: string;
+    state: string;
+    succeeded: number;
+    finals: number;
+  }>(
+    `select t.id, t.state,
+            (select count(*)::int from holdfast.attempts a
+             where a.task_id = t.id and a.outcome = 'succeeded') as succeeded,
+            (select count(*)::int from holdfast.attempts a
+             where a.task_id = t.id and a.outcome in ('failed', 'lost')
+               and a.attempt >= t.max_attempts) as finals
+     from holdfast.tasks t`,
+  );
+  const violations: Violation[] = [];
+
+  // 1. No two runs of one key overlapped.
+  const byKey = new Map<string, LogRun[]>();
+  for (const r of runs) byKey.set(r.key, [...(byKey.get(r.key) ?? []), r]);
+  const end = (r: LogRun) => r.ended ?? runEnd(r) ?? Number.POSITIVE_INFINITY;
+  for (const list of byKey.values()) {
+    list.sort((a, b) => a.started - b.started);
+    let latest: LogRun | undefined;
+    for (const cur of list) {
+      if (latest && cur.started < end(latest)) {
+        violations.push({
+          kind: "overlap",
+          detail: `key ${cur.key}: task ${latest.task_id} fence ${latest.fence} (${latest.worker}) still running when task ${cur.task_id} fence ${cur.fence} (${cur.worker}) started`,
+        });
+      }
+      if (latest && BigInt(cur.fence) <= BigInt(latest.fence)) {
+        violations.push({
+          kind: "fence-order",
+          detail: `key ${cur.key}: fence ${cur.fence} started after fence ${latest.fence}`,
+        });
+      }
+      if (!latest || end(cur) > end(latest)) latest = cur;
+    }
+  }
+
+  // 2. Every task ended exactly once: terminal state, and exactly one terminal attempt (a
+  // crash counts as an attempt: the last one may be 'lost').
+  let succeeded = 0;
+  let deadLettered = 0;
+  for (const t of tasks) {
+    if (t.state === "succeeded") succeeded++;
+    else if (t.state === "failed") deadLettered++;
+    else {
+      violations.push({ kind: "not-ended", detail: `task ${t.id} is still ${t.state}` });
+      continue;
+    }
+    const terminal = t.succeeded + t.finals;
+    if (terminal !== 1) {
+      violations.push({
+        kind: "ended-twice",
+        detail: `task ${t.id} (${t.state}) has ${terminal} terminal attempts`,
+      });
+    }
+  }
+  // Runs that finished their work more than once for a task that succeeded: the completion
+  // report of an earlier run was lost in a fault (at-least-once; not a violation).
+  const succeededIds = new Set(
+    tasks.filter((t) => t.state === "succeeded").map((t) => Number(t.id)),
+  );
+  const endedRuns = new Map<number, number>();
+  for (const r of runs) {
+    if (r.ended !== null && succeededIds.has(r.task_id))
+      endedRuns.set(r.task_id, (endedRuns.get(r.task_id) ?? 0) + 1);
+  }
+  let reruns = 0;
+  for (const n of endedRuns.values()) reruns += n - 1;
+  return {
+    tasks: tasks.length,
+    succeeded,
+    deadLettered,
+    runs: runs.length,
+    reruns,
+    violations,
+  };
+}

@@ -1,0 +1,217 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import pg from "pg";
+import { pino } from "pino";
+import { Holdfast } from "../../src/index.js";
+import { type EmbeddedServer, startEmbedded } from "../../test/support/postgres.js";
+import { startProxy, type TcpProxy } from "../../test/support/tcp-proxy.js";
+import { createDatabase } from "../db.js";
+import { type CheckResult, check, type LogRun } from "./check.js";
+
+export type Fault = "kill" | "partition" | "restart";
+
+export interface SoakOptions {
+  durationMs: number;
+  workers: number;
+  concurrency: number;
+  faults: Fault[];
+  /** Mean pause between faults. */
+  faultEveryMs: number;
+  /** How long the system may take to finish every task once faults stop. */
+  drainTimeoutMs: number;
+  log?: (line: string) => void;
+}
+
+export interface SoakReport extends CheckResult {
+  faults: Record<Fault, number>;
+  /** Worker processes that died without being killed (each is restarted, like a supervisor). */
+  crashes: number;
+  enqueued: number;
+  seconds: number;
+}
+
+interface Instance {
+  name: string;
+  child: ChildProcess;
+  exited: Promise<void>;
+  killedAt?: number;
+  exitedAt?: number;
+}
+
+const workerScript = fileURLToPath(new URL("./worker.ts", import.meta.url));
+const rand = (a: number, b: number) => a + Math.random() * (b - a);
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/**
+ * Runs N worker processes (each behind its own TCP proxy) against a private Postgres while
+ * enqueuing short and long tasks and injecting faults, then lets the system drain and checks the
+ * log: no overlapping runs of a key, every task ended exactly once, nothing stuck.
+ */
+export async function soak(opts: SoakOptions): Promise<SoakReport> {
+  const log = opts.log ?? (() => {});
+  const started = Date.now();
+  const server: EmbeddedServer = await startEmbedded(["-c", "fsync=off"]);
+  const url = await createDatabase(server.url, "chaos");
+  const hf = new Holdfast({ connectionString: url, logger: pino({ level: "silent" }) });
+  await hf.migrate();
+  const pool = new pg.Pool({ connectionString: url, max: 3, connectionTimeoutMillis: 3_000 });
+  pool.on("error", () => {});
+  await pool.query(`create table chaos_log (
+    task_id bigint not null, key text not null, attempt int not null, fence bigint not null,
+    worker text not null, started_at timestamptz not null, ended_at timestamptz)`);
+  await pool.query("select holdfast.define_kind('short', 20), holdfast.define_kind('long', 20)");
+
+  // Handler exits (from worker events) and kill times, to close runs that recorded no end.
+  const exits = new Map<string, number>();
+  const instances = new Map<string, Instance>();
+  const all: Instance[] = [];
+  const proxies: TcpProxy[] = [];
+  const generation = new Map<string, number>();
+  let shuttingDown = false;
+
+  const spawnWorker = async (slot: number): Promise<Instance> => {
+    const gen = (generation.get(`w${slot}`) ?? 0) + 1;
+    generation.set(`w${slot}`, gen);
+    const name = `w${slot}.${gen}`;
+    const child = spawn(process.execPath, ["--import", "tsx", workerScript], {
+      env: {
+        ...process.env,
+        DATABASE_URL: (proxies[slot] as TcpProxy).url.replace(/\/postgres$/, new URL(url).pathname),
+        HF_NAME: name,
+        HF_CONCURRENCY: String(opts.concurrency),
+      },
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    let ready!: () => void;
+    const isReady = new Promise<void>((r) => (ready = r));
+    createInterface({ input: child.stdout as NodeJS.ReadableStream }).on("line", (line) => {
+      try {
+        const e = JSON.parse(line) as { event: string; id?: number; fence?: number; at: number };
+        if (e.event === "ready") ready();
+        if (e.event === "exit") exits.set(`${e.id}:${e.fence}`, e.at);
+      } catch {
+        /* not an event */
+      }
+    });
+    const inst: Instance = {
+      name,
+      child,
+      exited: new Promise((r) =>
+        child.once("exit", () => {
+          inst.exitedAt = Date.now();
+          r();
+        }),
+      ),
+    };
+    instances.set(`w${slot}`, inst);
+    all.push(inst);
+    void inst.exited.then(async () => {
+      if (inst.killedAt !== undefined || shuttingDown) return;
+      log(`chaos: ${name} crashed; restarting it`);
+      await sleep(500);
+      if (!shuttingDown) await spawnWorker(slot);
+    });
+    await Promise.race([isReady, inst.exited]);
+    return inst;
+  };
+
+  for (let i = 0; i < opts.workers; i++) proxies.push(await startProxy(server.url));
+  for (let i = 0; i < opts.workers; i++) await spawnWorker(i);
+  log(`chaos: ${opts.workers} workers up, faults: ${opts.faults.join(", ") || "none"}`);
+
+  let enqueued = 0;
+  let stop = false;
+  const producer = (async () => {
+    let n = 0;
+    while (!stop) {
+      n++;
+      try {
+        if (n % 15 === 0) {
+          await hf.enqueue("long", { key: `long${n % 4}`, payload: { ms: rand(2_000, 6_000) } });
+        } else {
+          await hf.enqueue("short", {
+            key: `k${Math.floor(rand(0, 12))}`,
+            payload: { ms: rand(20, 300), ...(n % 23 === 0 ? { fail: true } : {}) },
+            ...(n % 23 === 0 ? { maxAttempts: 2 } : {}),
+          });
+        }
+        enqueued++;
+      } catch {
+        await sleep(200); // Postgres is restarting
+      }
+      await sleep(rand(30, 150));
+    }
+  })();
+
+  const counts: Record<Fault, number> = { kill: 0, partition: 0, restart: 0 };
+  const deadline = started + opts.durationMs;
+  while (opts.faults.length > 0 && Date.now() < deadline) {
+    await sleep(rand(opts.faultEveryMs * 0.5, opts.faultEveryMs * 1.5));
+    if (Date.now() >= deadline) break;
+    const fault = opts.faults[Math.floor(rand(0, opts.faults.length))] as Fault;
+    const slot = Math.floor(rand(0, opts.workers));
+    counts[fault]++;
+    if (fault === "kill") {
+      const inst = instances.get(`w${slot}`) as Instance;
+      log(`chaos: SIGKILL ${inst.name}`);
+      inst.killedAt = Date.now();
+      inst.child.kill("SIGKILL");
+      await inst.exited;
+      await sleep(rand(100, 1_000));
+      await spawnWorker(slot);
+    } else if (fault === "partition") {
+      const ms = rand(1_000, 8_000);
+      log(`chaos: partition w${slot} for ${Math.round(ms)} ms`);
+      (proxies[slot] as TcpProxy).partition();
+      await sleep(ms);
+      (proxies[slot] as TcpProxy).heal();
+    } else {
+      log("chaos: restart Postgres");
+      await server.halt();
+      await sleep(rand(200, 2_000));
+      await server.start();
+    }
+  }
+  if (opts.faults.length === 0) await sleep(Math.max(0, deadline - Date.now()));
+  stop = true;
+  await producer;
+  log(`chaos: faults stopped after ${Math.round((Date.now() - started) / 1000)} s; draining`);
+
+  // Drain: every task must reach a terminal state without further faults.
+  const drainEnd = Date.now() + opts.drainTimeoutMs;
+  while (Date.now() < drainEnd) {
+    const { rows } = await pool
+      .query<{ n: number }>(
+        "select count(*)::int as n from holdfast.tasks where state in ('pending', 'running')",
+      )
+      .catch(() => ({ rows: [{ n: -1 }] }));
+    if (rows[0]?.n === 0) break;
+    await sleep(250);
+  }
+
+  // A run with no recorded end stopped when its handler exited, or when its process died
+  // (killed by us, or crashed on its own: counted in `crashes`).
+  const deaths = new Map(all.map((i) => [i.name, i.killedAt ?? i.exitedAt]));
+  const crashes = all.filter((i) => i.exitedAt !== undefined && i.killedAt === undefined).length;
+  const runEnd = (r: LogRun) => exits.get(`${r.task_id}:${r.fence}`) ?? deaths.get(r.worker);
+  const result = await check(pool, runEnd);
+
+  shuttingDown = true;
+  for (const inst of instances.values()) {
+    inst.killedAt ??= Date.now();
+    inst.child.kill("SIGKILL");
+    await inst.exited;
+  }
+  await Promise.all(proxies.map((p) => p.close()));
+  await hf.close();
+  await pool.end();
+  await server.stop();
+  return {
+    ...result,
+    faults: counts,
+    crashes,
+    enqueued,
+    seconds: Math.round((Date.now() - started) / 1000),
+  };
+}

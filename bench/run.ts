@@ -1,0 +1,344 @@
+// npm run bench [-- --quick] [-- --only wake,throughput,...]: holdfast side by side with
+// graphile-worker, pg-boss and a model of the deriver's stale-timeout scheme, on one embedded
+// Postgres (fsync on). Writes bench/results.json and bench/chart.svg.
+import { mkdir, writeFile } from "node:fs/promises";
+import os from "node:os";
+import { fileURLToPath } from "node:url";
+import pg from "pg";
+import { chartSvg } from "./chart.js";
+import { type ClaimScaleResult, claimScale } from "./claim-scale.js";
+import { startBenchServer } from "./db.js";
+import {
+  deriverTakeover,
+  holdfastTakeover,
+  type LongTaskResult,
+  longTasks,
+  type TakeoverResult,
+} from "./faults.js";
+import {
+  notifyFloor,
+  type ThroughputResult,
+  throughput,
+  type WakeResult,
+  wakeLatency,
+} from "./latency.js";
+import { idleResources, type ResourceResult } from "./resources.js";
+import { fmt, table } from "./stats.js";
+import { DeriverSystem, deriverProduction } from "./systems/deriver.js";
+import { GraphileSystem } from "./systems/graphile.js";
+import { HoldfastSystem } from "./systems/holdfast.js";
+import { PgBossSystem } from "./systems/pgboss.js";
+import type { QueueSystem } from "./systems/types.js";
+
+const args = process.argv.slice(2);
+const quick = args.includes("--quick");
+const onlyArg = args[args.indexOf("--only") + 1];
+const only = args.includes("--only") && onlyArg ? new Set(onlyArg.split(",")) : undefined;
+const want = (s: string) => !only || only.has(s);
+const sysArg = args[args.indexOf("--systems") + 1];
+const pick = args.includes("--systems") && sysArg ? sysArg.split(",") : undefined;
+
+const cfg = quick
+  ? {
+      wake: 300,
+      pollBudgetMs: 5_000,
+      tasks: 2_000,
+      tputTimeoutMs: 5_000,
+      takeovers: 2,
+      claimLevels: [1_000, 100_000],
+      claimSamples: 50,
+      idleMs: 6_000,
+      longMs: 2_500,
+    }
+  : {
+      wake: 500,
+      pollBudgetMs: 60_000,
+      tasks: 20_000,
+      tputTimeoutMs: 120_000,
+      takeovers: 10,
+      claimLevels: [1_000, 100_000, 1_000_000],
+      claimSamples: 200,
+      idleMs: 10_000,
+      longMs: 3_000,
+    };
+
+const systems: Array<() => QueueSystem> = [
+  () => new HoldfastSystem(),
+  () => new GraphileSystem(false),
+  () => new GraphileSystem(true),
+  () => new PgBossSystem(false),
+  () => new PgBossSystem(true),
+  () => new DeriverSystem(deriverProduction),
+].filter((make) => !pick || pick.some((p) => make().label.startsWith(p)));
+
+const log = (s: string) => process.stderr.write(`${s}\n`);
+
+async function main(): Promise<void> {
+  const started = Date.now();
+  const server = await startBenchServer();
+  const admin = new pg.Client({ connectionString: server.url });
+  await admin.connect();
+  const { rows } = await admin.query<{ v: string }>("select version() as v");
+  await admin.end();
+  const machine = {
+    cpus: `${os.cpus().length} × ${os.cpus()[0]?.model ?? "?"}`,
+    memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+    node: process.version,
+    postgres: rows[0]?.v.split(",")[0] ?? "?",
+    fsync: "on",
+    quick,
+  };
+  const results: Results = { machine, at: new Date().toISOString() };
+  try {
+    if (want("wake")) {
+      log("wake latency…");
+      const wake = [await notifyFloor(server.url, cfg.wake)];
+      for (const make of systems) {
+        const sys = make();
+        // Polling systems: a random gap up to 2 s samples the poll phase uniformly.
+        const polls = sys.label === "pg-boss (default)" || sys.label.startsWith("deriver");
+        wake.push(
+          await wakeLatency(
+            server.url,
+            sys,
+            cfg.wake,
+            polls ? cfg.pollBudgetMs : 120_000,
+            polls ? 2_000 : 10,
+          ),
+        );
+        log(`  ${JSON.stringify(wake.at(-1))}`);
+      }
+      results.wake = wake;
+    }
+    if (want("throughput")) {
+      log("throughput…");
+      const tput = [];
+      for (const keys of [0, 100]) {
+        for (const make of systems) {
+          tput.push(await throughput(server.url, make(), cfg.tasks, keys, cfg.tputTimeoutMs));
+          log(`  ${JSON.stringify(tput.at(-1))}`);
+        }
+      }
+      results.throughput = tput;
+    }
+    if (want("takeover")) {
+      log("takeover…");
+      results.takeover = [
+        await holdfastTakeover(server.url, cfg.takeovers),
+        await deriverTakeover(
+          server.url,
+          () => new DeriverSystem({ pollMs: 100, staleMs: 1_000, cleanupEveryMs: 100 }),
+          1_000,
+        ),
+        {
+          system: "graphile-worker",
+          documentedSeconds: 4 * 3600,
+          note: "documented: a locked job is re-run after 4 h",
+        },
+        {
+          system: "pg-boss",
+          documentedSeconds: 15 * 60,
+          note: "documented: expireInSeconds default 15 min",
+        },
+      ];
+    }
+    if (want("long")) {
+      log("long tasks…");
+      const ms = cfg.longMs;
+      results.longTasks = await Promise.all([
+        longTasks(server.url, new HoldfastSystem(), 2, ms, "no timeout to scale"),
+        longTasks(
+          server.url,
+          new DeriverSystem({ pollMs: 100, staleMs: Math.round(ms / 3), cleanupEveryMs: 100 }),
+          2,
+          ms,
+          `stale timeout scaled to ${Math.round(ms / 3)} ms`,
+        ),
+        longTasks(
+          server.url,
+          new PgBossSystem(false, { expireInSeconds: 1 }),
+          2,
+          ms,
+          "expireInSeconds 1",
+        ),
+      ]);
+      results.longTasks.push({
+        system: "graphile-worker",
+        note: "documented: a job still locked after 4 h is run again (not scalable)",
+      });
+    }
+    if (want("claim")) {
+      log("claim latency vs backlog…");
+      results.claimScale = await claimScale(server.url, cfg.claimLevels, cfg.claimSamples);
+    }
+    if (want("idle")) {
+      log("idle resources…");
+      results.resources = await idleResources(
+        server.url,
+        systems.flatMap((make) => [1, 10].map((concurrency) => ({ make, concurrency }))),
+        cfg.idleMs,
+      );
+    }
+  } finally {
+    await server.stop();
+  }
+  results.seconds = Math.round((Date.now() - started) / 1000);
+  const here = (f: string) => fileURLToPath(new URL(f, import.meta.url));
+  // A partial run (--only / --systems) must not overwrite the committed results.
+  const partial = Boolean(only || pick);
+  if (partial) await mkdir(here(".runs"), { recursive: true });
+  await writeFile(
+    here(partial ? ".runs/results.json" : "results.json"),
+    `${JSON.stringify(results, null, 2)}\n`,
+  );
+  const report = render(results);
+  process.stdout.write(`${report}\n`);
+  if (results.wake && results.throughput && !partial) {
+    await writeFile(here("chart.svg"), chart(results));
+  }
+}
+
+interface Results {
+  machine: {
+    cpus: string;
+    memoryGiB: number;
+    node: string;
+    postgres: string;
+    fsync: string;
+    quick: boolean;
+  };
+  at: string;
+  seconds?: number;
+  wake?: WakeResult[];
+  throughput?: ThroughputResult[];
+  takeover?: TakeoverResult[];
+  longTasks?: Array<Partial<LongTaskResult> & { system: string; note: string }>;
+  claimScale?: ClaimScaleResult[];
+  resources?: ResourceResult[];
+}
+
+function render(r: Results): string {
+  const out: string[] = [];
+  const m = r.machine;
+  out.push(
+    `machine: ${m.cpus}, ${m.memoryGiB} GiB, ${m.node}, ${m.postgres}, fsync ${m.fsync}${m.quick ? ", --quick" : ""}`,
+  );
+  if (r.wake) {
+    out.push("", "Wake latency, idle worker, enqueue commit → handler start (ms)");
+    out.push(
+      table([
+        ["system", "n", "p50", "p95", "p99", "max", "note"],
+        ...r.wake.map((w) => [
+          w.system,
+          String(w.n),
+          fmt(w.p50),
+          fmt(w.p95),
+          fmt(w.p99),
+          fmt(w.max),
+          w.note ?? "",
+        ]),
+      ]),
+    );
+  }
+  if (r.throughput) {
+    out.push("", "Throughput, no-op tasks, one worker at concurrency 10");
+    out.push(
+      table([
+        ["system", "tasks", "keys", "seconds", "tasks/s", "overlaps", "note"],
+        ...r.throughput.map((t) => [
+          t.system,
+          String(t.tasks),
+          String(t.keys),
+          fmt(t.seconds),
+          String(t.perSecond),
+          String(t.overlaps),
+          t.note ?? "",
+        ]),
+      ]),
+    );
+  }
+  if (r.takeover) {
+    out.push("", "SIGKILL takeover: kill → task restarted on another worker (s)");
+    out.push(
+      table([
+        ["system", "p50", "p99", "max", "documented", "note"],
+        ...r.takeover.map((t) => [
+          t.system,
+          fmt(t.measured?.p50),
+          fmt(t.measured?.p99),
+          fmt(t.measured?.max),
+          t.documentedSeconds ? `${t.documentedSeconds} s` : "-",
+          t.note,
+        ]),
+      ]),
+    );
+  }
+  if (r.longTasks) {
+    out.push("", "Long tasks (longer than the stale/expiry timeout), 3 workers");
+    out.push(
+      table([
+        ["system", "tasks", "runs", "duplicates", "overlaps", "note"],
+        ...r.longTasks.map((t) => [
+          t.system,
+          String(t.tasks ?? "-"),
+          String(t.runs ?? "-"),
+          String(t.duplicates ?? "-"),
+          String(t.overlaps ?? "-"),
+          t.note,
+        ]),
+      ]),
+    );
+  }
+  if (r.claimScale) {
+    out.push("", "holdfast.claim() latency vs pending tasks (ms)");
+    out.push(
+      table([
+        ["pending", "n", "p50", "p95", "p99"],
+        ...r.claimScale.map((c) => [
+          String(c.pending),
+          String(c.n),
+          fmt(c.p50),
+          fmt(c.p95),
+          fmt(c.p99),
+        ]),
+      ]),
+    );
+  }
+  if (r.resources) {
+    out.push("", "Idle worker process: connections it holds, transactions/s while idle");
+    out.push(
+      table([
+        ["system", "concurrency", "connections", "idle xact/s"],
+        ...r.resources.map((x) => [
+          x.system,
+          String(x.concurrency),
+          String(x.connections),
+          fmt(x.idleXactPerSecond, 1),
+        ]),
+      ]),
+    );
+  }
+  out.push("", `total ${r.seconds} s`);
+  return out.join("\n");
+}
+
+function chart(r: Results): string {
+  const byName = new Map<string, { distinct: number; keyed: number }>();
+  for (const t of r.throughput ?? []) {
+    const e = byName.get(t.system) ?? { distinct: 0, keyed: 0 };
+    if (t.keys === "distinct") e.distinct = t.perSecond || 0;
+    else e.keyed = t.perSecond || 0;
+    byName.set(t.system, e);
+  }
+  const m = r.machine;
+  return chartSvg({
+    wake: r.wake ?? [],
+    throughput: [...byName].map(([system, v]) => ({ system, ...v })),
+    caption: `${m.cpus}, ${m.postgres}, fsync on${m.quick ? ", --quick" : ""}, ${r.at}`,
+  });
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

@@ -1,0 +1,64 @@
+import pg from "pg";
+import { pino } from "pino";
+import { Holdfast } from "../../src/index.js";
+import type { QueueSystem, RunningWorker } from "./types.js";
+
+const silent = pino({ level: "silent" });
+
+/** holdfast with its defaults (it has no tuning knobs for wake or throughput). */
+export class HoldfastSystem implements QueueSystem {
+  readonly label = "holdfast";
+  private hf: Holdfast | undefined;
+  private pool: pg.Pool | undefined;
+  private workers: Holdfast[] = [];
+  private url = "";
+
+  async setup(url: string): Promise<void> {
+    this.url = url;
+    this.pool = new pg.Pool({ connectionString: url, max: 4 });
+    this.hf = new Holdfast({ pool: this.pool, logger: silent });
+    await this.hf.migrate();
+    await this.pool.query("select holdfast.define_kind('noop')");
+  }
+
+  async enqueue(key: string): Promise<void> {
+    await this.hf?.enqueue("noop", { key, payload: {} });
+  }
+
+  async bulkEnqueue(n: number, keys: number): Promise<void> {
+    await this.pool?.query(
+      `select holdfast.enqueue('noop', 'k' || case when $2::int > 0 then i % $2::int else i end)
+       from generate_series(1, $1::int) i`,
+      [n, keys],
+    );
+    await this.pool?.query("analyze");
+  }
+
+  async startWorker(
+    concurrency: number,
+    handler: (key: string) => Promise<void>,
+  ): Promise<RunningWorker> {
+    // A worker process of its own: its own Holdfast (lock session + LISTEN session + app pool).
+    const hf = new Holdfast({ connectionString: this.url, logger: silent });
+    this.workers.push(hf);
+    const worker = hf.worker({
+      concurrency,
+      handlers: { noop: async (task) => await handler(task.key) },
+    });
+    await worker.start();
+    return { stop: () => worker.stop() };
+  }
+
+  async remaining(): Promise<number> {
+    const { rows } = await (this.pool as pg.Pool).query<{ n: number }>(
+      "select count(*)::int as n from holdfast.tasks where state in ('pending', 'running')",
+    );
+    return rows[0]?.n ?? 0;
+  }
+
+  async close(): Promise<void> {
+    for (const w of this.workers) await w.close();
+    await this.hf?.close();
+    await this.pool?.end();
+  }
+}

@@ -1,0 +1,46 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { check } from "../bench/chaos/check.js";
+import { freshDatabase, type TestDatabase } from "./support/db.js";
+
+// The chaos checker must be able to fail: feed it logs that break each property.
+let db: TestDatabase;
+beforeAll(async () => {
+  db = await freshDatabase();
+  await db.pool.query(`create table chaos_log (
+    task_id bigint not null, key text not null, attempt int not null, fence bigint not null,
+    worker text not null, started_at timestamptz not null, ended_at timestamptz)`);
+  await db.pool.query("select holdfast.define_kind('short')");
+});
+afterAll(async () => await db?.drop());
+
+describe("chaos checker", () => {
+  it("reports two overlapping runs of a key, a fence going backwards, and an unfinished task", async () => {
+    const id = (await db.pool.query<{ id: string }>("select holdfast.enqueue('short', 'k1') as id"))
+      .rows[0]?.id;
+    await db.pool.query(
+      `insert into chaos_log values
+         ($1, 'k1', 1, 20, 'w1', '2026-01-01 00:00:00+00', '2026-01-01 00:00:10+00'),
+         ($1, 'k1', 2, 10, 'w2', '2026-01-01 00:00:05+00', '2026-01-01 00:00:06+00'),
+         ($1, 'k1', 3, 30, 'w3', '2026-01-01 00:00:20+00', null)`,
+      [id],
+    );
+    const result = await check(db.pool, () => undefined);
+    const kinds = result.violations.map((v) => v.kind).sort();
+    expect(kinds).toEqual(["fence-order", "not-ended", "overlap"]);
+  });
+
+  it("closes a run without an end at the time its handler exited", async () => {
+    await db.pool.query("truncate chaos_log");
+    await db.pool.query("update holdfast.tasks set state = 'cancelled'");
+    await db.pool.query(
+      `insert into chaos_log values
+         (1, 'k2', 1, 10, 'w1', '2026-01-01 00:00:00+00', null),
+         (1, 'k2', 2, 20, 'w2', '2026-01-01 00:00:05+00', '2026-01-01 00:00:06+00')`,
+    );
+    const exitAt = Date.parse("2026-01-01T00:00:04Z");
+    const ok = await check(db.pool, () => exitAt);
+    expect(ok.violations.filter((v) => v.kind === "overlap")).toEqual([]);
+    const late = await check(db.pool, () => exitAt + 2_000);
+    expect(late.violations.filter((v) => v.kind === "overlap")).toHaveLength(1);
+  });
+});
