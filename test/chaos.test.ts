@@ -1,10 +1,11 @@
 import { describe, expect, it } from "vitest";
 import { type Fault, soak } from "../bench/chaos/soak.js";
 
-// Faults the worker on main survives today. "partition" (TCP proxy cut without FIN/RST) is
-// left out until lock-loss detection (health check on the lock session) lands: without it a
-// partitioned worker waits forever on its lock session. Set HOLDFAST_CHAOS_FAULTS to override.
-const faults = (process.env.HOLDFAST_CHAOS_FAULTS ?? "kill,restart").split(",") as Fault[];
+// SIGKILL a worker, cut a worker's connections through its TCP proxy (no FIN/RST), restart
+// Postgres. Set HOLDFAST_CHAOS_FAULTS to choose others.
+const faults = (process.env.HOLDFAST_CHAOS_FAULTS ?? "kill,partition,restart").split(
+  ",",
+) as Fault[];
 
 describe("chaos soak (short)", () => {
   it(`4 workers under ${faults.join(" + ")} faults: no overlap per key, every task ends exactly once, none stuck`, async () => {

@@ -89,7 +89,11 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
       try {
         const e = JSON.parse(line) as { event: string; id?: number; fence?: number; at: number };
         if (e.event === "ready") ready();
-        if (e.event === "exit") exits.set(`${e.id}:${e.fence}`, e.at);
+        // A run ends when its handler exits or is told to stop, whichever comes first.
+        if (e.event === "exit" || e.event === "abort") {
+          const k = `${e.id}:${e.fence}`;
+          exits.set(k, Math.min(exits.get(k) ?? e.at, e.at));
+        }
       } catch {
         /* not an event */
       }

@@ -51,6 +51,11 @@ async function fenced(ctx: HandlerContext, text: string, values: unknown[]): Pro
 
 async function run(task: Task<{ ms: number; fail?: boolean }>, ctx: HandlerContext): Promise<void> {
   say("start", { id: task.id, key: task.key, attempt: task.attempt, fence: task.fence });
+  // Told to stop (lock lost, cancel, shutdown): from here on the run may not act. A write it
+  // still has in flight is fenced, so the run's effects end here even if the call is stuck.
+  ctx.signal.addEventListener("abort", () => say("abort", { id: task.id, fence: task.fence }), {
+    once: true,
+  });
   try {
     await fenced(
       ctx,

@@ -22,6 +22,9 @@ export async function startProxy(targetUrl: string): Promise<TcpProxy> {
   const targetHost = target.hostname;
   let cut = false;
   const pairs = new Set<[net.Socket, net.Socket]>();
+  // Sockets whose peer closed while partitioned: the close could not cross the cut. After the
+  // heal, the next packet from the survivor meets a reset, as on a real network.
+  const doomed = new Set<net.Socket>();
   const server = net.createServer((client) => {
     const upstream = net.connect(targetPort, targetHost);
     const pair: [net.Socket, net.Socket] = [client, upstream];
@@ -37,6 +40,8 @@ export async function startProxy(targetUrl: string): Promise<TcpProxy> {
       if (!cut) {
         client.destroy();
         upstream.destroy();
+      } else {
+        for (const s of pair) if (!s.destroyed) doomed.add(s);
       }
     };
     client.on("close", end).on("error", () => {});
@@ -55,6 +60,8 @@ export async function startProxy(targetUrl: string): Promise<TcpProxy> {
     },
     heal: () => {
       cut = false;
+      for (const s of doomed) s.destroy();
+      doomed.clear();
     },
     connections: () => pairs.size,
     close: async () => {
