@@ -52,12 +52,14 @@ end $$;
 
 -- The earliest time a task of this kind may start on this key: the last success of the kind
 -- on the key plus the kind's minimum interval (null when there is no such bound).
+-- (plpgsql so its plan is cached: see _refresh_key.)
 create function holdfast._interval_bound(k text, kd text) returns timestamptz
-  language sql stable as $$
-  select kk.last_succeeded_at + kinds.min_interval
-  from holdfast.key_kinds kk join holdfast.kinds on kinds.kind = kk.kind
-  where kk.key = k and kk.kind = kd and kinds.min_interval > interval '0'
-$$;
+  language plpgsql stable as $$
+begin
+  return (select kk.last_succeeded_at + kinds.min_interval
+    from holdfast.key_kinds kk join holdfast.kinds on kinds.kind = kk.kind
+    where kk.key = k and kk.kind = kd and kinds.min_interval > interval '0');
+end $$;
 
 -- plpgsql, not sql: PostgreSQL < 18 re-plans a non-inlined SQL function on every call, which
 -- cost about 0.25 ms per call (claim and complete each call it once per key).
@@ -65,11 +67,13 @@ $$;
 -- lock, so this statement's snapshot sees every committed change to the key's tasks.
 -- head_run_at is when the head may start: its run_at, pushed by the kind's minimum interval,
 -- and with requeue (a run of the key just ended) pushed to now, so the key goes behind keys
--- that were already waiting: a busy key cannot starve the others.
-create function holdfast._refresh_key(k text, requeue boolean default false) returns void
+-- that were already waiting: a busy key cannot starve the others. new_fence: a claim's fence.
+create function holdfast._refresh_key(k text, requeue boolean default false,
+                                      new_fence bigint default null) returns void
   language plpgsql as $$
 begin
   update holdfast.keys set
+    fence = coalesce(new_fence, fence),
     busy = exists (select 1 from holdfast.tasks t where t.key = k and t.state = 'running'),
     (head_id, head_kind, head_priority, head_run_at) = (
       select t.id, t.kind, t.priority,

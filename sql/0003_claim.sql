@@ -2,8 +2,22 @@
 -- until complete()/fail() (or until the session ends).
 
 -- The caller's session identity, recorded as the holder of what it claims.
+-- Cached in a session setting: reading it from pg_stat_get_activity costs ~30 us per call. A
+-- forged value only makes this session's runs look orphaned to the sweep, which then cannot
+-- take their key lock, so nothing is taken from a live session.
 create function holdfast._session_started() returns timestamptz
-  language sql stable as $$ select backend_start from pg_stat_get_activity(pg_backend_pid()) $$;
+  language plpgsql stable as $$
+declare
+  v text := current_setting('holdfast.session_started', true);
+begin
+  if v is null or v = '' then
+    -- Microseconds since the epoch: exact, and independent of DateStyle and TimeZone.
+    v := (select (extract(epoch from backend_start) * 1000000)::bigint
+          from pg_stat_get_activity(pg_backend_pid()))::text;
+    perform set_config('holdfast.session_started', v, false);
+  end if;
+  return timestamptz 'epoch' + v::bigint * interval '1 microsecond';
+end $$;
 
 -- Claims up to max_tasks tasks from at most max_keys keys (null: no key limit). Each claimed
 -- key yields its head task, and for a batch kind (batch_max > 1) the tasks of that kind that
@@ -48,19 +62,16 @@ begin
     -- Re-check under the key row lock: advisory locks ignore MVCC, so the scan may be stale.
     -- A busy key is skipped, which also covers our own session re-taking a lock it holds.
     -- SKIP LOCKED: a handler's assert_fence may hold the row; never block the lock session.
-    select k.head_kind into v_head_kind from holdfast.keys k
+    select k.head_kind, holdfast._next_fence(k.fence), least(kd.batch_max, max_tasks - n)
+    into v_head_kind, v_fence, v_batch
+    from holdfast.keys k join holdfast.kinds kd on kd.kind = k.head_kind
     where k.key = c.key and k.head_id is not null and not k.busy
       and k.head_run_at <= now() and k.head_kind = any (kinds)
-    for update skip locked;
+    for update of k skip locked;
     if not found then
       perform pg_advisory_unlock(c.lock_id);
       continue;
     end if;
-
-    update holdfast.keys k set fence = holdfast._next_fence(k.fence)
-    where k.key = c.key returning k.fence into v_fence;
-    select least(kd.batch_max, max_tasks - n) into v_batch
-    from holdfast.kinds kd where kd.kind = v_head_kind;
 
     -- The head and the tasks of its kind right behind it, in the key's order (FIFO per key).
     -- Bounded by the batch size: no scan over the key's other pending tasks.
@@ -88,10 +99,12 @@ begin
 
     if v_taken = 0 then
       perform pg_advisory_unlock(c.lock_id);
+      perform holdfast._refresh_key(c.key);
     else
       n_keys := n_keys + 1;
+      -- The new fence is written with the head, still under the row lock taken above.
+      perform holdfast._refresh_key(c.key, false, v_fence);
     end if;
-    perform holdfast._refresh_key(c.key);
   end loop;
 end $$;
 

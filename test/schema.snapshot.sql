@@ -78,13 +78,14 @@ end $function$
 
 CREATE OR REPLACE FUNCTION holdfast._interval_bound(k text, kd text)
  RETURNS timestamp with time zone
- LANGUAGE sql
+ LANGUAGE plpgsql
  STABLE
 AS $function$
-  select kk.last_succeeded_at + kinds.min_interval
-  from holdfast.key_kinds kk join holdfast.kinds on kinds.kind = kk.kind
-  where kk.key = k and kk.kind = kd and kinds.min_interval > interval '0'
-$function$
+begin
+  return (select kk.last_succeeded_at + kinds.min_interval
+    from holdfast.key_kinds kk join holdfast.kinds on kinds.kind = kk.kind
+    where kk.key = k and kk.kind = kd and kinds.min_interval > interval '0');
+end $function$
 ;
 
 CREATE OR REPLACE FUNCTION holdfast._next_fence(current bigint)
@@ -115,12 +116,13 @@ begin
 end $function$
 ;
 
-CREATE OR REPLACE FUNCTION holdfast._refresh_key(k text, requeue boolean DEFAULT false)
+CREATE OR REPLACE FUNCTION holdfast._refresh_key(k text, requeue boolean DEFAULT false, new_fence bigint DEFAULT NULL::bigint)
  RETURNS void
  LANGUAGE plpgsql
 AS $function$
 begin
   update holdfast.keys set
+    fence = coalesce(new_fence, fence),
     busy = exists (select 1 from holdfast.tasks t where t.key = k and t.state = 'running'),
     (head_id, head_kind, head_priority, head_run_at) = (
       select t.id, t.kind, t.priority,
@@ -147,9 +149,20 @@ end $function$
 
 CREATE OR REPLACE FUNCTION holdfast._session_started()
  RETURNS timestamp with time zone
- LANGUAGE sql
+ LANGUAGE plpgsql
  STABLE
-AS $function$ select backend_start from pg_stat_get_activity(pg_backend_pid()) $function$
+AS $function$
+declare
+  v text := current_setting('holdfast.session_started', true);
+begin
+  if v is null or v = '' then
+    -- Microseconds since the epoch: exact, and independent of DateStyle and TimeZone.
+    v := (select (extract(epoch from backend_start) * 1000000)::bigint
+          from pg_stat_get_activity(pg_backend_pid()))::text;
+    perform set_config('holdfast.session_started', v, false);
+  end if;
+  return timestamptz 'epoch' + v::bigint * interval '1 microsecond';
+end $function$
 ;
 
 CREATE OR REPLACE FUNCTION holdfast.assert_fence(key text, fence bigint)
@@ -240,19 +253,16 @@ begin
     -- Re-check under the key row lock: advisory locks ignore MVCC, so the scan may be stale.
     -- A busy key is skipped, which also covers our own session re-taking a lock it holds.
     -- SKIP LOCKED: a handler's assert_fence may hold the row; never block the lock session.
-    select k.head_kind into v_head_kind from holdfast.keys k
+    select k.head_kind, holdfast._next_fence(k.fence), least(kd.batch_max, max_tasks - n)
+    into v_head_kind, v_fence, v_batch
+    from holdfast.keys k join holdfast.kinds kd on kd.kind = k.head_kind
     where k.key = c.key and k.head_id is not null and not k.busy
       and k.head_run_at <= now() and k.head_kind = any (kinds)
-    for update skip locked;
+    for update of k skip locked;
     if not found then
       perform pg_advisory_unlock(c.lock_id);
       continue;
     end if;
-
-    update holdfast.keys k set fence = holdfast._next_fence(k.fence)
-    where k.key = c.key returning k.fence into v_fence;
-    select least(kd.batch_max, max_tasks - n) into v_batch
-    from holdfast.kinds kd where kd.kind = v_head_kind;
 
     -- The head and the tasks of its kind right behind it, in the key's order (FIFO per key).
     -- Bounded by the batch size: no scan over the key's other pending tasks.
@@ -280,10 +290,12 @@ begin
 
     if v_taken = 0 then
       perform pg_advisory_unlock(c.lock_id);
+      perform holdfast._refresh_key(c.key);
     else
       n_keys := n_keys + 1;
+      -- The new fence is written with the head, still under the row lock taken above.
+      perform holdfast._refresh_key(c.key, false, v_fence);
     end if;
-    perform holdfast._refresh_key(c.key);
   end loop;
 end $function$
 ;
