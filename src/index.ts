@@ -43,5 +43,6 @@ export type {
   Task,
   WorkerOptions,
 } from "./types.js";
+export type { PreviousHolder, WorkerEvents } from "./worker/events.js";
 export { lockSessionDefaults } from "./worker/lock-session.js";
-export type { PreviousHolder, Worker, WorkerEvents } from "./worker/worker.js";
+export type { Worker } from "./worker/worker.js";

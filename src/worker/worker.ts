@@ -12,6 +12,7 @@ import {
 import type { ResolvedWorkerOptions } from "../options.js";
 import { sql, type TaskRow } from "../queries/tasks.js";
 import type { HandlerContext, Queryable, Task } from "../types.js";
+import type { WorkerEvents } from "./events.js";
 import { Listener } from "./listener.js";
 import { LockSession } from "./lock-session.js";
 import {
@@ -23,36 +24,8 @@ import {
   type Settlement,
   settle,
 } from "./runs.js";
-
-/** Events a worker emits; tests and metrics wait on these instead of sleeping. */
-export interface WorkerEvents {
-  /** The lock session is connected and the first scan is under way. */
-  ready: [];
-  /** Once per task; the tasks of a batch run start and end together. */
-  "task:start": [Task];
-  /** outcome: succeeded | failed | cancelled | lost (lock lost: nothing was reported) |
-   *  rejected (stale fence). */
-  "task:end": [Task, { outcome: Outcome; error?: unknown }];
-  /** The lock session was lost; running handlers were aborted. */
-  "lock:lost": [LockLostError];
-  /** A new lock session is connected after a loss. */
-  "lock:reconnected": [];
-  /** This worker was elected to sweep orphans. */
-  leader: [];
-  /** The sweep returned orphaned tasks to the queue; `previous`: their dead holders. */
-  takeover: [{ requeued: number; previous: PreviousHolder[] }];
-  error: [unknown];
-}
-
-/** The holder of an orphaned task when its session died (worker name, backend pid). */
-export interface PreviousHolder {
-  task: number;
-  key: string;
-  kind: string;
-  attempt: number;
-  worker: string | null;
-  pid: number | null;
-}
+import { Sweeper } from "./sweeper.js";
+import { WakeTimer } from "./wake-timer.js";
 
 export interface WorkerDeps {
   pool: pg.Pool;
@@ -82,13 +55,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private settled: Settlement[] = [];
   private wantClaim = false;
   private sweepDue = false;
-  private leader = false;
   private pumping: Promise<void> | undefined;
   private state: "new" | "starting" | "running" | "stopping" | "stopped" = "new";
   private timers: NodeJS.Timeout[] = [];
-  private delayTimer: NodeJS.Timeout | undefined;
-  /** Backoff of the re-claim of ready keys someone else holds (see armDelayTimer). */
-  private readyRetryMs = 0;
+  private readonly wakeTimer: WakeTimer;
+  private readonly sweeper = new Sweeper();
   private reconnecting = false;
 
   constructor(
@@ -100,6 +71,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.kinds = [...opts.kinds.keys()];
     this.maxBatch = Math.max(...[...opts.kinds.values()].map((k) => k.batchMax));
     this.logger = deps.logger.child({ worker: opts.name });
+    this.wakeTimer = new WakeTimer(this.kinds, opts.rescanIntervalMs, () => this.requestClaim());
     // An unhandled 'error' event would crash the host process; errors are logged already.
     this.on("error", () => {});
   }
@@ -173,7 +145,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
     this.state = "stopping";
     for (const t of this.timers) clearInterval(t);
-    if (this.delayTimer) clearTimeout(this.delayTimer);
+    this.wakeTimer.clear();
     this.logger.info(
       { event: "worker_stopping", running: this.running.size },
       "holdfast: worker stopping",
@@ -306,51 +278,24 @@ export class Worker extends EventEmitter<WorkerEvents> {
         "holdfast: claimed tasks",
       );
     const runs = groupRuns(rows);
-    if (runs.length > 0) this.readyRetryMs = 0;
+    if (runs.length > 0) this.wakeTimer.claimed();
     for (const tasks of runs) this.startRun(session, tasks);
     if (runs.length === free) {
       this.wantClaim = true; // there may be more
     } else {
       // Some slot is idle: wake at the earliest delayed task (a timer, not a poll).
-      await this.armDelayTimer(session);
+      await this.wakeTimer.arm(session);
     }
-  }
-
-  /** Wakes the worker when the earliest delayed task becomes ready. */
-  private async armDelayTimer(session: LockSession): Promise<void> {
-    const [row] = await session.query<{ at: Date | null }>(sql.nextRunAt, [this.kinds]);
-    if (this.delayTimer) clearTimeout(this.delayTimer);
-    this.delayTimer = undefined;
-    if (!row?.at) return;
-    let delay = row.at.getTime() - Date.now();
-    if (delay <= 0) {
-      // A key is ready but was not ours to take: its lock or row is held elsewhere (a claim in
-      // flight, a fenced write of a run that lost its lock). Nothing will notify us when that
-      // ends, so look again soon, backing off to at most once a second.
-      this.readyRetryMs = Math.min(Math.max(this.readyRetryMs * 2, 50), 1_000);
-      delay = this.readyRetryMs;
-    }
-    this.delayTimer = setTimeout(
-      () => this.requestClaim(),
-      Math.min(delay, this.opts.rescanIntervalMs) + 1,
-    );
-    this.delayTimer.unref();
   }
 
   private async sweep(session: LockSession): Promise<void> {
-    if (!this.leader) {
-      const [row] = await session.query<{ leader: boolean }>(sql.tryLead);
-      if (!row?.leader) return;
-      this.leader = true;
+    const result = await this.sweeper.tick(session);
+    if (result.elected) {
       this.logger.info({ event: "leader" }, "holdfast: elected to sweep orphaned tasks");
       this.emit("leader");
     }
-    const [row] = await session.query<{ requeued: number; previous: PreviousHolder[] | null }>(
-      sql.sweep,
-    );
-    const requeued = row?.requeued ?? 0;
-    if (requeued > 0) {
-      const previous = row?.previous ?? [];
+    if (result.requeued > 0) {
+      const { requeued, previous } = result;
       this.logger.warn(
         { event: "takeover", requeued, previous },
         "holdfast: requeued tasks whose holder died",
@@ -454,7 +399,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       return;
     }
     this.session = session;
-    this.leader = false;
+    this.sweeper.reset();
   }
 
   /** Every handler of the lost session is aborted now: its locks may be freed at any time. */
@@ -462,7 +407,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     if (this.session !== session) return;
     const aborted = [...this.running.values()].filter((r) => r.session === session);
     for (const run of aborted) run.controller.abort(err);
-    this.leader = false;
+    this.sweeper.reset();
     this.logger.error(
       {
         event: "lock_lost",

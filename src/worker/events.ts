@@ -1,0 +1,33 @@
+import type { LockLostError } from "../errors.js";
+import type { Task } from "../types.js";
+import type { Outcome } from "./runs.js";
+
+/** Events a worker emits; tests and metrics wait on these instead of sleeping. */
+export interface WorkerEvents {
+  /** The lock session is connected and the first scan is under way. */
+  ready: [];
+  /** Once per task; the tasks of a batch run start and end together. */
+  "task:start": [Task];
+  /** outcome: succeeded | failed | cancelled | lost (lock lost: nothing was reported) |
+   *  rejected (stale fence). */
+  "task:end": [Task, { outcome: Outcome; error?: unknown }];
+  /** The lock session was lost; running handlers were aborted. */
+  "lock:lost": [LockLostError];
+  /** A new lock session is connected after a loss. */
+  "lock:reconnected": [];
+  /** This worker was elected to sweep orphans. */
+  leader: [];
+  /** The sweep returned orphaned tasks to the queue; `previous`: their dead holders. */
+  takeover: [{ requeued: number; previous: PreviousHolder[] }];
+  error: [unknown];
+}
+
+/** The holder of an orphaned task when its session died (worker name, backend pid). */
+export interface PreviousHolder {
+  task: number;
+  key: string;
+  kind: string;
+  attempt: number;
+  worker: string | null;
+  pid: number | null;
+}

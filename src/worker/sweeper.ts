@@ -1,0 +1,36 @@
+import { sql } from "../queries/tasks.js";
+import type { PreviousHolder } from "./events.js";
+import type { LockSession } from "./lock-session.js";
+
+export interface SweepResult {
+  /** This tick made the worker the sweeper. */
+  elected: boolean;
+  requeued: number;
+  previous: PreviousHolder[];
+}
+
+/**
+ * Orphan sweeping by one elected worker: leadership is an advisory lock on the lock session,
+ * so it passes to another worker when the leader's session ends. Non-leaders only try to lead.
+ */
+export class Sweeper {
+  private leader = false;
+
+  /** The session changed: leadership (a lock of the old session) is gone with it. */
+  reset(): void {
+    this.leader = false;
+  }
+
+  async tick(session: LockSession): Promise<SweepResult> {
+    let elected = false;
+    if (!this.leader) {
+      const [row] = await session.query<{ leader: boolean }>(sql.tryLead);
+      if (!row?.leader) return { elected, requeued: 0, previous: [] };
+      this.leader = elected = true;
+    }
+    const [row] = await session.query<{ requeued: number; previous: PreviousHolder[] | null }>(
+      sql.sweep,
+    );
+    return { elected, requeued: row?.requeued ?? 0, previous: row?.previous ?? [] };
+  }
+}
