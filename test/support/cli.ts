@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import { collectJsonLines } from "./json-lines.js";
 
 /** The `holdfast` bin as package.json declares it: run exactly as a user would. */
 export const bin = fileURLToPath(new URL("../../bin/holdfast.js", import.meta.url));
@@ -54,39 +54,7 @@ export function startCli(args: string[], env: Record<string, string> = {}): CliP
     env: { ...process.env, DATABASE_URL: "", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
-  const logs: LogLine[] = [];
-  const waiters = new Set<() => void>();
-  let stderr = "";
-  child.stderr?.on("data", (d) => {
-    stderr += String(d);
-  });
-  if (child.stdout) {
-    createInterface({ input: child.stdout }).on("line", (line) => {
-      try {
-        logs.push(JSON.parse(line) as LogLine);
-      } catch {
-        return;
-      }
-      for (const w of waiters) w();
-    });
-  }
+  const { lines: logs, waitFor } = collectJsonLines<LogLine>(child, `holdfast ${args[0]}`);
   const exited = new Promise<number | null>((resolve) => child.once("exit", (c) => resolve(c)));
-  const waitFor = (pred: (l: LogLine) => boolean, timeoutMs = 30_000) =>
-    new Promise<LogLine>((resolve, reject) => {
-      const check = () => {
-        const hit = logs.find(pred);
-        if (hit) {
-          waiters.delete(check);
-          clearTimeout(timer);
-          resolve(hit);
-        }
-      };
-      const timer = setTimeout(() => {
-        waiters.delete(check);
-        reject(new Error(`log line not seen in ${timeoutMs} ms; stderr: ${stderr.slice(-2000)}`));
-      }, timeoutMs);
-      waiters.add(check);
-      check();
-    });
   return { child, logs, waitFor, exited };
 }

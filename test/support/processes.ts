@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import { collectJsonLines } from "./json-lines.js";
 
 export interface WorkerEvent {
   event: string;
@@ -31,42 +31,8 @@ export async function startWorkerProcess(
     env: { ...process.env, DATABASE_URL: url, HF_NAME: name, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
-  const events: WorkerEvent[] = [];
-  const waiters = new Set<() => void>();
-  let stderr = "";
-  child.stderr?.on("data", (d) => {
-    stderr += String(d);
-  });
-  createInterface({ input: child.stdout as NodeJS.ReadableStream }).on("line", (line) => {
-    try {
-      events.push(JSON.parse(line) as WorkerEvent);
-    } catch {
-      return;
-    }
-    for (const w of waiters) w();
-  });
+  const { lines: events, waitFor } = collectJsonLines<WorkerEvent>(child, `worker ${name}`);
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  const waitFor = (pred: (e: WorkerEvent) => boolean, timeoutMs = 30_000) =>
-    new Promise<WorkerEvent>((resolve, reject) => {
-      const check = () => {
-        const hit = events.find(pred);
-        if (hit) {
-          waiters.delete(check);
-          clearTimeout(timer);
-          resolve(hit);
-        }
-      };
-      const timer = setTimeout(() => {
-        waiters.delete(check);
-        reject(
-          new Error(
-            `worker ${name}: event not seen in ${timeoutMs} ms; stderr: ${stderr.slice(-2000)}`,
-          ),
-        );
-      }, timeoutMs);
-      waiters.add(check);
-      check();
-    });
   const proc: WorkerProcess = {
     name,
     child,
