@@ -67,6 +67,11 @@ function table(
 const int = (n: number | null) => (n === null ? "-" : n.toLocaleString("en-US"));
 const text = (s: string | null | undefined) => (s === null || s === undefined ? "-" : s);
 
+/** A section titled with its row count: "  none" when empty, else what `render` makes. */
+function counted(title: string, rows: unknown[], render: () => string[]): string[] {
+  return [`${title} (${rows.length})`, ...(rows.length === 0 ? ["  none"] : render())];
+}
+
 /** The default output of `holdfast inspect`: sections readable in an 80-column terminal. */
 export function formatSnapshot(s: Snapshot, width = 80): string {
   const out: string[] = [];
@@ -78,10 +83,8 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
   out.push(clip(`holdfast @ ${s.database}${filter}  ${s.at.replace(/\.\d+Z$/, "Z")}`, width));
   out.push(`status: ${status}`.slice(0, width), "");
 
-  out.push(`HOLDERS (${s.holders.length})`);
-  if (s.holders.length === 0) out.push("  none");
-  else
-    out.push(
+  out.push(
+    ...counted("HOLDERS", s.holders, () => [
       ...table(
         [
           { title: "KEY", flex: true },
@@ -108,12 +111,12 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
           return `fence ${h.fence ?? "-"}  client ${text(h.clientAddr)}  app ${text(h.applicationName)}${worker}`;
         }),
       ),
-    );
+    ]),
+  );
 
-  out.push("", `WAITERS (${s.waiters.length})`);
-  if (s.waiters.length === 0) out.push("  none");
-  else
-    out.push(
+  out.push(
+    "",
+    ...counted("WAITERS", s.waiters, () => [
       ...table(
         [
           { title: "KEY", flex: true },
@@ -131,12 +134,12 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
         ]),
         width,
       ),
-    );
+    ]),
+  );
 
-  out.push("", `ORPHANS (${s.orphans.length})`);
-  if (s.orphans.length === 0) out.push("  none");
-  else
-    out.push(
+  out.push(
+    "",
+    ...counted("ORPHANS", s.orphans, () => [
       ...table(
         [
           { title: "KEY", flex: true },
@@ -159,7 +162,8 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
       ),
       "  The holder died within the attempt's age. A live worker's sweeper requeues",
       "  orphans within its sweep interval: if they stay, no worker is running.",
-    );
+    ]),
+  );
 
   out.push("", "QUEUE");
   if (s.queue.length === 0) out.push("  no kinds defined");
