@@ -1,27 +1,15 @@
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { expect, it } from "vitest";
 import { Holdfast } from "../src/index.js";
-import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
-import { startWorkerProcess, type WorkerProcess } from "./support/processes.js";
-import { createRunsTable, overlaps, type RunRow } from "./support/runs.js";
+import { silent } from "./support/db.js";
+import { useWorkerProcesses } from "./support/processes.js";
+import { overlaps, type RunRow } from "./support/runs.js";
 
-let db: TestDatabase;
-const procs: WorkerProcess[] = [];
-
-beforeAll(async () => {
-  db = await freshDatabase();
-  await createRunsTable(db.pool);
-});
-
-afterAll(async () => {
-  await Promise.all(procs.map((p) => p.kill()));
-  await db.drop();
-});
+const t = useWorkerProcesses();
 
 it("after SIGKILL of the process running a task, another process runs it as attempt 2 within 1 s", async () => {
-  const a = await startWorkerProcess(db.url, "a");
-  const b = await startWorkerProcess(db.url, "b");
-  procs.push(a, b);
-  const hf = new Holdfast({ pool: db.pool, logger: silent });
+  const a = await t.start("a");
+  const b = await t.start("b");
+  const hf = new Holdfast({ pool: t.db.pool, logger: silent });
   const { id } = await hf.enqueue("job", { key: "dream:ws:alice:alice", payload: { ms: 60_000 } });
 
   const first = await Promise.race(
@@ -42,41 +30,41 @@ it("after SIGKILL of the process running a task, another process runs it as atte
   console.log(`takeover after SIGKILL: ${takeoverMs} ms`);
   expect(takeoverMs).toBeLessThan(1_000);
 
-  const { rows: attempts } = await db.pool.query(
+  const { rows: attempts } = await t.db.pool.query(
     "select attempt, outcome, worker from holdfast.attempts where task_id = $1 order by attempt",
     [id],
   );
   expect(attempts[0]).toMatchObject({ attempt: 1, outcome: "lost", worker: victim.name });
   expect(attempts[1]).toMatchObject({ attempt: 2, outcome: null, worker: survivor.name });
-  const { rows: runs } = await db.pool.query<RunRow>("select * from runs where task_id = $1", [id]);
+  const { rows: runs } = await t.db.pool.query<RunRow>("select * from runs where task_id = $1", [
+    id,
+  ]);
   expect(overlaps(runs, () => killedAt)).toEqual([]);
 });
 
 it("a task that kills its worker every time ends dead-lettered after max attempts", async () => {
-  const hf = new Holdfast({ pool: db.pool, logger: silent });
+  const hf = new Holdfast({ pool: t.db.pool, logger: silent });
   const { id } = await hf.enqueue("job", {
     key: "crashloop",
     payload: { ms: 60_000 },
     maxAttempts: 2,
   });
   for (let attempt = 1; attempt <= 2; attempt++) {
-    const p = await startWorkerProcess(db.url, `crash${attempt}`);
-    procs.push(p);
+    const p = await t.start(`crash${attempt}`);
     await p.waitFor((e) => e.event === "start" && e.id === id && e.attempt === attempt);
     await p.kill("SIGKILL");
   }
-  const sweeper = await startWorkerProcess(db.url, "sweeper");
-  procs.push(sweeper);
+  const sweeper = await t.start("sweeper");
   const deadline = Date.now() + 10_000;
   let state = "";
   while (Date.now() < deadline) {
-    state = (await db.pool.query("select state from holdfast.tasks where id = $1", [id])).rows[0]
+    state = (await t.db.pool.query("select state from holdfast.tasks where id = $1", [id])).rows[0]
       .state;
     if (state === "failed") break;
     await new Promise((r) => setTimeout(r, 100));
   }
   expect(state).toBe("failed");
-  const { rows } = await db.pool.query(
+  const { rows } = await t.db.pool.query(
     "select outcome from holdfast.attempts where task_id = $1 order by attempt",
     [id],
   );

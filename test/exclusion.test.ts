@@ -1,29 +1,14 @@
-import { afterAll, beforeAll, expect, it } from "vitest";
+import { expect, it } from "vitest";
 import { Holdfast } from "../src/index.js";
-import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
-import { startWorkerProcess, type WorkerProcess } from "./support/processes.js";
-import { createRunsTable, overlaps, type RunRow } from "./support/runs.js";
+import { silent } from "./support/db.js";
+import { useWorkerProcesses } from "./support/processes.js";
+import { overlaps, type RunRow } from "./support/runs.js";
 
-let db: TestDatabase;
-const procs: WorkerProcess[] = [];
-
-beforeAll(async () => {
-  db = await freshDatabase();
-  await createRunsTable(db.pool);
-});
-
-afterAll(async () => {
-  await Promise.all(procs.map((p) => p.kill()));
-  await db.drop();
-});
+const t = useWorkerProcesses();
 
 it("3 processes x concurrency 2 never overlap runs of a key, and run every task exactly once", async () => {
-  procs.push(
-    ...(await Promise.all(
-      ["a", "b", "c"].map((n) => startWorkerProcess(db.url, n, { HF_CONCURRENCY: "2" })),
-    )),
-  );
-  const hf = new Holdfast({ pool: db.pool, logger: silent });
+  await Promise.all(["a", "b", "c"].map((n) => t.start(n, { HF_CONCURRENCY: "2" })));
+  const hf = new Holdfast({ pool: t.db.pool, logger: silent });
   const keys = ["dream:ws:alice", "dream:ws:bob", "dream:ws:carol", "dream:ws:dave"];
   for (let i = 0; i < 20; i++) {
     // Each run lasts far longer than the sweep interval and any claim round trip.
@@ -31,16 +16,16 @@ it("3 processes x concurrency 2 never overlap runs of a key, and run every task 
   }
   const deadline = Date.now() + 90_000;
   for (;;) {
-    const { rows } = await db.pool.query(
+    const { rows } = await t.db.pool.query(
       "select count(*)::int as n from holdfast.tasks where state <> 'succeeded'",
     );
     if (rows[0].n === 0 || Date.now() > deadline) break;
     await new Promise((r) => setTimeout(r, 250));
   }
-  const { rows: tasks } = await db.pool.query("select state, attempt from holdfast.tasks");
+  const { rows: tasks } = await t.db.pool.query("select state, attempt from holdfast.tasks");
   expect(tasks).toHaveLength(20);
   expect(tasks.every((t) => t.state === "succeeded" && t.attempt === 1)).toBe(true);
-  const { rows: runs } = await db.pool.query<RunRow>("select * from runs");
+  const { rows: runs } = await t.db.pool.query<RunRow>("select * from runs");
   expect(runs).toHaveLength(20);
   expect(new Set(runs.map((r) => r.task_id)).size).toBe(20);
   expect(overlaps(runs)).toEqual([]);

@@ -1,6 +1,9 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { afterAll, beforeAll } from "vitest";
+import { freshDatabase, type TestDatabase } from "./db.js";
 import { collectJsonLines } from "./json-lines.js";
+import { createRunsTable } from "./runs.js";
 
 export interface WorkerEvent {
   event: string;
@@ -45,4 +48,38 @@ export async function startWorkerProcess(
   };
   await waitFor((e) => e.event === "ready", 60_000);
   return proc;
+}
+
+/**
+ * Registers hooks for a fresh database with a `runs` table and for killing, at the end, every
+ * worker process started through `start` (the fixture, on that database).
+ */
+export function useWorkerProcesses(): {
+  readonly db: TestDatabase;
+  start(name: string, env?: Record<string, string>): Promise<WorkerProcess>;
+} {
+  let db: TestDatabase | undefined;
+  const procs: WorkerProcess[] = [];
+  beforeAll(async () => {
+    db = await freshDatabase();
+    await createRunsTable(db.pool);
+  });
+  afterAll(async () => {
+    await Promise.all(procs.map((p) => p.kill()));
+    await db?.drop();
+  });
+  const ready = (): TestDatabase => {
+    if (!db) throw new Error("useWorkerProcesses: read .db inside a test or hook");
+    return db;
+  };
+  return {
+    get db() {
+      return ready();
+    },
+    start: async (name, env = {}) => {
+      const p = await startWorkerProcess(ready().url, name, env);
+      procs.push(p);
+      return p;
+    },
+  };
 }
