@@ -18,6 +18,22 @@ create table holdfast.key_kinds (
   primary key (key, kind)
 );
 
+-- Reads a task under its key row's lock (lock order: key row first, then task rows), raising
+-- HF003 when there is no such task. The second read sees every change committed before the lock.
+create function holdfast._locked_task(task_id bigint) returns holdfast.tasks
+  language plpgsql as $$
+declare
+  t holdfast.tasks;
+begin
+  select * into t from holdfast.tasks where id = task_id;
+  if not found then
+    perform holdfast._raise('HF003', format('holdfast: no task with id %s', task_id));
+  end if;
+  perform 1 from holdfast.keys k where k.key = t.key for no key update;
+  select * into t from holdfast.tasks where id = task_id;
+  return t;
+end $$;
+
 -- Registers a kind or updates the settings that are given (null keeps the current value).
 create function holdfast.define_kind(
   kind text,
@@ -218,12 +234,7 @@ begin
   if extra_attempts is not null and extra_attempts < 1 then
     perform holdfast._raise('HF002', 'holdfast: extra_attempts must be at least 1');
   end if;
-  select * into t from holdfast.tasks where id = retry.id;
-  if not found then
-    perform holdfast._raise('HF003', format('holdfast: no task with id %s', retry.id));
-  end if;
-  perform 1 from holdfast.keys k where k.key = t.key for no key update;
-  select * into t from holdfast.tasks where id = retry.id;
+  t := holdfast._locked_task(retry.id);
   if t.state not in ('failed', 'cancelled') then
     return false;
   end if;

@@ -42,12 +42,7 @@ declare
   t holdfast.tasks;
   v_state text;
 begin
-  select * into t from holdfast.tasks where id = _finish.task_id;
-  if not found then
-    perform holdfast._raise('HF003', format('holdfast: no task with id %s', _finish.task_id));
-  end if;
-  perform 1 from holdfast.keys k where k.key = t.key for no key update;
-  select * into t from holdfast.tasks where id = _finish.task_id;
+  t := holdfast._locked_task(_finish.task_id);
   if t.state <> 'running' or t.fence is distinct from _finish.fence
      or t.holder_pid <> pg_backend_pid() or t.holder_started <> holdfast._session_started() then
     return false;
@@ -117,12 +112,7 @@ create function holdfast.cancel(id bigint) returns boolean
 declare
   t holdfast.tasks;
 begin
-  select * into t from holdfast.tasks where id = cancel.id;
-  if not found then
-    perform holdfast._raise('HF003', format('holdfast: no task with id %s', cancel.id));
-  end if;
-  perform 1 from holdfast.keys k where k.key = t.key for no key update;
-  select * into t from holdfast.tasks where id = cancel.id;
+  t := holdfast._locked_task(cancel.id);
   if t.state = 'pending' then
     update holdfast.tasks set state = 'cancelled', finished_at = now() where id = t.id;
     perform holdfast._refresh_key(t.key);

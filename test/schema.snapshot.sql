@@ -29,12 +29,7 @@ declare
   t holdfast.tasks;
   v_state text;
 begin
-  select * into t from holdfast.tasks where id = _finish.task_id;
-  if not found then
-    perform holdfast._raise('HF003', format('holdfast: no task with id %s', _finish.task_id));
-  end if;
-  perform 1 from holdfast.keys k where k.key = t.key for no key update;
-  select * into t from holdfast.tasks where id = _finish.task_id;
+  t := holdfast._locked_task(_finish.task_id);
   if t.state <> 'running' or t.fence is distinct from _finish.fence
      or t.holder_pid <> pg_backend_pid() or t.holder_started <> holdfast._session_started() then
     return false;
@@ -85,6 +80,23 @@ begin
   return (select kk.last_succeeded_at + kinds.min_interval
     from holdfast.key_kinds kk join holdfast.kinds on kinds.kind = kk.kind
     where kk.key = k and kk.kind = kd and kinds.min_interval > interval '0');
+end $function$
+;
+
+CREATE OR REPLACE FUNCTION holdfast._locked_task(task_id bigint)
+ RETURNS holdfast.tasks
+ LANGUAGE plpgsql
+AS $function$
+declare
+  t holdfast.tasks;
+begin
+  select * into t from holdfast.tasks where id = task_id;
+  if not found then
+    perform holdfast._raise('HF003', format('holdfast: no task with id %s', task_id));
+  end if;
+  perform 1 from holdfast.keys k where k.key = t.key for no key update;
+  select * into t from holdfast.tasks where id = task_id;
+  return t;
 end $function$
 ;
 
@@ -194,12 +206,7 @@ AS $function$
 declare
   t holdfast.tasks;
 begin
-  select * into t from holdfast.tasks where id = cancel.id;
-  if not found then
-    perform holdfast._raise('HF003', format('holdfast: no task with id %s', cancel.id));
-  end if;
-  perform 1 from holdfast.keys k where k.key = t.key for no key update;
-  select * into t from holdfast.tasks where id = cancel.id;
+  t := holdfast._locked_task(cancel.id);
   if t.state = 'pending' then
     update holdfast.tasks set state = 'cancelled', finished_at = now() where id = t.id;
     perform holdfast._refresh_key(t.key);
@@ -500,12 +507,7 @@ begin
   if extra_attempts is not null and extra_attempts < 1 then
     perform holdfast._raise('HF002', 'holdfast: extra_attempts must be at least 1');
   end if;
-  select * into t from holdfast.tasks where id = retry.id;
-  if not found then
-    perform holdfast._raise('HF003', format('holdfast: no task with id %s', retry.id));
-  end if;
-  perform 1 from holdfast.keys k where k.key = t.key for no key update;
-  select * into t from holdfast.tasks where id = retry.id;
+  t := holdfast._locked_task(retry.id);
   if t.state not in ('failed', 'cancelled') then
     return false;
   end if;
