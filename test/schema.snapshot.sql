@@ -22,52 +22,86 @@ $function$
 
 CREATE OR REPLACE FUNCTION holdfast._finish(task_id bigint, fence bigint, outcome text, error jsonb, retry_in interval)
  RETURNS boolean
+ LANGUAGE sql
+AS $function$
+  select not exists (select 1 from holdfast._finish_many(array[task_id], array[fence], outcome,
+    error, retry_in))
+$function$
+;
+
+CREATE OR REPLACE FUNCTION holdfast._finish_many(ids bigint[], fences bigint[], outcome text, error jsonb, retry_in interval)
+ RETURNS SETOF bigint
  LANGUAGE plpgsql
+ SET plan_cache_mode TO 'force_generic_plan'
 AS $function$
 #variable_conflict use_column
 declare
-  t holdfast.tasks;
-  v_state text;
+  v_keys text[];
+  v_rejected bigint[];
+  v_missing bigint;
 begin
-  t := holdfast._locked_task(_finish.task_id);
-  if t.state <> 'running' or t.fence is distinct from _finish.fence
-     or t.holder_pid <> pg_backend_pid() or t.holder_started <> holdfast._session_started() then
-    return false;
+  select i into v_missing from unnest(ids) i
+  where not exists (select 1 from holdfast.tasks t where t.id = i) limit 1;
+  if found then
+    perform holdfast._raise('HF003', format('holdfast: no task with id %s', v_missing));
   end if;
+  -- Key rows first (lock order everywhere: key row, then task rows), in key order so that two
+  -- callers never deadlock. The statements below then see every committed change.
+  perform 1 from holdfast.keys k
+  where k.key in (select t.key from holdfast.tasks t where t.id = any (ids))
+  order by k.key for no key update;
 
-  v_state := case
-    when outcome = 'succeeded' then 'succeeded'
-    when t.cancel_requested then 'cancelled'
-    when t.attempt >= t.max_attempts then 'failed'
-    else 'pending' end;
-
-  update holdfast.tasks u set
-    state = v_state,
-    run_at = case when v_state = 'pending'
-                  then now() + coalesce(_finish.retry_in, holdfast._backoff(t.attempt, t.fence))
-                  else u.run_at end,
-    finished_at = case when v_state = 'pending' then null else now() end,
-    last_error = coalesce(_finish.error, u.last_error)
-  where u.id = t.id;
-
-  update holdfast.attempts a set finished_at = now(),
-    outcome = case when v_state = 'cancelled' then 'cancelled' else _finish.outcome end,
-    error = _finish.error
-  where a.task_id = t.id and a.attempt = t.attempt;
-
+  with d as (select * from unnest(ids, fences) as d (id, fence)),
+  t as (
+    select t.id, t.key, t.kind, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at,
+      holdfast._next_state(_finish_many.outcome, t.cancel_requested, t.attempt, t.max_attempts) as next
+    from holdfast.tasks t join d on d.id = t.id and d.fence = t.fence
+    where t.state = 'running' and t.holder_pid = pg_backend_pid()
+      and t.holder_started = holdfast._session_started()
+  ),
+  upd as (
+    update holdfast.tasks u set
+      state = t.next,
+      run_at = case when t.next = 'pending'
+                    then now() + coalesce(retry_in, holdfast._backoff(t.attempt, t.fence))
+                    else u.run_at end,
+      finished_at = case when t.next = 'pending' then null else now() end,
+      last_error = coalesce(_finish_many.error, u.last_error)
+    from t where u.id = t.id
+  ),
+  att as (
+    insert into holdfast.attempts as a (task_id, attempt, fence, worker, pid, started_at,
+                                        finished_at, outcome, error)
+    select t.id, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at, now(),
+      case when t.next = 'cancelled' then 'cancelled' else _finish_many.outcome end,
+      _finish_many.error
+    from t
+    -- An attempt that was running when this migration ran has its row already.
+    on conflict (task_id, attempt) do update set finished_at = excluded.finished_at,
+      outcome = excluded.outcome, error = excluded.error
+  ),
   -- A success starts the kind's minimum interval on this key (read by the key's head).
-  if v_state = 'succeeded' then
+  kk as (
     insert into holdfast.key_kinds as kk (key, kind, last_succeeded_at)
-    select t.key, t.kind, now() from holdfast.kinds kd
-    where kd.kind = t.kind and kd.min_interval > interval '0'
-    on conflict (key, kind) do update set last_succeeded_at = excluded.last_succeeded_at;
-  end if;
+    select distinct t.key, t.kind, now() from t join holdfast.kinds kd on kd.kind = t.kind
+    where t.next = 'succeeded' and kd.min_interval > interval '0'
+    on conflict (key, kind) do update set last_succeeded_at = excluded.last_succeeded_at
+  )
+  select (select array_agg(distinct t.key) from t),
+         (select array_agg(d.id) from d where not exists (select 1 from t where t.id = d.id))
+  into v_keys, v_rejected;
 
-  -- requeue: the key's next task waits behind keys that were ready before this run ended.
-  perform holdfast._refresh_key(t.key, true);
-  perform holdfast._release(t.key);
-  perform holdfast._notify_if_ready(t.key);
-  return true;
+  if v_keys is not null then
+    -- requeue: each key's next task waits behind keys that were ready before this run ended.
+    perform holdfast._refresh_keys(v_keys, true);
+    -- A key stays locked while another task of it still runs here (the rest of a batch).
+    perform pg_advisory_unlock(k.lock_id) from holdfast.keys k
+    where k.key = any (v_keys) and not k.busy;
+    perform pg_notify('holdfast', k.head_kind) from holdfast.keys k
+    where k.key = any (v_keys) and k.head_id is not null and not k.busy
+      and k.head_run_at <= now();
+  end if;
+  return query select unnest(v_rejected);
 end $function$
 ;
 
@@ -106,6 +140,19 @@ CREATE OR REPLACE FUNCTION holdfast._next_fence(current bigint)
 AS $function$ select greatest(current + 1, (extract(epoch from clock_timestamp()) * 1000)::bigint * 1024) $function$
 ;
 
+CREATE OR REPLACE FUNCTION holdfast._next_state(outcome text, cancel_requested boolean, attempt integer, max_attempts integer)
+ RETURNS text
+ LANGUAGE sql
+ IMMUTABLE
+AS $function$
+  select case
+    when outcome = 'succeeded' then 'succeeded'
+    when cancel_requested then 'cancelled'
+    when attempt >= max_attempts then 'failed'
+    else 'pending' end
+$function$
+;
+
 CREATE OR REPLACE FUNCTION holdfast._notify_if_ready(k text)
  RETURNS void
  LANGUAGE plpgsql
@@ -128,34 +175,34 @@ begin
 end $function$
 ;
 
-CREATE OR REPLACE FUNCTION holdfast._refresh_key(k text, requeue boolean DEFAULT false, new_fence bigint DEFAULT NULL::bigint)
+CREATE OR REPLACE FUNCTION holdfast._refresh_key(k text, requeue boolean DEFAULT false)
  RETURNS void
  LANGUAGE plpgsql
 AS $function$
 begin
-  update holdfast.keys set
-    fence = coalesce(new_fence, fence),
-    busy = exists (select 1 from holdfast.tasks t where t.key = k and t.state = 'running'),
-    (head_id, head_kind, head_priority, head_run_at) = (
-      select t.id, t.kind, t.priority,
-        greatest(t.run_at, holdfast._interval_bound(k, t.kind), case when requeue then now() end)
-      from holdfast.tasks t
-      where t.key = k and t.state = 'pending'
-      order by t.priority, t.run_at, t.id
-      limit 1)
-  where key = k;
+  perform holdfast._refresh_keys(array[k], requeue);
 end $function$
 ;
 
-CREATE OR REPLACE FUNCTION holdfast._release(k text)
+CREATE OR REPLACE FUNCTION holdfast._refresh_keys(ks text[], requeue boolean DEFAULT false)
  RETURNS void
  LANGUAGE plpgsql
+ SET plan_cache_mode TO 'force_generic_plan'
 AS $function$
 begin
-  perform pg_advisory_unlock(holdfast.lock_id(k))
-  where not exists (
-    select 1 from holdfast.tasks t
-    where t.key = k and t.state = 'running' and t.holder_pid = pg_backend_pid());
+  update holdfast.keys k set
+    busy = exists (select 1 from holdfast.tasks t where t.key = k.key and t.state = 'running'),
+    (head_id, head_kind, head_priority, head_run_at) = (
+      select t.id, t.kind, t.priority,
+        greatest(t.run_at, kk.last_succeeded_at + kd.min_interval, case when requeue then now() end)
+      from holdfast.tasks t
+      join holdfast.kinds kd on kd.kind = t.kind
+      left join holdfast.key_kinds kk on kk.key = t.key and kk.kind = t.kind
+        and kd.min_interval > interval '0'
+      where t.key = k.key and t.state = 'pending'
+      order by t.priority, t.run_at, t.id
+      limit 1)
+  where k.key = any (ks);
 end $function$
 ;
 
@@ -224,21 +271,13 @@ CREATE OR REPLACE FUNCTION holdfast.claim(kinds text[], worker text, max_tasks i
  RETURNS SETOF holdfast.tasks
  LANGUAGE plpgsql
  SECURITY DEFINER
+ SET plan_cache_mode TO 'force_generic_plan'
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
 #variable_conflict use_column
 declare
-  c record;
-  p record;
-  t holdfast.tasks;
-  v_fence bigint;
-  v_pid int := pg_backend_pid();
-  v_started timestamptz := holdfast._session_started();
-  v_head_kind text;
-  v_batch int;
-  v_taken int;
-  n int := 0;
-  n_keys int := 0;
+  v_keys text[];
+  v_fences bigint[];
 begin
   if max_tasks is null or max_tasks < 1 or (max_keys is not null and max_keys < 1) then
     return;
@@ -247,63 +286,68 @@ begin
   -- stay monotonic (see _next_fence). This keeps the wake path free of a WAL flush.
   perform set_config('synchronous_commit', 'off', true);
 
-  for c in
-    select k.key, k.lock_id from holdfast.keys k
+  -- Ready keys, row-locked before their advisory lock is tried: the row lock re-checks them
+  -- (advisory locks ignore MVCC) and SKIP LOCKED never waits for an enqueue or a handler's
+  -- assert_fence. The LIMIT comes first, so each key is tried once and every key locked here
+  -- is used below. A key this session holds is busy, so no lock is taken twice.
+  with c as materialized (
+    select k.key, k.lock_id, k.fence, k.head_priority, k.head_run_at, k.head_id
+    from holdfast.keys k
     where k.head_id is not null and not k.busy
       and k.head_run_at <= now() and k.head_kind = any (kinds)
     order by k.head_priority, k.head_run_at, k.head_id
-  loop
-    exit when n >= max_tasks or n_keys >= coalesce(max_keys, n_keys + 1);
-    -- One key at a time, never in a WHERE with LIMIT: no lock is taken that is not used.
-    continue when not pg_try_advisory_lock(c.lock_id);
+    limit least(max_tasks, coalesce(max_keys, max_tasks))
+    for update of k skip locked
+  )
+  select array_agg(c.key order by c.head_priority, c.head_run_at, c.head_id),
+         array_agg(holdfast._next_fence(c.fence) order by c.head_priority, c.head_run_at, c.head_id)
+  into v_keys, v_fences
+  from c where pg_try_advisory_lock(c.lock_id);
+  if v_keys is null then
+    return;
+  end if;
 
-    -- Re-check under the key row lock: advisory locks ignore MVCC, so the scan may be stale.
-    -- A busy key is skipped, which also covers our own session re-taking a lock it holds.
-    -- SKIP LOCKED: a handler's assert_fence may hold the row; never block the lock session.
-    select k.head_kind, holdfast._next_fence(k.fence), least(kd.batch_max, max_tasks - n)
-    into v_head_kind, v_fence, v_batch
-    from holdfast.keys k join holdfast.kinds kd on kd.kind = k.head_kind
-    where k.key = c.key and k.head_id is not null and not k.busy
-      and k.head_run_at <= now() and k.head_kind = any (kinds)
-    for update of k skip locked;
-    if not found then
-      perform pg_advisory_unlock(c.lock_id);
-      continue;
-    end if;
+  return query
+  with g as (
+    select g.key, g.fence, g.ord, k.head_id, k.head_kind, least(kd.batch_max, max_tasks) as batch
+    from unnest(v_keys, v_fences) with ordinality as g (key, fence, ord)
+    join holdfast.keys k on k.key = g.key
+    join holdfast.kinds kd on kd.kind = k.head_kind
+  ),
+  -- Per key: the head and the tasks of its kind right behind it, in the key's order (FIFO per
+  -- key), bounded by the batch size: no scan over the key's other pending tasks.
+  p as (
+    select g.key, g.fence, g.ord, q.id, q.n
+    from g cross join lateral (
+      select s.id, s.n from (
+        select t.id, row_number() over w as n,
+          bool_and(t.kind = g.head_kind and (t.id = g.head_id or t.run_at <= now())) over w as ok
+        from (select * from holdfast.tasks t where t.key = g.key and t.state = 'pending'
+              order by t.priority, t.run_at, t.id limit g.batch) t
+        window w as (order by t.priority, t.run_at, t.id)
+      ) s where s.ok
+    ) q
+    order by g.ord, q.n
+    limit max_tasks
+  ),
+  upd as (
+    update holdfast.tasks u set
+      state = 'running', attempt = u.attempt + 1, fence = p.fence, worker = claim.worker,
+      holder_pid = pg_backend_pid(), holder_started = holdfast._session_started(),
+      started_at = now(), cancel_requested = false
+    from p where u.id = p.id
+    returning u.*
+  ),
+  kup as (
+    update holdfast.keys k set busy = true, fence = p.fence
+    from (select distinct p.key, p.fence from p) p where k.key = p.key
+  )
+  select upd.* from upd join p on p.id = upd.id order by p.ord, p.n;
 
-    -- The head and the tasks of its kind right behind it, in the key's order (FIFO per key).
-    -- Bounded by the batch size: no scan over the key's other pending tasks.
-    v_taken := 0;
-    for p in
-      select q.id, q.kind, q.run_at from holdfast.tasks q
-      where q.key = c.key and q.state = 'pending'
-      order by q.priority, q.run_at, q.id
-      limit v_batch
-      for update
-    loop
-      exit when p.kind <> v_head_kind or (v_taken > 0 and p.run_at > now());
-      update holdfast.tasks u set
-        state = 'running', attempt = u.attempt + 1, fence = v_fence, worker = claim.worker,
-        holder_pid = v_pid, holder_started = v_started, started_at = now(),
-        cancel_requested = false
-      where u.id = p.id
-      returning u.* into t;
-      insert into holdfast.attempts (task_id, attempt, fence, worker, pid)
-      values (t.id, t.attempt, v_fence, claim.worker, v_pid);
-      v_taken := v_taken + 1;
-      n := n + 1;
-      return next t;
-    end loop;
-
-    if v_taken = 0 then
-      perform pg_advisory_unlock(c.lock_id);
-      perform holdfast._refresh_key(c.key);
-    else
-      n_keys := n_keys + 1;
-      -- The new fence is written with the head, still under the row lock taken above.
-      perform holdfast._refresh_key(c.key, false, v_fence);
-    end if;
-  end loop;
+  -- A key locked above that yielded no task (its head changed under a concurrent commit, or
+  -- max_tasks ran out): give it back and repair its head.
+  perform pg_advisory_unlock(k.lock_id), holdfast._refresh_key(k.key)
+  from holdfast.keys k where k.key = any (v_keys) and not k.busy;
 end $function$
 ;
 
@@ -321,8 +365,7 @@ CREATE OR REPLACE FUNCTION holdfast.complete_many(ids bigint[], fences bigint[])
  SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
-  select d.id from unnest(ids, fences) as d(id, fence)
-  where not holdfast._finish(d.id, d.fence, 'succeeded', null, null)
+  select holdfast._finish_many(ids, fences, 'succeeded', null, null)
 $function$
 ;
 
@@ -570,19 +613,19 @@ begin
     perform 1 from holdfast.keys k where k.key = r.key for no key update;
     select * into t from holdfast.tasks where id = r.id;
     if t.state = 'running' and t.fence = r.fence then
-      v_state := case
-        when t.cancel_requested then 'cancelled'
-        when t.attempt >= t.max_attempts then 'failed'
-        else 'pending' end;
+      v_state := holdfast._next_state('lost', t.cancel_requested, t.attempt, t.max_attempts);
       update holdfast.tasks u set
         state = v_state,
         run_at = case when v_state = 'pending' then now() else u.run_at end,
         finished_at = case when v_state = 'pending' then null else now() end,
         last_error = jsonb_build_object('message', 'holder session ended during the run')
       where u.id = t.id;
-      update holdfast.attempts a set finished_at = now(), outcome = 'lost',
-        error = jsonb_build_object('message', 'holder session ended during the run')
-      where a.task_id = t.id and a.attempt = t.attempt;
+      insert into holdfast.attempts as a (task_id, attempt, fence, worker, pid, started_at,
+                                          finished_at, outcome, error)
+      values (t.id, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at, now(), 'lost',
+              jsonb_build_object('message', 'holder session ended during the run'))
+      on conflict (task_id, attempt) do update set finished_at = excluded.finished_at,
+        outcome = excluded.outcome, error = excluded.error;
       perform holdfast._refresh_key(t.key);
       perform holdfast._notify_if_ready(t.key);
       n := n + 1;

@@ -163,7 +163,7 @@ describe("claim edge cases", () => {
     }
   });
 
-  it("a task finished between another worker's scan and its lock is not run twice", async () => {
+  it("a claim in flight holds its keys: a concurrent claim neither waits for them nor runs them twice", async () => {
     const a = new pg.Client({ connectionString: db.url });
     const b = new pg.Client({ connectionString: db.url });
     const x = new pg.Client({ connectionString: db.url });
@@ -171,27 +171,34 @@ describe("claim edge cases", () => {
     try {
       const t1 = await hf.enqueue("job", { key: "race:1", priority: -2 });
       const t2 = await hf.enqueue("job", { key: "race:2", priority: -1 });
-      // x holds t1's row: b's claim will lock key race:1 and then wait on that row, after its
-      // scan has already seen race:2's task as ready.
+      // x holds t1's row: b's claim locks both keys (row and advisory lock) and then waits on
+      // that row before it has marked any key busy.
       await x.query("begin");
       await x.query("select 1 from holdfast.tasks where id = $1 for update", [t1.id]);
       const bClaim = b.query("select * from holdfast.claim(array['job'], 'b', 2)");
       await waitForBlocked(a, "b");
-      // Meanwhile a claims and finishes race:2's task.
-      const { rows } = await a.query("select * from holdfast.claim(array['job'], 'a', 1)");
-      expect(Number(rows[0].id)).toBe(t2.id);
-      await a.query("select holdfast.complete($1, $2)", [rows[0].id, rows[0].fence]);
+      // Both keys still look ready to a's scan; a must skip them at once, not block or run them.
+      const { rows } = await a.query("select * from holdfast.claim(array['job'], 'a', 2)");
+      expect(rows).toEqual([]);
       await x.query("commit");
       const claimed = (await bClaim).rows.map((r) => Number(r.id));
-      expect(claimed).toEqual([t1.id]);
+      expect(claimed).toEqual([t1.id, t2.id]);
       const { rows: held } = await b.query(
         "select count(*)::int n from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()",
       );
-      expect(held[0].n).toBe(1);
-      const { rows: t } = await a.query("select state, attempt from holdfast.tasks where id = $1", [
-        t2.id,
+      expect(held[0].n).toBe(2);
+      const { rows: none } = await a.query(
+        "select count(*)::int n from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()",
+      );
+      expect(none[0].n).toBe(0);
+      const { rows: t } = await a.query(
+        "select state, attempt, worker from holdfast.tasks where id = any($1) order by id",
+        [[t1.id, t2.id]],
+      );
+      expect(t).toEqual([
+        { state: "running", attempt: 1, worker: "b" },
+        { state: "running", attempt: 1, worker: "b" },
       ]);
-      expect(t[0]).toEqual({ state: "succeeded", attempt: 1 });
     } finally {
       await Promise.all([a.end(), b.end(), x.end()]);
     }

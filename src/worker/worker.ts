@@ -54,6 +54,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private readonly maxBatch: number;
   private settled: Settlement[] = [];
   private wantClaim = false;
+  private kickScheduled = false;
   private sweepDue = false;
   private pumping: Promise<void> | undefined;
   private state: "new" | "starting" | "running" | "stopping" | "stopped" = "new";
@@ -368,7 +369,14 @@ export class Worker extends EventEmitter<WorkerEvents> {
       this.settled.push(error === undefined ? { run } : { run, error });
     }
     this.wantClaim = true;
-    this.kick();
+    // Handlers that end in the same turn of the event loop are reported in one round trip.
+    if (!this.kickScheduled) {
+      this.kickScheduled = true;
+      setImmediate(() => {
+        this.kickScheduled = false;
+        this.kick();
+      });
+    }
   }
 
   /** Aborts the run holding task `id` (a whole batch: its other tasks fail and are retried). */
