@@ -6,7 +6,7 @@ CREATE INDEX keys_ready ON holdfast.keys USING btree (head_priority, head_run_at
 
 CREATE INDEX tasks_key_pending ON holdfast.tasks USING btree (key, priority, run_at, id) WHERE (state = 'pending'::text);
 
-CREATE INDEX tasks_kind_state ON holdfast.tasks USING btree (kind, state);
+CREATE INDEX tasks_kind_open ON holdfast.tasks USING btree (kind, state) WHERE (state = ANY (ARRAY['pending'::text, 'running'::text, 'failed'::text]));
 
 CREATE INDEX tasks_running ON holdfast.tasks USING btree (key) WHERE (state = 'running'::text);
 
@@ -39,6 +39,8 @@ declare
   v_keys text[];
   v_rejected bigint[];
   v_missing bigint;
+  v_pid int := pg_backend_pid();
+  v_started timestamptz := holdfast._session_started();
 begin
   select i into v_missing from unnest(ids) i
   where not exists (select 1 from holdfast.tasks t where t.id = i) limit 1;
@@ -52,12 +54,14 @@ begin
   order by k.key for no key update;
 
   with d as (select * from unnest(ids, fences) as d (id, fence)),
+  -- By primary key (lateral): the running-tasks index holds an entry for every past run
+  -- until vacuum, which a scan of it would visit.
   t as (
     select t.id, t.key, t.kind, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at,
       holdfast._next_state(_finish_many.outcome, t.cancel_requested, t.attempt, t.max_attempts) as next
-    from holdfast.tasks t join d on d.id = t.id and d.fence = t.fence
-    where t.state = 'running' and t.holder_pid = pg_backend_pid()
-      and t.holder_started = holdfast._session_started()
+    from d cross join lateral (select * from holdfast.tasks t where t.id = d.id) t
+    where t.fence = d.fence and t.state = 'running' and t.holder_pid = v_pid
+      and t.holder_started = v_started
   ),
   upd as (
     update holdfast.tasks u set
@@ -97,9 +101,11 @@ begin
     -- A key stays locked while another task of it still runs here (the rest of a batch).
     perform pg_advisory_unlock(k.lock_id) from holdfast.keys k
     where k.key = any (v_keys) and not k.busy;
+    -- Also when the next task is due later (a retry's backoff, a minimum interval): idle
+    -- workers then set their timers for it, as for a delayed enqueue. Without this, only this
+    -- worker would know, and if it stopped, the task would wait for the others' rescan.
     perform pg_notify('holdfast', k.head_kind) from holdfast.keys k
-    where k.key = any (v_keys) and k.head_id is not null and not k.busy
-      and k.head_run_at <= now();
+    where k.key = any (v_keys) and k.head_id is not null and not k.busy;
   end if;
   return query select unnest(v_rejected);
 end $function$
