@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { EventEmitter } from "node:events";
 import pg from "pg";
 import { asConnectionError, LockLostError, translateError } from "../errors.js";
@@ -174,7 +175,7 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
     }, limit);
     this.deadlineTimer.unref();
     try {
-      const { rows } = await this.client.query<R>(text, values);
+      const { rows } = await this.client.query<R>({ name: statementName(text), text, values });
       this.answered();
       return rows;
     } catch (err) {
@@ -240,4 +241,19 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
   private destroySocket(): void {
     (this.client as unknown as ClientInternals).connection?.stream?.destroy();
   }
+}
+
+const statementNames = new Map<string, string>();
+
+/**
+ * The lock session runs a handful of fixed statements, each many times: as named prepared
+ * statements they are parsed and planned once per session, not on every call (the wake path).
+ */
+function statementName(text: string): string {
+  let name = statementNames.get(text);
+  if (!name) {
+    name = `holdfast_${createHash("sha1").update(text).digest("hex").slice(0, 16)}`;
+    statementNames.set(text, name);
+  }
+  return name;
 }
