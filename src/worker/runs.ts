@@ -1,7 +1,8 @@
 import type { Logger } from "pino";
-import { TaskCancelledError } from "../errors.js";
+import { HoldfastError, TaskCancelledError, translateError } from "../errors.js";
+import type { ResolvedKind } from "../options.js";
 import { sql, type TaskRow, toTask } from "../queries/tasks.js";
-import type { Task } from "../types.js";
+import type { HandlerContext, Queryable, Task } from "../types.js";
 import type { LockSession } from "./lock-session.js";
 
 export type Outcome = "succeeded" | "failed" | "cancelled" | "lost" | "rejected";
@@ -18,6 +19,27 @@ export interface Run {
 export interface Settlement {
   run: Run;
   error?: unknown;
+}
+
+/** Calls the kind's handler for the run; resolves or rejects as the handler does. */
+export async function callHandler(kind: ResolvedKind | undefined, run: Run): Promise<void> {
+  const { task, tasks, controller, logger } = run;
+  if (!kind) throw new HoldfastError("HF_CONFIG", `holdfast: no handler for kind ${task.kind}`);
+  const ctx: HandlerContext = {
+    signal: controller.signal,
+    logger,
+    assertFence: async (client: Queryable) => {
+      try {
+        await client.query(sql.assertFence, [task.key, task.fence]);
+      } catch (err) {
+        throw translateError(err);
+      }
+    },
+  };
+  if (kind.batch) await kind.handler(tasks, ctx);
+  // Several tasks for a single-task handler (another worker set a batch size for this kind):
+  // run them one after another under the lock this run holds.
+  else for (const t of tasks) await kind.handler(t, ctx);
 }
 
 /** Groups claimed rows into runs: one key's tasks share the claim's fence, in the key's order. */

@@ -7,15 +7,16 @@ import {
   LockLostError,
   ShutdownError,
   TaskCancelledError,
-  translateError,
 } from "../errors.js";
 import type { ResolvedWorkerOptions } from "../options.js";
 import { sql, type TaskRow } from "../queries/tasks.js";
-import type { HandlerContext, Queryable, Task } from "../types.js";
+import type { Task } from "../types.js";
 import type { WorkerEvents } from "./events.js";
 import { Listener } from "./listener.js";
 import { LockSession } from "./lock-session.js";
+import { RunTable } from "./run-table.js";
 import {
+  callHandler,
   groupRuns,
   logOutcome,
   type Outcome,
@@ -44,13 +45,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private readonly logger: Logger;
   private session: LockSession | undefined;
   private listener: Listener | undefined;
-  /** Runs by their first task's id; `byTask` finds a run from any of its tasks (cancel). */
-  private readonly running = new Map<number, Run>();
-  /** Runs whose lock was lost whose handler has not returned, displaced by a new claim. */
-  private readonly zombies = new Set<Run>();
-  private readonly byTask = new Map<number, Run>();
-  /** Cancels notified for tasks not (yet) known here: a cancel can overtake its claim. */
-  private readonly earlyCancels = new Map<number, number>();
+  private readonly runs = new RunTable();
   private readonly maxBatch: number;
   private settled: Settlement[] = [];
   private wantClaim = false;
@@ -79,7 +74,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
 
   /** Tasks running now. */
   get activeCount(): number {
-    return this.running.size + this.zombies.size;
+    return this.runs.size;
   }
 
   async start(): Promise<void> {
@@ -148,7 +143,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     for (const t of this.timers) clearInterval(t);
     this.wakeTimer.clear();
     this.logger.info(
-      { event: "worker_stopping", running: this.running.size },
+      { event: "worker_stopping", running: this.runs.live },
       "holdfast: worker stopping",
     );
     const drained = this.waitIdle();
@@ -159,10 +154,10 @@ export class Worker extends EventEmitter<WorkerEvents> {
     });
     if ((await Promise.race([drained, timeout])) === "timeout") {
       this.logger.warn(
-        { event: "shutdown_timeout", running: this.running.size },
+        { event: "shutdown_timeout", running: this.runs.live },
         "holdfast: aborting handlers still running",
       );
-      for (const run of this.running.values()) {
+      for (const run of this.runs.runs()) {
         run.controller.abort(new ShutdownError("holdfast: worker shutdown timeout elapsed"));
       }
       await drained;
@@ -313,7 +308,6 @@ export class Worker extends EventEmitter<WorkerEvents> {
 
   private startRun(session: LockSession, tasks: Task[]): void {
     const task = tasks[0] as Task;
-    const kind = this.opts.kinds.get(task.kind);
     const controller = new AbortController();
     const logger = this.logger.child({
       task: tasks.length > 1 ? tasks.map((t) => t.id) : task.id,
@@ -323,34 +317,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
       fence: task.fence,
     });
     const run: Run = { task, tasks, controller, session, logger };
-    const zombie = this.running.get(task.id);
-    // Its lock is gone; it still counts against concurrency until its handler returns.
-    if (zombie) this.zombies.add(zombie);
-    this.running.set(task.id, run);
-    for (const t of tasks) this.byTask.set(t.id, run);
-    const ctx: HandlerContext = {
-      signal: controller.signal,
-      logger,
-      assertFence: async (client: Queryable) => {
-        try {
-          await client.query(sql.assertFence, [task.key, task.fence]);
-        } catch (err) {
-          throw translateError(err);
-        }
-      },
-    };
+    const cancelledEarly = this.runs.add(run);
     logger.info({ event: "task_started", batch: tasks.length }, "holdfast: task started");
     for (const t of tasks) this.emit("task:start", t);
-    for (const t of tasks) {
-      if (this.earlyCancels.delete(t.id)) this.cancelRunning(t.id);
-    }
-    const started = (async () => {
-      if (!kind) throw new HoldfastError("HF_CONFIG", `holdfast: no handler for kind ${task.kind}`);
-      if (kind.batch) await kind.handler(tasks, ctx);
-      // Several tasks for a single-task handler (another worker set a batch size for this
-      // kind): run them one after another under the lock this run holds.
-      else for (const t of tasks) await kind.handler(t, ctx);
-    })();
+    for (const id of cancelledEarly) this.cancelRunning(id);
+    const started = callHandler(this.opts.kinds.get(task.kind), run);
     started.then(
       () => this.settle(run, undefined),
       (err: unknown) => this.settle(run, err ?? new Error("handler rejected without a reason")),
@@ -359,9 +330,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
 
   private settle(run: Run, error: unknown): void {
     // A run aborted by a lock loss may return after the same task was claimed again.
-    if (this.running.get(run.task.id) === run) this.running.delete(run.task.id);
-    this.zombies.delete(run);
-    for (const t of run.tasks) if (this.byTask.get(t.id) === run) this.byTask.delete(t.id);
+    this.runs.remove(run);
     if (run.session.isLost || run.controller.signal.reason instanceof LockLostError) {
       // The lock is gone: another worker may already run this task. Report nothing.
       for (const t of run.tasks) this.finish(run, t, "lost", error);
@@ -381,14 +350,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
 
   /** Aborts the run holding task `id` (a whole batch: its other tasks fail and are retried). */
   private cancelRunning(id: number): void {
-    const run = this.byTask.get(id);
-    if (!run) {
-      // Remember it briefly: the claim that returns this task may still be on its way.
-      this.earlyCancels.set(id, Date.now());
-      for (const [k, at] of this.earlyCancels)
-        if (Date.now() - at > 60_000) this.earlyCancels.delete(k);
-      return;
-    }
+    // Unknown here: remembered briefly, as the claim that returns this task may be on its way.
+    const run = this.runs.forCancel(id);
+    if (!run) return;
     run.logger.info({ event: "task_cancel_requested" }, "holdfast: cancel requested");
     run.controller.abort(new TaskCancelledError(`holdfast: task ${id} was cancelled`));
   }
@@ -413,7 +377,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   /** Every handler of the lost session is aborted now: its locks may be freed at any time. */
   private onLost(session: LockSession, err: LockLostError): void {
     if (this.session !== session) return;
-    const aborted = [...this.running.values()].filter((r) => r.session === session);
+    const aborted = this.runs.runs(session);
     for (const run of aborted) run.controller.abort(err);
     this.sweeper.reset();
     this.logger.error(
