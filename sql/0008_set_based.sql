@@ -74,15 +74,25 @@ begin
   -- Ready keys, row-locked before their advisory lock is tried: the row lock re-checks them
   -- (advisory locks ignore MVCC) and SKIP LOCKED never waits for an enqueue or a handler's
   -- assert_fence. The LIMIT comes first, so each key is tried once and every key locked here
-  -- is used below. A key this session holds is busy, so no lock is taken twice.
+  -- is used below. A key this session holds is busy, so no lock is taken twice. (With several
+  -- kinds, up to max_keys rows per kind are row-locked; the unused ones only until commit.)
+  -- Per kind (keys_ready_kind), so that ready keys of kinds this worker does not handle are
+  -- never read: a worker's claim costs the same with none or a million of them. A key appears
+  -- once: kinds are deduplicated, and a key has one head kind.
   with c as materialized (
     select k.key, k.lock_id, k.fence, k.head_priority, k.head_run_at, k.head_id
-    from holdfast.keys k
-    where k.head_id is not null and not k.busy
-      and k.head_run_at <= now() and k.head_kind = any (kinds)
+    from (select distinct unnest(kinds)) as kd (kind)
+    cross join lateral (
+      select k.key, k.lock_id, k.fence, k.head_priority, k.head_run_at, k.head_id
+      from holdfast.keys k
+      where k.head_kind = kd.kind and k.head_id is not null and not k.busy
+        and k.head_run_at <= now()
+      order by k.head_priority, k.head_run_at, k.head_id
+      limit least(max_tasks, coalesce(max_keys, max_tasks))
+      for update of k skip locked
+    ) k
     order by k.head_priority, k.head_run_at, k.head_id
     limit least(max_tasks, coalesce(max_keys, max_tasks))
-    for update of k skip locked
   )
   select array_agg(c.key order by c.head_priority, c.head_run_at, c.head_id),
          array_agg(holdfast._next_fence(c.fence) order by c.head_priority, c.head_run_at, c.head_id)
@@ -288,3 +298,23 @@ alter function holdfast.sweep() security definer set search_path = pg_catalog, p
 drop index holdfast.tasks_kind_state;
 create index tasks_kind_open on holdfast.tasks (kind, state)
   where state in ('pending', 'running', 'failed');
+
+-- Ready keys by kind first: claim and next_run_at read only the kinds they are asked for.
+drop index holdfast.keys_ready;
+create index keys_ready_kind on holdfast.keys (head_kind, head_priority, head_run_at, head_id)
+  where head_id is not null and not busy;
+drop index holdfast.keys_next_run_at;
+create index keys_next_run_at on holdfast.keys (head_kind, head_run_at)
+  where head_id is not null and not busy;
+
+-- The earliest time a not-yet-ready task of these kinds becomes ready (for a worker's timer):
+-- one index probe per kind.
+create or replace function holdfast.next_run_at(kinds text[]) returns timestamptz
+  language sql stable as $$
+  select min(x.at) from (select distinct unnest(kinds)) as kd (kind)
+  cross join lateral (
+    select k.head_run_at as at from holdfast.keys k
+    where k.head_kind = kd.kind and k.head_id is not null and not k.busy
+    order by k.head_run_at limit 1) x
+$$;
+alter function holdfast.next_run_at(text[]) security definer set search_path = pg_catalog, pg_temp;

@@ -1,8 +1,8 @@
 CREATE INDEX keys_lock_id ON holdfast.keys USING btree (lock_id);
 
-CREATE INDEX keys_next_run_at ON holdfast.keys USING btree (head_run_at) WHERE ((head_id IS NOT NULL) AND (NOT busy));
+CREATE INDEX keys_next_run_at ON holdfast.keys USING btree (head_kind, head_run_at) WHERE ((head_id IS NOT NULL) AND (NOT busy));
 
-CREATE INDEX keys_ready ON holdfast.keys USING btree (head_priority, head_run_at, head_id) WHERE ((head_id IS NOT NULL) AND (NOT busy));
+CREATE INDEX keys_ready_kind ON holdfast.keys USING btree (head_kind, head_priority, head_run_at, head_id) WHERE ((head_id IS NOT NULL) AND (NOT busy));
 
 CREATE INDEX tasks_key_pending ON holdfast.tasks USING btree (key, priority, run_at, id) WHERE (state = 'pending'::text);
 
@@ -295,15 +295,25 @@ begin
   -- Ready keys, row-locked before their advisory lock is tried: the row lock re-checks them
   -- (advisory locks ignore MVCC) and SKIP LOCKED never waits for an enqueue or a handler's
   -- assert_fence. The LIMIT comes first, so each key is tried once and every key locked here
-  -- is used below. A key this session holds is busy, so no lock is taken twice.
+  -- is used below. A key this session holds is busy, so no lock is taken twice. (With several
+  -- kinds, up to max_keys rows per kind are row-locked; the unused ones only until commit.)
+  -- Per kind (keys_ready_kind), so that ready keys of kinds this worker does not handle are
+  -- never read: a worker's claim costs the same with none or a million of them. A key appears
+  -- once: kinds are deduplicated, and a key has one head kind.
   with c as materialized (
     select k.key, k.lock_id, k.fence, k.head_priority, k.head_run_at, k.head_id
-    from holdfast.keys k
-    where k.head_id is not null and not k.busy
-      and k.head_run_at <= now() and k.head_kind = any (kinds)
+    from (select distinct unnest(kinds)) as kd (kind)
+    cross join lateral (
+      select k.key, k.lock_id, k.fence, k.head_priority, k.head_run_at, k.head_id
+      from holdfast.keys k
+      where k.head_kind = kd.kind and k.head_id is not null and not k.busy
+        and k.head_run_at <= now()
+      order by k.head_priority, k.head_run_at, k.head_id
+      limit least(max_tasks, coalesce(max_keys, max_tasks))
+      for update of k skip locked
+    ) k
     order by k.head_priority, k.head_run_at, k.head_id
     limit least(max_tasks, coalesce(max_keys, max_tasks))
-    for update of k skip locked
   )
   select array_agg(c.key order by c.head_priority, c.head_run_at, c.head_id),
          array_agg(holdfast._next_fence(c.fence) order by c.head_priority, c.head_run_at, c.head_id)
@@ -538,8 +548,11 @@ CREATE OR REPLACE FUNCTION holdfast.next_run_at(kinds text[])
  STABLE SECURITY DEFINER
  SET search_path TO 'pg_catalog', 'pg_temp'
 AS $function$
-  select min(k.head_run_at) from holdfast.keys k
-  where k.head_id is not null and not k.busy and k.head_kind = any (kinds)
+  select min(x.at) from (select distinct unnest(kinds)) as kd (kind)
+  cross join lateral (
+    select k.head_run_at as at from holdfast.keys k
+    where k.head_kind = kd.kind and k.head_id is not null and not k.busy
+    order by k.head_run_at limit 1) x
 $function$
 ;
 
