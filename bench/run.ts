@@ -64,6 +64,7 @@ const cfg = quick
 
 const systems: Array<() => QueueSystem> = [
   () => new HoldfastSystem(),
+  () => new HoldfastSystem(true),
   () => new GraphileSystem(false),
   () => new GraphileSystem(true),
   () => new PgBossSystem(false),

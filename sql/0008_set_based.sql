@@ -145,7 +145,8 @@ begin
   from holdfast.keys k where k.key = any (v_keys) and not k.busy;
 end $$;
 
--- Ends attempts. outcome: 'succeeded' | 'failed'. Returns the ids whose report was rejected,
+-- Ends attempts. outcome: 'succeeded' | 'failed' | 'released' (claimed but never started: back
+-- to pending in its place, the attempt not counted). Returns the ids whose report was rejected,
 -- changing nothing for them: the task is not running under this fence in this session (a
 -- newer claim exists, or the caller lost its session), so a late report of a run that lost
 -- its lock is never recorded.
@@ -177,7 +178,9 @@ begin
   -- until vacuum, which a scan of it would visit.
   t as (
     select t.id, t.key, t.kind, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at,
-      holdfast._next_state(_finish_many.outcome, t.cancel_requested, t.attempt, t.max_attempts) as next
+      case when _finish_many.outcome = 'released' then 'pending'
+        else holdfast._next_state(_finish_many.outcome, t.cancel_requested, t.attempt, t.max_attempts)
+      end as next
     from d cross join lateral (select * from holdfast.tasks t where t.id = d.id) t
     where t.fence = d.fence and t.state = 'running' and t.holder_pid = v_pid
       and t.holder_started = v_started
@@ -185,9 +188,9 @@ begin
   upd as (
     update holdfast.tasks u set
       state = t.next,
-      run_at = case when t.next = 'pending'
-                    then now() + coalesce(retry_in, holdfast._backoff(t.attempt, t.fence))
-                    else u.run_at end,
+      attempt = case when _finish_many.outcome = 'released' then u.attempt - 1 else u.attempt end,
+      run_at = case when t.next <> 'pending' or _finish_many.outcome = 'released' then u.run_at
+                    else now() + coalesce(retry_in, holdfast._backoff(t.attempt, t.fence)) end,
       finished_at = case when t.next = 'pending' then null else now() end,
       last_error = coalesce(_finish_many.error, u.last_error)
     from t where u.id = t.id
@@ -198,7 +201,7 @@ begin
     select t.id, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at, now(),
       case when t.next = 'cancelled' then 'cancelled' else _finish_many.outcome end,
       _finish_many.error
-    from t
+    from t where _finish_many.outcome <> 'released'
     -- An attempt that was running when this migration ran has its row already.
     on conflict (task_id, attempt) do update set finished_at = excluded.finished_at,
       outcome = excluded.outcome, error = excluded.error
@@ -215,8 +218,9 @@ begin
   into v_keys, v_rejected;
 
   if v_keys is not null then
-    -- requeue: each key's next task waits behind keys that were ready before this run ended.
-    perform holdfast._refresh_keys(v_keys, true);
+    -- requeue: each key's next task waits behind keys that were ready before this run ended
+    -- (a released task keeps its place).
+    perform holdfast._refresh_keys(v_keys, _finish_many.outcome <> 'released');
     -- A key stays locked while another task of it still runs here (the rest of a batch).
     perform pg_advisory_unlock(k.lock_id) from holdfast.keys k
     where k.key = any (v_keys) and not k.busy;
@@ -244,6 +248,14 @@ returns setof bigint
 $$;
 
 drop function holdfast._release(text);
+
+-- Gives back tasks this session claimed but did not start (a worker's prefetched tasks when it
+-- stops): pending again in their place, their attempt not counted, their keys unlocked.
+-- Returns the ids that were not running under this fence in this session.
+create function holdfast.release(ids bigint[], fences bigint[]) returns setof bigint
+  language sql as $$
+  select holdfast._finish_many(ids, fences, 'released', null, null)
+$$;
 
 -- As in 0005, with the next state decided by _next_state.
 create or replace function holdfast.sweep() returns int
@@ -291,6 +303,15 @@ alter function holdfast.claim(text[], text, int, int)
 alter function holdfast.complete_many(bigint[], bigint[])
   security definer set search_path = pg_catalog, pg_temp;
 alter function holdfast.sweep() security definer set search_path = pg_catalog, pg_temp;
+alter function holdfast.release(bigint[], bigint[])
+  security definer set search_path = pg_catalog, pg_temp;
+revoke all on function holdfast.release(bigint[], bigint[]) from public;
+do $$
+begin
+  if exists (select 1 from pg_roles where rolname = 'holdfast_worker') then
+    grant execute on function holdfast.release(bigint[], bigint[]) to holdfast_worker;
+  end if;
+end $$;
 
 -- inspect counts open tasks per kind (pending, running, failed): index only those, so that a
 -- completion does not add an index entry. (Built in the migration's transaction: on a large

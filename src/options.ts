@@ -78,6 +78,7 @@ function validateConnectionString(value: unknown): void {
 /** Defaults of `hf.worker()` options, documented on WorkerOptions. */
 export const workerDefaults = {
   concurrency: 1,
+  prefetch: 0,
   sweepIntervalMs: 250,
   rescanIntervalMs: 30_000,
   shutdownTimeoutMs: 30_000,
@@ -87,6 +88,7 @@ export const workerDefaults = {
 export interface ResolvedWorkerOptions {
   name: string;
   concurrency: number;
+  prefetch: number;
   kinds: Map<string, ResolvedKind>;
   sweepIntervalMs: number;
   rescanIntervalMs: number;
@@ -160,6 +162,7 @@ export function resolveWorkerOptions(opts: WorkerOptions): ResolvedWorkerOptions
     name,
     kinds,
     concurrency: positiveInt("concurrency", opts.concurrency, workerDefaults.concurrency),
+    prefetch: prefetchCount(opts.prefetch),
     sweepIntervalMs: positiveInt(
       "sweepIntervalMs",
       opts.sweepIntervalMs,
@@ -182,6 +185,15 @@ export function resolveWorkerOptions(opts: WorkerOptions): ResolvedWorkerOptions
     ),
     lockSession: resolveLockSession(opts.lockSession),
   };
+}
+
+function prefetchCount(value: number | undefined): number {
+  const v = value ?? workerDefaults.prefetch;
+  if (!Number.isInteger(v) || v < 0 || v > 1000)
+    throw new ConfigError(
+      `holdfast: \`prefetch\` must be an integer from 0 to 1000, got ${String(v)}`,
+    );
+  return v;
 }
 
 /** The client must call its session lost well before the server can free the locks. */

@@ -80,6 +80,13 @@ export interface WorkerOptions {
   handlers: Record<string, Handler<any> | KindOptions | BatchKindOptions>;
   /** Handlers running at once (default 1). Connections do not grow with it. */
   concurrency?: number;
+  /**
+   * Tasks claimed ahead of free slots (default 0), started as slots free up without a round
+   * trip: more throughput for short tasks. Each one holds its key's lock while it waits, so
+   * keep 0 for long tasks. stop() gives unstarted ones back (attempt not counted); after a
+   * lock loss the sweep requeues them with the lost session's runs (an attempt, outcome lost).
+   */
+  prefetch?: number;
   /** Recorded as the holder of its tasks (default host:pid:random). */
   name?: string;
   /** How often the elected worker looks for orphaned tasks (default 250 ms). */

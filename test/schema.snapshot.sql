@@ -58,7 +58,9 @@ begin
   -- until vacuum, which a scan of it would visit.
   t as (
     select t.id, t.key, t.kind, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at,
-      holdfast._next_state(_finish_many.outcome, t.cancel_requested, t.attempt, t.max_attempts) as next
+      case when _finish_many.outcome = 'released' then 'pending'
+        else holdfast._next_state(_finish_many.outcome, t.cancel_requested, t.attempt, t.max_attempts)
+      end as next
     from d cross join lateral (select * from holdfast.tasks t where t.id = d.id) t
     where t.fence = d.fence and t.state = 'running' and t.holder_pid = v_pid
       and t.holder_started = v_started
@@ -66,9 +68,9 @@ begin
   upd as (
     update holdfast.tasks u set
       state = t.next,
-      run_at = case when t.next = 'pending'
-                    then now() + coalesce(retry_in, holdfast._backoff(t.attempt, t.fence))
-                    else u.run_at end,
+      attempt = case when _finish_many.outcome = 'released' then u.attempt - 1 else u.attempt end,
+      run_at = case when t.next <> 'pending' or _finish_many.outcome = 'released' then u.run_at
+                    else now() + coalesce(retry_in, holdfast._backoff(t.attempt, t.fence)) end,
       finished_at = case when t.next = 'pending' then null else now() end,
       last_error = coalesce(_finish_many.error, u.last_error)
     from t where u.id = t.id
@@ -79,7 +81,7 @@ begin
     select t.id, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at, now(),
       case when t.next = 'cancelled' then 'cancelled' else _finish_many.outcome end,
       _finish_many.error
-    from t
+    from t where _finish_many.outcome <> 'released'
     -- An attempt that was running when this migration ran has its row already.
     on conflict (task_id, attempt) do update set finished_at = excluded.finished_at,
       outcome = excluded.outcome, error = excluded.error
@@ -96,8 +98,9 @@ begin
   into v_keys, v_rejected;
 
   if v_keys is not null then
-    -- requeue: each key's next task waits behind keys that were ready before this run ended.
-    perform holdfast._refresh_keys(v_keys, true);
+    -- requeue: each key's next task waits behind keys that were ready before this run ended
+    -- (a released task keeps its place).
+    perform holdfast._refresh_keys(v_keys, _finish_many.outcome <> 'released');
     -- A key stays locked while another task of it still runs here (the rest of a batch).
     perform pg_advisory_unlock(k.lock_id) from holdfast.keys k
     where k.key = any (v_keys) and not k.busy;
@@ -553,6 +556,16 @@ AS $function$
     select k.head_run_at as at from holdfast.keys k
     where k.head_kind = kd.kind and k.head_id is not null and not k.busy
     order by k.head_run_at limit 1) x
+$function$
+;
+
+CREATE OR REPLACE FUNCTION holdfast.release(ids bigint[], fences bigint[])
+ RETURNS SETOF bigint
+ LANGUAGE sql
+ SECURITY DEFINER
+ SET search_path TO 'pg_catalog', 'pg_temp'
+AS $function$
+  select holdfast._finish_many(ids, fences, 'released', null, null)
 $function$
 ;
 

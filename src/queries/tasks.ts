@@ -38,6 +38,7 @@ export const sql = {
     "select s.rejected, (s.task).* from holdfast.settle($1::bigint[], $2::bigint[], $3::text[], $4, $5, $6) s",
   nextRunAt: "select holdfast.next_run_at($1::text[]) as at",
   completeMany: "select holdfast.complete_many($1::bigint[], $2::bigint[]) as rejected",
+  release: "select holdfast.release($1::bigint[], $2::bigint[]) as rejected",
   fail: "select holdfast.fail($1, $2, $3, $4::interval, $5) as ok",
   cancel: "select holdfast.cancel($1) as ok",
   retry: "select holdfast.retry($1, $2) as ok",

@@ -1,3 +1,4 @@
+import type { Task } from "../types.js";
 import type { LockSession } from "./lock-session.js";
 import type { Run } from "./runs.js";
 
@@ -58,5 +59,42 @@ export class RunTable {
     for (const [k, at] of this.earlyCancels)
       if (now - at > earlyCancelTtlMs) this.earlyCancels.delete(k);
     return undefined;
+  }
+}
+
+/**
+ * Runs claimed ahead of free slots (the `prefetch` option), in claim order. Each holds its
+ * key's lock on the session that claimed it, so it may start only while that session lives.
+ */
+export class PrefetchQueue {
+  private queue: Array<{ session: LockSession; tasks: Task[] }> = [];
+
+  get size(): number {
+    return this.queue.length;
+  }
+
+  push(session: LockSession, tasks: Task[]): void {
+    this.queue.push({ session, tasks });
+  }
+
+  /** The next run that may start on `session`; runs of other (lost) sessions are dropped. */
+  next(session: LockSession | undefined): Task[] | undefined {
+    for (let p = this.queue.shift(); p; p = this.queue.shift()) {
+      if (p.session === session && !session.isLost) return p.tasks;
+    }
+    return undefined;
+  }
+
+  /** Empties the queue; returns the tasks still held on `session` (to give back). */
+  takeAll(session: LockSession | undefined): Task[] {
+    const all = this.queue.splice(0);
+    return all.filter((p) => p.session === session && !session.isLost).flatMap((p) => p.tasks);
+  }
+
+  /** Drops the runs of a lost session (their locks are gone); returns how many. */
+  drop(session: LockSession): number {
+    const before = this.queue.length;
+    this.queue = this.queue.filter((p) => p.session !== session);
+    return before - this.queue.length;
   }
 }

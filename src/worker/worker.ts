@@ -14,7 +14,7 @@ import type { Task } from "../types.js";
 import type { WorkerEvents } from "./events.js";
 import { Listener } from "./listener.js";
 import { LockSession } from "./lock-session.js";
-import { RunTable } from "./run-table.js";
+import { PrefetchQueue, RunTable } from "./run-table.js";
 import {
   callHandler,
   groupRuns,
@@ -46,6 +46,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private session: LockSession | undefined;
   private listener: Listener | undefined;
   private readonly runs = new RunTable();
+  private readonly prefetched = new PrefetchQueue();
   private readonly maxBatch: number;
   private settled: Settlement[] = [];
   private wantClaim = false;
@@ -146,6 +147,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       { event: "worker_stopping", running: this.runs.live },
       "holdfast: worker stopping",
     );
+    await this.releasePrefetched();
     const drained = this.waitIdle();
     const timeout = new Promise<"timeout">((r) => {
       const t = setTimeout(() => r("timeout"), this.opts.shutdownTimeoutMs);
@@ -164,6 +166,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
     this.kick();
     await this.pumping;
+    await this.releasePrefetched(); // claimed by a claim that was in flight
     // Left unreported only when the lock session was lost meanwhile: those locks are gone.
     for (const s of this.settled.splice(0)) {
       for (const t of s.run.tasks) this.finish(s.run, t, "lost", s.error);
@@ -200,7 +203,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
   }
 
   private canClaim(): boolean {
-    return this.state === "running" && this.activeCount < this.opts.concurrency;
+    const held = this.activeCount + this.prefetched.size;
+    return this.state === "running" && held < this.opts.concurrency + this.opts.prefetch;
   }
 
   private async pump(): Promise<void> {
@@ -252,7 +256,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
         live.filter((s) => s.error !== undefined),
         end,
       );
-      const free = claim ? this.opts.concurrency - this.activeCount : 0;
+      const free = claim
+        ? this.opts.concurrency + this.opts.prefetch - this.activeCount - this.prefetched.size
+        : 0;
       const claimed = await settle(
         session,
         live.filter((s) => s.error === undefined),
@@ -275,7 +281,10 @@ export class Worker extends EventEmitter<WorkerEvents> {
       );
     const runs = groupRuns(rows);
     if (runs.length > 0) this.wakeTimer.claimed();
-    for (const tasks of runs) this.startRun(session, tasks);
+    for (const tasks of runs) {
+      if (this.activeCount < this.opts.concurrency) this.startRun(session, tasks);
+      else this.prefetched.push(session, tasks);
+    }
     if (runs.length === free) {
       this.wantClaim = true; // there may be more
     } else {
@@ -331,6 +340,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private settle(run: Run, error: unknown): void {
     // A run aborted by a lock loss may return after the same task was claimed again.
     this.runs.remove(run);
+    this.startPrefetched();
     if (run.session.isLost || run.controller.signal.reason instanceof LockLostError) {
       // The lock is gone: another worker may already run this task. Report nothing.
       for (const t of run.tasks) this.finish(run, t, "lost", error);
@@ -345,6 +355,36 @@ export class Worker extends EventEmitter<WorkerEvents> {
         this.kickScheduled = false;
         this.kick();
       });
+    }
+  }
+
+  /** Starts prefetched runs in the free slots (no round trip: their locks are held already). */
+  private startPrefetched(): void {
+    const session = this.session;
+    while (session && this.state === "running" && this.activeCount < this.opts.concurrency) {
+      const tasks = this.prefetched.next(session);
+      if (!tasks) return;
+      this.startRun(session, tasks);
+    }
+  }
+
+  /** Gives back prefetched runs that will not start here (stop): pending again, in place. */
+  private async releasePrefetched(): Promise<void> {
+    const session = this.session;
+    const tasks = this.prefetched.takeAll(session);
+    if (!session || tasks.length === 0) return;
+    try {
+      await session.query(sql.release, [tasks.map((t) => t.id), tasks.map((t) => t.fence)]);
+      this.logger.info(
+        { event: "prefetch_released", tasks: tasks.map((t) => t.id) },
+        "holdfast: gave back prefetched tasks that did not start",
+      );
+    } catch (err) {
+      // The session is gone, and their locks with it: the sweep requeues them.
+      this.logger.warn(
+        { event: "prefetch_release_failed", err },
+        "holdfast: could not give back prefetched tasks; the sweep will requeue them",
+      );
     }
   }
 
@@ -379,12 +419,14 @@ export class Worker extends EventEmitter<WorkerEvents> {
     if (this.session !== session) return;
     const aborted = this.runs.runs(session);
     for (const run of aborted) run.controller.abort(err);
+    const dropped = this.prefetched.drop(session);
     this.sweeper.reset();
     this.logger.error(
       {
         event: "lock_lost",
         err,
         aborted: aborted.length,
+        prefetchedDropped: dropped,
         silentMs: Date.now() - session.lastAnswerAt,
       },
       "holdfast: lock session lost; its handlers were aborted",
