@@ -54,13 +54,17 @@ describe("bad options, payloads and connections get a typed error and write noth
     expect(await taskCount()).toBe(0);
   });
 
-  it("a worker with no handlers, a bad kind name, or a handler that is not a function", () => {
+  it("a worker with no handlers, a bad kind name, a handler that is not a function, or a bad concurrency or prefetch", () => {
     expect(() => hf.worker({ handlers: {} })).toThrow(ConfigError);
     expect(() => hf.worker({ handlers: { "bad kind!": () => {} } })).toThrow(ConfigError);
     expect(() => hf.worker({ handlers: { job: 42 as unknown as () => void } })).toThrow(
       ConfigError,
     );
     expect(() => hf.worker({ handlers: { job: () => {} }, concurrency: 0 })).toThrow(ConfigError);
+    for (const prefetch of [-1, 1.5, 1001])
+      expect(() => hf.worker({ handlers: { job: () => {} }, prefetch })).toThrow(
+        /`prefetch` must be an integer from 0 to 1000/,
+      );
   });
 
   it("a malformed connection string, or neither/both of connectionString and pool", () => {
