@@ -3,10 +3,13 @@ import { createDatabase, dropDatabase, sleep } from "./db.js";
 import { round } from "./stats.js";
 import type { QueueSystem } from "./systems/types.js";
 
+/** pg.Pool's default idleTimeoutMillis. */
+const POOL_IDLE_MS = 10_000;
+
 export interface ResourceResult {
   system: string;
   concurrency: number;
-  /** Connections the worker opened that are still open after `windowMs` idle. */
+  /** Connections the worker opened that are still open after 11 s idle. */
   connections: number;
   /** Transactions per second the idle worker ran (pg_stat_database xact deltas). */
   idleXactPerSecond: number;
@@ -45,15 +48,20 @@ export async function idleResources(
   const workers = await Promise.all(
     setups.map((s) => s.sys.startWorker(s.concurrency, async () => {})),
   );
+  const workersUp = Date.now();
   await sleep(2_000);
   const mid = await Promise.all(setups.map((s) => stat(admin, s.db)));
   await sleep(windowMs);
   const after = await Promise.all(setups.map((s) => stat(admin, s.db)));
+  // Count connections once pools have closed the clients that start-up used and left idle
+  // (pg.Pool's default idleTimeoutMillis is 10 s), so a short window counts what a long one does.
+  await sleep(Math.max(0, workersUp + POOL_IDLE_MS + 1_000 - Date.now()));
+  const held = await Promise.all(setups.map((s) => stat(admin, s.db)));
   const out = setups.map((s, i) => ({
     system: s.sys.label,
     concurrency: s.concurrency,
     // Sessions opened by the worker (setup's own connections existed before) and still open.
-    connections: (after[i]?.pids ?? []).filter((p) => !(before[i]?.pids ?? []).includes(p)).length,
+    connections: (held[i]?.pids ?? []).filter((p) => !(before[i]?.pids ?? []).includes(p)).length,
     idleXactPerSecond: round(
       ((after[i]?.xacts ?? 0) - (mid[i]?.xacts ?? 0)) / (windowMs / 1000),
       1,

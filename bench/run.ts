@@ -41,14 +41,14 @@ const pick = args.includes("--systems") && sysArg ? sysArg.split(",") : undefine
 const cfg = quick
   ? {
       wake: 300,
-      pollBudgetMs: 5_000,
+      pollBudgetMs: 3_000,
       tasks: 2_000,
-      tputTimeoutMs: 5_000,
+      tputTimeoutMs: 3_000,
       takeovers: 2,
       claimLevels: [1_000, 100_000],
       claimSamples: 50,
       idleMs: 6_000,
-      longMs: 2_500,
+      longMs: 2_000,
     }
   : {
       wake: 500,
@@ -72,7 +72,10 @@ const systems: Array<() => QueueSystem> = [
   () => new DeriverSystem(deriverProduction),
 ].filter((make) => !pick || pick.some((p) => make().label.startsWith(p)));
 
+const t0 = Date.now();
 const log = (s: string) => process.stderr.write(`${s}\n`);
+/** A section's start, with the seconds since the run began (to see where a run spends them). */
+const section = (s: string) => log(`${s} (at ${Math.round((Date.now() - t0) / 1000)} s)`);
 
 async function main(): Promise<void> {
   const started = Date.now();
@@ -92,7 +95,7 @@ async function main(): Promise<void> {
   const results: Results = { machine, at: new Date().toISOString() };
   try {
     if (want("wake")) {
-      log("wake latency…");
+      section("wake latency…");
       const wake = [await notifyFloor(server.url, cfg.wake)];
       for (const make of systems) {
         const sys = make();
@@ -112,7 +115,7 @@ async function main(): Promise<void> {
       results.wake = wake;
     }
     if (want("throughput")) {
-      log("throughput…");
+      section("throughput…");
       const tput = [];
       for (const keys of [0, 100]) {
         for (const make of systems) {
@@ -123,7 +126,7 @@ async function main(): Promise<void> {
       results.throughput = tput;
     }
     if (want("takeover")) {
-      log("takeover…");
+      section("takeover…");
       results.takeover = [
         await holdfastTakeover(server.url, cfg.takeovers),
         await deriverTakeover(
@@ -144,7 +147,7 @@ async function main(): Promise<void> {
       ];
     }
     if (want("long")) {
-      log("long tasks…");
+      section("long tasks…");
       const ms = cfg.longMs;
       results.longTasks = await Promise.all([
         longTasks(server.url, new HoldfastSystem(), 2, ms, "no timeout to scale"),
@@ -169,11 +172,11 @@ async function main(): Promise<void> {
       });
     }
     if (want("claim")) {
-      log("claim latency vs backlog…");
+      section("claim latency vs backlog…");
       results.claimScale = await claimScale(server.url, cfg.claimLevels, cfg.claimSamples);
     }
     if (want("idle")) {
-      log("idle resources…");
+      section("idle resources…");
       results.resources = await idleResources(
         server.url,
         systems.flatMap((make) => [1, 10].map((concurrency) => ({ make, concurrency }))),
