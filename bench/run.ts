@@ -1,6 +1,7 @@
 // npm run bench [-- --quick] [-- --only wake,throughput,...]: holdfast side by side with
 // graphile-worker, pg-boss and a model of the deriver's stale-timeout scheme, on one embedded
-// Postgres (fsync on). Writes bench/results.json and bench/chart.svg.
+// Postgres (fsync on). A full run writes bench/results.json and bench/chart.svg; --quick,
+// --only and --systems write them to bench/.runs/.
 import { mkdir, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
@@ -188,18 +189,15 @@ async function main(): Promise<void> {
   }
   results.seconds = Math.round((Date.now() - started) / 1000);
   const here = (f: string) => fileURLToPath(new URL(f, import.meta.url));
-  // A partial run (--only / --systems) must not overwrite the committed results.
-  const partial = Boolean(only || pick);
-  if (partial) await mkdir(here(".runs"), { recursive: true });
-  await writeFile(
-    here(partial ? ".runs/results.json" : "results.json"),
-    `${JSON.stringify(results, null, 2)}\n`,
-  );
+  // Only a full run replaces the committed results: a quick or partial one (--only, --systems)
+  // writes to bench/.runs/ (ignored by git).
+  const scratch = quick || Boolean(only || pick);
+  const out = (f: string) => here(scratch ? `.runs/${f}` : f);
+  if (scratch) await mkdir(here(".runs"), { recursive: true });
+  await writeFile(out("results.json"), `${JSON.stringify(results, null, 2)}\n`);
   const report = render(results);
   process.stdout.write(`${report}\n`);
-  if (results.wake && results.throughput && !partial) {
-    await writeFile(here("chart.svg"), chart(results));
-  }
+  if (results.wake && results.throughput) await writeFile(out("chart.svg"), chart(results));
 }
 
 interface Results {
