@@ -1,7 +1,6 @@
 import { randomBytes } from "node:crypto";
 import net from "node:net";
-import type pg from "pg";
-import pgListen, { type Subscriber } from "pg-listen";
+import pg from "pg";
 import type { Logger } from "pino";
 import { asConnectionError } from "../errors.js";
 
@@ -17,107 +16,136 @@ export interface ListenerHandlers {
 /** How often the LISTEN session proves it still receives notifications, and how long it may take. */
 export const listenerPing = { intervalMs: 5_000, timeoutMs: 5_000 };
 
+/** Reconnect backoff: 100 ms doubling to 2 s, jittered so that workers do not reconnect in step. */
+const retryDelayMs = (attempt: number) =>
+  Math.min(100 * 2 ** (attempt - 1), 2_000) * (0.75 + Math.random() * 0.5);
+
 /**
- * The worker's LISTEN session. pg-listen reconnects and re-LISTENs once the connection ends;
- * a half-open connection never ends by itself, so the session NOTIFYs a private channel
- * periodically and destroys its socket when the notification does not come back in time.
+ * The worker's LISTEN session: one pg.Client that LISTENs on `holdfast`, `holdfast_cancel` and
+ * a private ping channel. When the connection ends it reconnects with backoff and LISTENs
+ * again, one statement at a time (a client runs one query at a time). A half-open connection
+ * never ends by itself, so the session NOTIFYs its ping channel periodically and destroys its
+ * socket when the notification does not come back in time.
  */
 export class Listener {
-  private subscriber: Subscriber;
+  private client: pg.Client | undefined;
   private socket: net.Socket | undefined;
   private connected = false;
+  private closing = false;
   private pingTimer: NodeJS.Timeout | undefined;
   private pingAnswered: (() => void) | undefined;
   private readonly pingChannel = `holdfast_ping_${randomBytes(6).toString("hex")}`;
+  private readonly channels: string[];
 
   constructor(
-    config: pg.ClientConfig,
-    applicationName: string,
-    handlers: ListenerHandlers,
+    private readonly config: pg.ClientConfig,
+    private readonly applicationName: string,
+    private readonly handlers: ListenerHandlers,
     private readonly logger: Logger,
     private readonly ping = listenerPing,
   ) {
-    // The socket factory lets a doubtful connection be destroyed (pg-listen does not expose it).
-    const stream =
-      config.stream ??
-      (() => {
-        this.socket = new net.Socket();
-        return this.socket;
-      });
-    // pg-listen is CommonJS: its factory is the `default` of module.exports.
-    this.subscriber = pgListen.default(
-      {
-        ...config,
-        stream,
-        application_name: applicationName,
-        keepAlive: true,
-        connectionTimeoutMillis: config.connectionTimeoutMillis ?? 10_000,
-      },
-      {
-        parse: (s: string) => s,
-        paranoidChecking: false, // its check has no deadline: replaced by the ping below
-        retryInterval: (n: number) => Math.min(100 * 2 ** n, 2_000),
-        retryTimeout: 0,
-      },
-    );
-    this.subscriber.notifications.on(this.pingChannel, () => this.pingAnswered?.());
-    this.subscriber.notifications.on("holdfast", (kind: string) => handlers.wake(kind));
-    this.subscriber.notifications.on("holdfast_cancel", (id: string) =>
-      handlers.cancel(Number(id)),
-    );
-    this.subscriber.events.on("reconnect", (attempt) => {
-      this.connected = false;
-      this.logger.warn(
-        { event: "listen_reconnecting", attempt },
-        "holdfast: LISTEN session lost, reconnecting",
-      );
-    });
-    this.subscriber.events.on("error", (err) => {
-      this.logger.error({ event: "listen_error", err }, "holdfast: LISTEN session error");
-      // A failed re-LISTEN leaves a connection that would not wake us: start over.
-      this.socket?.destroy();
-    });
-    let first = true;
-    this.subscriber.events.on("connected", () => {
-      this.connected = true;
-      if (first) {
-        first = false;
-        return;
-      }
-      this.logger.info(
-        { event: "listen_reconnected" },
-        "holdfast: LISTEN session back, rescanning",
-      );
-      handlers.reconnected();
-    });
+    this.channels = ["holdfast", "holdfast_cancel", this.pingChannel];
   }
 
   async start(): Promise<void> {
     try {
-      await this.subscriber.connect();
-      await this.subscriber.listenTo("holdfast");
-      await this.subscriber.listenTo("holdfast_cancel");
-      await this.subscriber.listenTo(this.pingChannel);
-      this.pingTimer = setInterval(() => void this.checkAlive(), this.ping.intervalMs);
-      this.pingTimer.unref();
+      await this.open();
     } catch (err) {
-      await this.subscriber.close().catch(() => {});
       throw asConnectionError(err, "cannot open the LISTEN session");
+    }
+    this.pingTimer = setInterval(() => void this.checkAlive(), this.ping.intervalMs);
+    this.pingTimer.unref();
+  }
+
+  /** Connects and LISTENs; on failure the client is closed and the error thrown. */
+  private async open(): Promise<void> {
+    const client = new pg.Client({
+      ...this.config,
+      // Our own socket, so that a doubtful connection can be destroyed.
+      stream:
+        this.config.stream ??
+        (() => {
+          this.socket = new net.Socket();
+          return this.socket;
+        }),
+      application_name: this.applicationName,
+      keepAlive: true,
+      connectionTimeoutMillis: this.config.connectionTimeoutMillis ?? 10_000,
+    });
+    // Both fire on a lost connection; the first one starts the reconnect.
+    client.on("error", () => this.lost(client));
+    client.on("end", () => this.lost(client));
+    client.on("notification", (n) => this.dispatch(n.channel, n.payload ?? ""));
+    this.client = client;
+    try {
+      await client.connect();
+      for (const channel of this.channels) await client.query(`listen "${channel}"`);
+    } catch (err) {
+      this.client = undefined;
+      await client.end().catch(() => {});
+      throw err;
+    }
+    this.connected = true;
+  }
+
+  private dispatch(channel: string, payload: string): void {
+    if (channel === "holdfast") this.handlers.wake(payload);
+    else if (channel === "holdfast_cancel") this.handlers.cancel(Number(payload));
+    else if (channel === this.pingChannel) this.pingAnswered?.();
+  }
+
+  /** The current client's connection ended or failed: reconnect until it works or we close. */
+  private lost(client: pg.Client): void {
+    if (client !== this.client || this.closing) return;
+    this.client = undefined;
+    this.connected = false;
+    client.end().catch(() => {});
+    void this.reconnect();
+  }
+
+  private async reconnect(): Promise<void> {
+    this.logger.warn(
+      { event: "listen_reconnecting" },
+      "holdfast: LISTEN session lost, reconnecting",
+    );
+    for (let attempt = 1; !this.closing; attempt++) {
+      try {
+        await this.open();
+      } catch (err) {
+        const retryInMs = Math.round(retryDelayMs(attempt));
+        this.logger.warn(
+          { event: "listen_reconnect_failed", attempt, retryInMs, err },
+          "holdfast: LISTEN session could not reconnect; retrying",
+        );
+        await new Promise((r) => setTimeout(r, retryInMs).unref());
+        continue;
+      }
+      if (this.closing) {
+        await this.client?.end().catch(() => {});
+        return;
+      }
+      this.logger.info(
+        { event: "listen_reconnected", attempt },
+        "holdfast: LISTEN session back, rescanning",
+      );
+      this.handlers.reconnected();
+      return;
     }
   }
 
   /** NOTIFYs its own private channel; no echo within the deadline: the socket is destroyed. */
   private async checkAlive(): Promise<void> {
-    if (!this.connected || this.pingAnswered) return;
+    const client = this.client;
+    if (!this.connected || !client || this.pingAnswered) return;
     const socket = this.socket;
     const answered = new Promise<boolean>((resolve) => {
       this.pingAnswered = () => resolve(true);
       setTimeout(() => resolve(false), this.ping.timeoutMs).unref();
     });
-    this.subscriber.notify(this.pingChannel).catch(() => {});
+    client.query(`notify "${this.pingChannel}"`).catch(() => {});
     const ok = await answered;
     this.pingAnswered = undefined;
-    if (!ok && this.connected && socket === this.socket) {
+    if (!ok && client === this.client && socket === this.socket) {
       this.logger.warn(
         { event: "listen_unresponsive", timeoutMs: this.ping.timeoutMs },
         "holdfast: LISTEN session did not answer; reconnecting",
@@ -127,10 +155,13 @@ export class Listener {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     if (this.pingTimer) clearInterval(this.pingTimer);
     this.connected = false;
+    const client = this.client;
+    this.client = undefined;
     const timeout = new Promise<void>((r) => setTimeout(r, this.ping.timeoutMs).unref());
-    await Promise.race([this.subscriber.close().catch(() => {}), timeout]);
+    await Promise.race([client?.end().catch(() => {}), timeout]);
     this.socket?.destroy();
   }
 }

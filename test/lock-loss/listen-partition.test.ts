@@ -1,5 +1,5 @@
-// The LISTEN session behind a half-open connection: pg-listen alone would wait forever for an
-// answer; the ping with a deadline destroys the socket, reconnects and re-LISTENs.
+// The LISTEN session behind a half-open connection: without the ping it would wait forever for
+// an answer; the ping with a deadline destroys the socket, reconnects and re-LISTENs.
 import { pino } from "pino";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { Listener } from "../../src/worker/listener.js";
@@ -33,6 +33,11 @@ it("a LISTEN session cut without FIN or RST reconnects after the cut heals and r
       },
     },
   );
+  // pg warns (and pg@9 will fail) when a client is given a query while it runs another: the
+  // re-LISTEN after a reconnect must send its statements one at a time.
+  const warnings: string[] = [];
+  const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`);
+  process.on("warning", onWarning);
   const woken: string[] = [];
   let wake = gate<string>();
   const listener = new Listener(
@@ -67,7 +72,9 @@ it("a LISTEN session cut without FIN or RST reconnects after the cut heals and r
     wake = gate<string>();
     await db.pool.query("select pg_notify('holdfast', 'after')");
     expect(await wake.promise).toBe("after");
+    expect(warnings.filter((w) => w.includes("already executing a query"))).toEqual([]);
   } finally {
+    process.off("warning", onWarning);
     await listener.close();
   }
 });
