@@ -1,4 +1,6 @@
-import type { HoldfastError } from "./errors.js";
+import type pg from "pg";
+import { asKnownError, type HoldfastError } from "./errors.js";
+import { sql } from "./queries/tasks.js";
 import type { DefineKindOptions, Interval } from "./types.js";
 
 /** Parameters of `holdfast.define_kind` (null keeps the stored value). */
@@ -40,4 +42,18 @@ function intervalLiteral(value: Interval, where: string, Err: ErrorCtor): string
   if (typeof value !== "string" || value.trim() === "")
     throw new Err(`holdfast: ${where}: minInterval must be ms or an interval like "8 hours"`);
   return value;
+}
+
+/** Creates each kind a worker handles, or updates the settings its handlers give. */
+export async function defineKinds(
+  pool: pg.Pool,
+  kinds: Iterable<{ kind: string; params: KindParams }>,
+) {
+  for (const { kind, params: p } of kinds) {
+    await pool
+      .query(sql.defineKind, [kind, p.maxAttempts, p.minInterval, p.batchMax])
+      .catch((err: unknown) => {
+        throw asKnownError(err);
+      });
+  }
 }

@@ -11,7 +11,7 @@ export interface LogRun {
 }
 
 export interface Violation {
-  kind: "overlap" | "not-ended" | "ended-twice" | "fence-order";
+  kind: "overlap" | "not-ended" | "ended-twice" | "fence-order" | "extra-session";
   detail: string;
 }
 
@@ -132,4 +132,17 @@ export async function check(
     reruns,
     violations,
   };
+}
+
+/**
+ * Sessions per worker once the faults are over: each live worker process holds one lock and
+ * one LISTEN session (holdfast names them), whatever it went through. A reconnect that left a
+ * session behind shows here.
+ */
+export async function extraSessions(pool: pg.Pool): Promise<Violation[]> {
+  const { rows } = await pool.query<{ app: string; n: number }>(
+    `select application_name as app, count(*)::int as n from pg_stat_activity
+     where application_name like 'holdfast:%' group by 1 having count(*) > 1 order by 1`,
+  );
+  return rows.map((r) => ({ kind: "extra-session", detail: `${r.n} sessions named ${r.app}` }));
 }

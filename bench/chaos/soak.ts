@@ -7,7 +7,7 @@ import { Holdfast } from "../../src/index.js";
 import { type EmbeddedServer, startEmbedded } from "../../test/support/postgres.js";
 import { startProxy, type TcpProxy } from "../../test/support/tcp-proxy.js";
 import { createDatabase } from "../db.js";
-import { type CheckResult, check, type LogRun } from "./check.js";
+import { type CheckResult, check, extraSessions, type LogRun } from "./check.js";
 
 export type Fault = "kill" | "partition" | "restart";
 
@@ -150,10 +150,13 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
 
   const counts: Record<Fault, number> = { kill: 0, partition: 0, restart: 0 };
   const deadline = started + opts.durationMs;
+  const order: Fault[] = [];
   while (opts.faults.length > 0 && Date.now() < deadline) {
     await sleep(rand(opts.faultEveryMs * 0.5, opts.faultEveryMs * 1.5));
     if (Date.now() >= deadline) break;
-    const fault = opts.faults[Math.floor(rand(0, opts.faults.length))] as Fault;
+    // Each kind once per round, in a random order: a short soak still sees every kind.
+    if (order.length === 0) order.push(...[...opts.faults].sort(() => Math.random() - 0.5));
+    const fault = order.shift() as Fault;
     const slot = Math.floor(rand(0, opts.workers));
     counts[fault]++;
     if (fault === "kill") {
@@ -200,6 +203,7 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   const crashes = all.filter((i) => i.exitedAt !== undefined && i.killedAt === undefined).length;
   const runEnd = (r: LogRun) => exits.get(`${r.task_id}:${r.fence}`) ?? deaths.get(r.worker);
   const result = await check(pool, runEnd);
+  result.violations.push(...(await extraSessions(pool)));
 
   shuttingDown = true;
   for (const inst of instances.values()) {

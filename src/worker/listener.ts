@@ -3,6 +3,7 @@ import net from "node:net";
 import pg from "pg";
 import type { Logger } from "pino";
 import { asConnectionError } from "../errors.js";
+import { retryWithBackoff } from "./backoff.js";
 
 export interface ListenerHandlers {
   /** A task of this kind may be ready. */
@@ -15,10 +16,6 @@ export interface ListenerHandlers {
 
 /** How often the LISTEN session proves it still receives notifications, and how long it may take. */
 export const listenerPing = { intervalMs: 5_000, timeoutMs: 5_000 };
-
-/** Reconnect backoff: 100 ms doubling to 2 s, jittered so that workers do not reconnect in step. */
-const retryDelayMs = (attempt: number) =>
-  Math.min(100 * 2 ** (attempt - 1), 2_000) * (0.75 + Math.random() * 0.5);
 
 /**
  * The worker's LISTEN session: one pg.Client that LISTENs on `holdfast`, `holdfast_cancel` and
@@ -57,7 +54,12 @@ export class Listener {
     this.pingTimer.unref();
   }
 
-  /** Connects and LISTENs; on failure the client is closed and the error thrown. */
+  /**
+   * Connects and LISTENs; on failure the client is closed and the error thrown. The client
+   * becomes current only once it listens: the events of a connection that fails while opening
+   * are ignored (the error is thrown here), so a failed attempt cannot start a second
+   * reconnect loop, and so a second connection.
+   */
   private async open(): Promise<void> {
     const client = new pg.Client({
       ...this.config,
@@ -76,15 +78,14 @@ export class Listener {
     client.on("error", () => this.lost(client));
     client.on("end", () => this.lost(client));
     client.on("notification", (n) => this.dispatch(n.channel, n.payload ?? ""));
-    this.client = client;
     try {
       await client.connect();
       for (const channel of this.channels) await client.query(`listen "${channel}"`);
     } catch (err) {
-      this.client = undefined;
       await client.end().catch(() => {});
       throw err;
     }
+    this.client = client;
     this.connected = true;
   }
 
@@ -108,29 +109,33 @@ export class Listener {
       { event: "listen_reconnecting" },
       "holdfast: LISTEN session lost, reconnecting",
     );
-    for (let attempt = 1; !this.closing; attempt++) {
-      try {
+    let attempts = 0;
+    const ok = await retryWithBackoff(
+      async () => {
+        attempts++;
         await this.open();
-      } catch (err) {
-        const retryInMs = Math.round(retryDelayMs(attempt));
-        this.logger.warn(
-          { event: "listen_reconnect_failed", attempt, retryInMs, err },
-          "holdfast: LISTEN session could not reconnect; retrying",
-        );
-        await new Promise((r) => setTimeout(r, retryInMs).unref());
-        continue;
-      }
-      if (this.closing) {
-        await this.client?.end().catch(() => {});
-        return;
-      }
-      this.logger.info(
-        { event: "listen_reconnected", attempt },
-        "holdfast: LISTEN session back, rescanning",
-      );
-      this.handlers.reconnected();
+      },
+      {
+        initialMs: 100,
+        maxMs: 2_000,
+        keepGoing: () => !this.closing,
+        onFailure: (err, attempt, retryInMs) =>
+          this.logger.warn(
+            { event: "listen_reconnect_failed", attempt, retryInMs, err },
+            "holdfast: LISTEN session could not reconnect; retrying",
+          ),
+      },
+    );
+    if (!ok) return;
+    if (this.closing) {
+      await this.client?.end().catch(() => {});
       return;
     }
+    this.logger.info(
+      { event: "listen_reconnected", attempts },
+      "holdfast: LISTEN session back, rescanning",
+    );
+    this.handlers.reconnected();
   }
 
   /** NOTIFYs its own private channel; no echo within the deadline: the socket is destroyed. */
@@ -151,6 +156,7 @@ export class Listener {
         "holdfast: LISTEN session did not answer; reconnecting",
       );
       socket?.destroy();
+      this.lost(client); // whether or not the destroyed socket still reports its end
     }
   }
 

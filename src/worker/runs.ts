@@ -21,6 +21,19 @@ export interface Settlement {
   error?: unknown;
 }
 
+/** A run of claimed tasks (one, or a batch of one key), with its logger and abort signal. */
+export function newRun(session: LockSession, tasks: Task[], parent: Logger): Run {
+  const task = tasks[0] as Task;
+  const logger = parent.child({
+    task: tasks.length > 1 ? tasks.map((t) => t.id) : task.id,
+    kind: task.kind,
+    key: task.key,
+    attempt: task.attempt,
+    fence: task.fence,
+  });
+  return { task, tasks, controller: new AbortController(), session, logger };
+}
+
 /** Calls the kind's handler for the run; resolves or rejects as the handler does. */
 export async function callHandler(kind: ResolvedKind | undefined, run: Run): Promise<void> {
   const { task, tasks, controller, logger } = run;
@@ -140,4 +153,25 @@ export function logOutcome(run: Run, task: Task, outcome: Outcome, error?: unkno
       { event: "task_lost", err: error },
       "holdfast: lock lost during the run; outcome not reported",
     );
+}
+
+/** Gives back claimed tasks that did not start (a stopping worker's prefetched ones). */
+export async function releaseUnstarted(
+  session: LockSession,
+  tasks: Task[],
+  logger: Logger,
+): Promise<void> {
+  try {
+    await session.query(sql.release, [tasks.map((t) => t.id), tasks.map((t) => t.fence)]);
+    logger.info(
+      { event: "prefetch_released", tasks: tasks.map((t) => t.id) },
+      "holdfast: gave back prefetched tasks that did not start",
+    );
+  } catch (err) {
+    // The session is gone, and their locks with it: the sweep requeues them.
+    logger.warn(
+      { event: "prefetch_release_failed", err },
+      "holdfast: could not give back prefetched tasks; the sweep will requeue them",
+    );
+  }
 }

@@ -1,3 +1,4 @@
+import type { Logger } from "pino";
 import { sql } from "../queries/tasks.js";
 import type { PreviousHolder } from "./events.js";
 import type { LockSession } from "./lock-session.js";
@@ -16,6 +17,8 @@ export interface SweepResult {
 export class Sweeper {
   private leader = false;
 
+  constructor(private readonly logger: Logger) {}
+
   /** The session changed: leadership (a lock of the old session) is gone with it. */
   reset(): void {
     this.leader = false;
@@ -28,9 +31,17 @@ export class Sweeper {
       if (!row?.leader) return { elected, requeued: 0, previous: [] };
       this.leader = elected = true;
     }
+    if (elected) this.logger.info({ event: "leader" }, "holdfast: elected to sweep orphaned tasks");
     const [row] = await session.query<{ requeued: number; previous: PreviousHolder[] | null }>(
       sql.sweep,
     );
-    return { elected, requeued: row?.requeued ?? 0, previous: row?.previous ?? [] };
+    const requeued = row?.requeued ?? 0;
+    const previous = row?.previous ?? [];
+    if (requeued > 0)
+      this.logger.warn(
+        { event: "takeover", requeued, previous },
+        "holdfast: requeued tasks whose holder died",
+      );
+    return { elected, requeued, previous };
   }
 }

@@ -1,16 +1,12 @@
 import { EventEmitter } from "node:events";
 import type pg from "pg";
 import type { Logger } from "pino";
-import {
-  asKnownError,
-  HoldfastError,
-  LockLostError,
-  ShutdownError,
-  TaskCancelledError,
-} from "../errors.js";
+import { HoldfastError, LockLostError, ShutdownError, TaskCancelledError } from "../errors.js";
+import { defineKinds } from "../kinds.js";
 import type { ResolvedWorkerOptions } from "../options.js";
-import { sql, type TaskRow } from "../queries/tasks.js";
+import type { TaskRow } from "../queries/tasks.js";
 import type { Task } from "../types.js";
+import { retryWithBackoff } from "./backoff.js";
 import type { WorkerEvents } from "./events.js";
 import { Listener } from "./listener.js";
 import { LockSession } from "./lock-session.js";
@@ -19,8 +15,10 @@ import {
   callHandler,
   groupRuns,
   logOutcome,
+  newRun,
   type Outcome,
   type Run,
+  releaseUnstarted,
   reportFailures,
   type Settlement,
   settle,
@@ -56,7 +54,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private state: "new" | "starting" | "running" | "stopping" | "stopped" = "new";
   private timers: NodeJS.Timeout[] = [];
   private readonly wakeTimer: WakeTimer;
-  private readonly sweeper = new Sweeper();
+  private readonly sweeper: Sweeper;
   private reconnecting = false;
 
   constructor(
@@ -68,6 +66,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.kinds = [...opts.kinds.keys()];
     this.maxBatch = Math.max(...[...opts.kinds.values()].map((k) => k.batchMax));
     this.logger = deps.logger.child({ worker: opts.name });
+    this.sweeper = new Sweeper(this.logger);
     this.wakeTimer = new WakeTimer(this.kinds, opts.rescanIntervalMs, () => this.requestClaim());
     // An unhandled 'error' event would crash the host process; errors are logged already.
     this.on("error", () => {});
@@ -83,14 +82,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       throw new HoldfastError("HF_STATE", `holdfast: worker already ${this.state}`);
     this.state = "starting";
     try {
-      for (const k of this.opts.kinds.values()) {
-        const p = k.params;
-        await this.deps.pool
-          .query(sql.defineKind, [k.kind, p.maxAttempts, p.minInterval, p.batchMax])
-          .catch((err: unknown) => {
-            throw asKnownError(err);
-          });
-      }
+      await defineKinds(this.deps.pool, this.opts.kinds.values());
       // LISTEN before the first scan, so a task enqueued in between still wakes us.
       this.listener = new Listener(
         this.deps.connection,
@@ -295,17 +287,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
 
   private async sweep(session: LockSession): Promise<void> {
     const result = await this.sweeper.tick(session);
-    if (result.elected) {
-      this.logger.info({ event: "leader" }, "holdfast: elected to sweep orphaned tasks");
-      this.emit("leader");
-    }
+    if (result.elected) this.emit("leader");
     if (result.requeued > 0) {
-      const { requeued, previous } = result;
-      this.logger.warn(
-        { event: "takeover", requeued, previous },
-        "holdfast: requeued tasks whose holder died",
-      );
-      this.emit("takeover", { requeued, previous });
+      this.emit("takeover", { requeued: result.requeued, previous: result.previous });
       this.wantClaim = true;
     }
   }
@@ -316,21 +300,12 @@ export class Worker extends EventEmitter<WorkerEvents> {
   }
 
   private startRun(session: LockSession, tasks: Task[]): void {
-    const task = tasks[0] as Task;
-    const controller = new AbortController();
-    const logger = this.logger.child({
-      task: tasks.length > 1 ? tasks.map((t) => t.id) : task.id,
-      kind: task.kind,
-      key: task.key,
-      attempt: task.attempt,
-      fence: task.fence,
-    });
-    const run: Run = { task, tasks, controller, session, logger };
+    const run = newRun(session, tasks, this.logger);
     const cancelledEarly = this.runs.add(run);
-    logger.info({ event: "task_started", batch: tasks.length }, "holdfast: task started");
+    run.logger.info({ event: "task_started", batch: tasks.length }, "holdfast: task started");
     for (const t of tasks) this.emit("task:start", t);
     for (const id of cancelledEarly) this.cancelRunning(id);
-    const started = callHandler(this.opts.kinds.get(task.kind), run);
+    const started = callHandler(this.opts.kinds.get(run.task.kind), run);
     started.then(
       () => this.settle(run, undefined),
       (err: unknown) => this.settle(run, err ?? new Error("handler rejected without a reason")),
@@ -372,20 +347,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private async releasePrefetched(): Promise<void> {
     const session = this.session;
     const tasks = this.prefetched.takeAll(session);
-    if (!session || tasks.length === 0) return;
-    try {
-      await session.query(sql.release, [tasks.map((t) => t.id), tasks.map((t) => t.fence)]);
-      this.logger.info(
-        { event: "prefetch_released", tasks: tasks.map((t) => t.id) },
-        "holdfast: gave back prefetched tasks that did not start",
-      );
-    } catch (err) {
-      // The session is gone, and their locks with it: the sweep requeues them.
-      this.logger.warn(
-        { event: "prefetch_release_failed", err },
-        "holdfast: could not give back prefetched tasks; the sweep will requeue them",
-      );
-    }
+    if (session && tasks.length > 0) await releaseUnstarted(session, tasks, this.logger);
   }
 
   /** Aborts the run holding task `id` (a whole batch: its other tasks fail and are retried). */
@@ -439,27 +401,22 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private async reconnect(): Promise<void> {
     if (this.reconnecting) return;
     this.reconnecting = true;
-    let delay = 100;
     try {
-      while (this.state === "running") {
-        try {
-          await this.openSession();
-          if (this.state !== "running") return;
-          this.logger.info({ event: "lock_reconnected" }, "holdfast: lock session reconnected");
-          this.emit("lock:reconnected");
-          this.sweepDue = true;
-          this.requestClaim();
-          return;
-        } catch (err) {
-          const wait = Math.round(delay * (0.5 + Math.random() / 2));
+      const ok = await retryWithBackoff(() => this.openSession(), {
+        initialMs: 100,
+        maxMs: this.opts.reconnectMaxDelayMs,
+        keepGoing: () => this.state === "running",
+        onFailure: (err, _attempt, retryInMs) =>
           this.logger.warn(
-            { event: "lock_reconnect_failed", err, retryInMs: wait },
+            { event: "lock_reconnect_failed", err, retryInMs },
             "holdfast: lock session reconnect failed",
-          );
-          await new Promise((r) => setTimeout(r, wait));
-          delay = Math.min(delay * 2, this.opts.reconnectMaxDelayMs);
-        }
-      }
+          ),
+      });
+      if (!ok || this.state !== "running") return;
+      this.logger.info({ event: "lock_reconnected" }, "holdfast: lock session reconnected");
+      this.emit("lock:reconnected");
+      this.sweepDue = true;
+      this.requestClaim();
     } finally {
       this.reconnecting = false;
     }

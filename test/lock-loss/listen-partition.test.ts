@@ -64,6 +64,8 @@ it("a LISTEN session cut without FIN or RST reconnects after the cut heals and r
     await db.pool.query("select pg_notify('holdfast', 'lost')"); // vanishes in the cut
     await unresponsive.promise; // its ping went unanswered: the socket is destroyed
     console.log(`LISTEN session given up ${Date.now() - cutAt} ms after the cut`);
+    // Cut long enough for reconnect attempts to time out (connectionTimeoutMillis 1 s).
+    await new Promise((r) => setTimeout(r, 2_500));
     const healedAt = Date.now();
     proxy.heal();
     await reconnected.promise;
@@ -73,6 +75,12 @@ it("a LISTEN session cut without FIN or RST reconnects after the cut heals and r
     await db.pool.query("select pg_notify('holdfast', 'after')");
     expect(await wake.promise).toBe("after");
     expect(warnings.filter((w) => w.includes("already executing a query"))).toEqual([]);
+    // The failed attempts left no second session behind (each would LISTEN and wake us too).
+    await new Promise((r) => setTimeout(r, 1_000));
+    const { rows } = await db.pool.query<{ n: number }>(
+      "select count(*)::int as n from pg_stat_activity where application_name = 'holdfast:listen:test'",
+    );
+    expect(rows[0]?.n).toBe(1);
   } finally {
     process.off("warning", onWarning);
     await listener.close();

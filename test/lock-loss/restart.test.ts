@@ -67,6 +67,8 @@ it("after a Postgres restart with tasks running, every task ends exactly once an
   const haltedAt = Date.now();
   const errors = await Promise.all(lost);
   for (const [e] of errors) expect(e).toBeInstanceOf(LockLostError);
+  // Down long enough for several failed reconnect attempts of both sessions.
+  await new Promise((r) => setTimeout(r, 1_500));
   await server.start();
   const restartedAt = Date.now();
   await Promise.all(reconnected);
@@ -107,4 +109,15 @@ it("after a Postgres restart with tasks running, every task ends exactly once an
   await hf.enqueue("job", { key: "restart:after", payload: { ms: 1 } });
   await woke;
   expect(Date.now() - enqueuedAt).toBeLessThan(5_000);
+
+  // Failed reconnect attempts left nothing behind: one lock and one LISTEN session per worker.
+  const { rows: sessions } = await db.pool.query<{ app: string; n: number }>(
+    `select application_name as app, count(*)::int as n from pg_stat_activity
+     where application_name like 'holdfast:%' group by 1 order by 1`,
+  );
+  expect(sessions).toEqual(
+    ["lock", "listen"]
+      .flatMap((s) => ["w1", "w2"].map((w) => ({ app: `holdfast:${s}:${w}`, n: 1 })))
+      .sort((a, b) => a.app.localeCompare(b.app)),
+  );
 });
