@@ -69,6 +69,11 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   const proxies: TcpProxy[] = [];
   const generation = new Map<string, number>();
   let shuttingDown = false;
+  // If the soak dies of an exception, its workers must not live on, reconnecting forever.
+  const killAll = () => {
+    for (const inst of all) if (inst.exitedAt === undefined) inst.child.kill("SIGKILL");
+  };
+  process.once("exit", killAll);
 
   const spawnWorker = async (slot: number): Promise<Instance> => {
     const gen = (generation.get(`w${slot}`) ?? 0) + 1;
@@ -211,6 +216,7 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     inst.child.kill("SIGKILL");
     await inst.exited;
   }
+  process.off("exit", killAll);
   await Promise.all(proxies.map((p) => p.close()));
   await hf.close();
   await pool.end();
