@@ -34,6 +34,16 @@ export async function dropDatabase(adminUrl: string, url: string): Promise<void>
   }
 }
 
+/**
+ * A benchmark drops each database with its connections when a run ends (also after a timeout,
+ * with queries in flight): a terminated client, idle or being ended, must not crash the run.
+ */
+export function quietPool(pool: pg.Pool): pg.Pool {
+  pool.on("error", () => {});
+  pool.on("connect", (client) => client.on("error", () => {}));
+  return pool;
+}
+
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 /** Polls `check` every `everyMs` until it returns true or `timeoutMs` passes. */

@@ -71,7 +71,7 @@ export async function wakeLatency(
       await started;
     }
     for (let i = 0; i < samples && Date.now() < deadline; i++) {
-      await until(async () => active === 0 && (await system.remaining()) === 0, 10_000, 5);
+      await until(async () => active === 0 && (await system.remaining()) === 0, 10_000, 1);
       await sleep(3 + Math.random() * (maxGapMs - 3));
       const started = new Promise<number>((r) => (onStart = r));
       await system.enqueue(`w${i}`);

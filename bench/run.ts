@@ -43,7 +43,7 @@ const cfg = quick
   ? {
       wake: 300,
       pollBudgetMs: 3_000,
-      tasks: 2_000,
+      tasks: 1_000,
       tputTimeoutMs: 3_000,
       takeovers: 2,
       claimLevels: [1_000, 100_000],

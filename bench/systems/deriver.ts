@@ -1,4 +1,5 @@
 import pg from "pg";
+import { quietPool } from "../db.js";
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
@@ -53,6 +54,7 @@ export class DeriverSystem implements QueueSystem {
   async setup(url: string): Promise<void> {
     this.url = url;
     this.pool = new pg.Pool({ connectionString: url, max: 4 });
+    quietPool(this.pool);
     await this.pool.query(schema);
   }
 
@@ -114,7 +116,7 @@ class DeriverWorker {
     private readonly handler: (key: string) => Promise<void>,
   ) {
     this.pool = new pg.Pool({ connectionString: url, max: concurrency + 1 });
-    this.pool.on("error", () => {});
+    quietPool(this.pool);
   }
 
   start(): void {

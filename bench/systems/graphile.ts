@@ -1,5 +1,6 @@
 import { Logger, makeWorkerUtils, run, runMigrations, type WorkerUtils } from "graphile-worker";
 import pg from "pg";
+import { quietPool } from "../db.js";
 import type { QueueSystem, RunningWorker } from "./types.js";
 
 const silent = new Logger(() => () => {});
@@ -30,8 +31,7 @@ export class GraphileSystem implements QueueSystem {
 
   private newPool(max: number): pg.Pool {
     const pool = new pg.Pool({ connectionString: this.url, max });
-    pool.on("error", () => {});
-    pool.on("connect", (client) => client.on("error", () => {}));
+    quietPool(pool);
     this.pools.push(pool);
     return pool;
   }

@@ -1,6 +1,7 @@
 import pg from "pg";
 import { pino } from "pino";
 import { Holdfast } from "../../src/index.js";
+import { quietPool } from "../db.js";
 import type { QueueSystem, RunningWorker } from "./types.js";
 
 const silent = pino({ level: "silent" });
@@ -23,6 +24,7 @@ export class HoldfastSystem implements QueueSystem {
   async setup(url: string): Promise<void> {
     this.url = url;
     this.pool = new pg.Pool({ connectionString: url, max: 4 });
+    quietPool(this.pool);
     this.hf = new Holdfast({ pool: this.pool, logger: silent });
     await this.hf.migrate();
     await this.pool.query("select holdfast.define_kind('noop')");

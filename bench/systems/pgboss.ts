@@ -1,5 +1,6 @@
 import pg from "pg";
 import { PgBoss } from "pg-boss";
+import { quietPool } from "../db.js";
 import type { QueueSystem, RunningWorker } from "./types.js";
 
 const queue = "noop";
@@ -45,6 +46,7 @@ export class PgBossSystem implements QueueSystem {
       ...(this.tuned ? { notify: true } : {}),
     });
     this.pool = new pg.Pool({ connectionString: url, max: 2 });
+    quietPool(this.pool);
   }
 
   async enqueue(key: string): Promise<void> {
