@@ -79,7 +79,6 @@ const log = (s: string) => process.stderr.write(`${s}\n`);
 const section = (s: string) => log(`${s} (at ${Math.round((Date.now() - t0) / 1000)} s)`);
 
 async function main(): Promise<void> {
-  const started = Date.now();
   const server = await startBenchServer();
   const admin = new pg.Client({ connectionString: server.url });
   await admin.connect();
@@ -187,7 +186,7 @@ async function main(): Promise<void> {
   } finally {
     await server.stop();
   }
-  results.seconds = Math.round((Date.now() - started) / 1000);
+  results.seconds = Math.round((Date.now() - t0) / 1000);
   const here = (f: string) => fileURLToPath(new URL(f, import.meta.url));
   // Only a full run replaces the committed results: a quick or partial one (--only, --systems)
   // writes to bench/.runs/ (ignored by git).

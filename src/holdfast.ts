@@ -7,7 +7,7 @@ import {
   InvalidArgumentError,
   translateError,
 } from "./errors.js";
-import { kindParams } from "./kinds.js";
+import { defineKind, kindParams } from "./kinds.js";
 import { HoldfastMetrics, type MetricsOptions } from "./metrics.js";
 import { type MigrateResult, migrate } from "./migrate.js";
 import {
@@ -66,8 +66,7 @@ export class Holdfast {
   async defineKind(kind: string, options: DefineKindOptions = {}): Promise<void> {
     if (typeof kind !== "string" || kind === "")
       throw new InvalidArgumentError("holdfast: kind must be a non-empty string");
-    const p = kindParams(kind, options, InvalidArgumentError);
-    await this.query(sql.defineKind, [kind, p.maxAttempts, p.minInterval, p.batchMax]);
+    await defineKind(this.opts.pool, kind, kindParams(kind, options, InvalidArgumentError));
   }
 
   /** Adds a task. Resolves once it is committed; idle workers are notified on commit. */

@@ -44,16 +44,11 @@ function intervalLiteral(value: Interval, where: string, Err: ErrorCtor): string
   return value;
 }
 
-/** Creates each kind a worker handles, or updates the settings its handlers give. */
-export async function defineKinds(
-  pool: pg.Pool,
-  kinds: Iterable<{ kind: string; params: KindParams }>,
-) {
-  for (const { kind, params: p } of kinds) {
-    await pool
-      .query(sql.defineKind, [kind, p.maxAttempts, p.minInterval, p.batchMax])
-      .catch((err: unknown) => {
-        throw asKnownError(err);
-      });
+/** Runs holdfast.define_kind: creates the kind, or updates the settings given. */
+export async function defineKind(pool: pg.Pool, kind: string, p: KindParams): Promise<void> {
+  try {
+    await pool.query(sql.defineKind, [kind, p.maxAttempts, p.minInterval, p.batchMax]);
+  } catch (err) {
+    throw asKnownError(err);
   }
 }

@@ -27,7 +27,6 @@ export const listenerPing = { intervalMs: 5_000, timeoutMs: 5_000 };
 export class Listener {
   private client: pg.Client | undefined;
   private socket: net.Socket | undefined;
-  private connected = false;
   private closing = false;
   private pingTimer: NodeJS.Timeout | undefined;
   private pingAnswered: (() => void) | undefined;
@@ -85,8 +84,7 @@ export class Listener {
       await client.end().catch(() => {});
       throw err;
     }
-    this.client = client;
-    this.connected = true;
+    this.client = client; // from here on, its events mean a lost connection
   }
 
   private dispatch(channel: string, payload: string): void {
@@ -99,7 +97,6 @@ export class Listener {
   private lost(client: pg.Client): void {
     if (client !== this.client || this.closing) return;
     this.client = undefined;
-    this.connected = false;
     client.end().catch(() => {});
     void this.reconnect();
   }
@@ -109,26 +106,22 @@ export class Listener {
       { event: "listen_reconnecting" },
       "holdfast: LISTEN session lost, reconnecting",
     );
-    let attempts = 0;
-    const ok = await retryWithBackoff(
-      async () => {
-        attempts++;
-        await this.open();
-      },
-      {
-        initialMs: 100,
-        maxMs: 2_000,
-        keepGoing: () => !this.closing,
-        onFailure: (err, attempt, retryInMs) =>
-          this.logger.warn(
-            { event: "listen_reconnect_failed", attempt, retryInMs, err },
-            "holdfast: LISTEN session could not reconnect; retrying",
-          ),
-      },
-    );
-    if (!ok) return;
+    const attempts = await retryWithBackoff(() => this.open(), {
+      initialMs: 100,
+      maxMs: 2_000,
+      keepGoing: () => !this.closing,
+      onFailure: (err, attempt, retryInMs) =>
+        this.logger.warn(
+          { event: "listen_reconnect_failed", attempt, retryInMs, err },
+          "holdfast: LISTEN session could not reconnect; retrying",
+        ),
+    });
+    if (attempts === undefined) return;
     if (this.closing) {
-      await this.client?.end().catch(() => {});
+      // close() ran while this attempt connected: the client it opened is ours to end.
+      const client = this.client;
+      this.client = undefined;
+      await client?.end().catch(() => {});
       return;
     }
     this.logger.info(
@@ -141,7 +134,7 @@ export class Listener {
   /** NOTIFYs its own private channel; no echo within the deadline: the socket is destroyed. */
   private async checkAlive(): Promise<void> {
     const client = this.client;
-    if (!this.connected || !client || this.pingAnswered) return;
+    if (!client || this.pingAnswered) return;
     const socket = this.socket;
     const answered = new Promise<boolean>((resolve) => {
       this.pingAnswered = () => resolve(true);
@@ -150,7 +143,7 @@ export class Listener {
     client.query(`notify "${this.pingChannel}"`).catch(() => {});
     const ok = await answered;
     this.pingAnswered = undefined;
-    if (!ok && client === this.client && socket === this.socket) {
+    if (!ok && client === this.client) {
       this.logger.warn(
         { event: "listen_unresponsive", timeoutMs: this.ping.timeoutMs },
         "holdfast: LISTEN session did not answer; reconnecting",
@@ -163,7 +156,6 @@ export class Listener {
   async close(): Promise<void> {
     this.closing = true;
     if (this.pingTimer) clearInterval(this.pingTimer);
-    this.connected = false;
     const client = this.client;
     this.client = undefined;
     const timeout = new Promise<void>((r) => setTimeout(r, this.ping.timeoutMs).unref());

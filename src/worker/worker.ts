@@ -2,7 +2,7 @@ import { EventEmitter } from "node:events";
 import type pg from "pg";
 import type { Logger } from "pino";
 import { HoldfastError, LockLostError, ShutdownError, TaskCancelledError } from "../errors.js";
-import { defineKinds } from "../kinds.js";
+import { defineKind } from "../kinds.js";
 import type { ResolvedWorkerOptions } from "../options.js";
 import type { TaskRow } from "../queries/tasks.js";
 import type { Task } from "../types.js";
@@ -82,7 +82,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       throw new HoldfastError("HF_STATE", `holdfast: worker already ${this.state}`);
     this.state = "starting";
     try {
-      await defineKinds(this.deps.pool, this.opts.kinds.values());
+      for (const k of this.opts.kinds.values()) await defineKind(this.deps.pool, k.kind, k.params);
       // LISTEN before the first scan, so a task enqueued in between still wakes us.
       this.listener = new Listener(
         this.deps.connection,
@@ -402,7 +402,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     if (this.reconnecting) return;
     this.reconnecting = true;
     try {
-      const ok = await retryWithBackoff(() => this.openSession(), {
+      const attempts = await retryWithBackoff(() => this.openSession(), {
         initialMs: 100,
         maxMs: this.opts.reconnectMaxDelayMs,
         keepGoing: () => this.state === "running",
@@ -412,7 +412,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
             "holdfast: lock session reconnect failed",
           ),
       });
-      if (!ok || this.state !== "running") return;
+      if (attempts === undefined || this.state !== "running") return;
       this.logger.info({ event: "lock_reconnected" }, "holdfast: lock session reconnected");
       this.emit("lock:reconnected");
       this.sweepDue = true;
