@@ -72,6 +72,14 @@ export class TaskCancelledError extends HoldfastError {
   }
 }
 
+/** The schema cannot be migrated: an API file failed, or the database is in a state this
+ *  version cannot upgrade from (the message says which). */
+export class MigrationError extends HoldfastError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super("HF_MIGRATION", message, options);
+  }
+}
+
 /** The worker is stopping and its shutdown timeout elapsed. */
 export class ShutdownError extends HoldfastError {
   constructor(message: string, options?: { cause?: unknown }) {

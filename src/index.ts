@@ -4,6 +4,7 @@ export {
   HoldfastError,
   InvalidArgumentError,
   LockLostError,
+  MigrationError,
   PermissionDeniedError,
   ShutdownError,
   StaleFenceError,

@@ -46,8 +46,11 @@ const taskState = async (id: number) =>
 it("round trip: migrate, enqueue, a worker runs it from a handlers module (metrics on /metrics), inspect shows it done", async () => {
   const migrated = await cli(["migrate"]);
   expect(migrated.code).toBe(0);
-  expect(JSON.parse(migrated.stdout).applied).toContain("0001_schema.sql");
-  expect(JSON.parse((await cli(["migrate"])).stdout)).toEqual({ applied: [] });
+  expect(JSON.parse(migrated.stdout)).toMatchObject({
+    applied: ["0001_baseline.sql"],
+    apiUpdated: true,
+  });
+  expect(JSON.parse((await cli(["migrate"])).stdout)).toEqual({ applied: [], apiUpdated: false });
 
   const unknown = await cli(["enqueue", "job", "k", "--payload", "{}"]);
   expect(unknown.code).toBe(1);

@@ -81,8 +81,7 @@ export function buildProgram(io: Output = processOutput): {
     .description("apply pending schema migrations (safe to run from many processes at once)")
     .addOption(databaseOption())
     .action(async (opts) => {
-      const { applied } = await withClient(opts, (hf) => hf.migrate());
-      print({ applied });
+      print(await withClient(opts, (hf) => hf.migrate()));
     });
 
   program

@@ -1,105 +1,4 @@
--- Kinds, enqueue and requeue. Errors use SQLSTATE class HF (see README "SQL contract").
-
-create function holdfast._raise(code text, msg text, hint text default null) returns void
-  language plpgsql as $$
-begin
-  if hint is null then
-    raise exception using errcode = code, message = msg;
-  end if;
-  raise exception using errcode = code, message = msg, hint = hint;
-end $$;
-
--- When a kind with a minimum interval last succeeded on a key. Read when the key's head is
--- computed, so claim enforces the interval by the head's run_at alone (no extra scan).
-create table holdfast.key_kinds (
-  key text not null references holdfast.keys (key),
-  kind text not null references holdfast.kinds (kind),
-  last_succeeded_at timestamptz not null,
-  primary key (key, kind)
-);
-
--- Reads a task under its key row's lock (lock order: key row first, then task rows), raising
--- HF003 when there is no such task. The second read sees every change committed before the lock.
-create function holdfast._locked_task(task_id bigint) returns holdfast.tasks
-  language plpgsql as $$
-declare
-  t holdfast.tasks;
-begin
-  select * into t from holdfast.tasks where id = task_id;
-  if not found then
-    perform holdfast._raise('HF003', format('holdfast: no task with id %s', task_id));
-  end if;
-  perform 1 from holdfast.keys k where k.key = t.key for no key update;
-  select * into t from holdfast.tasks where id = task_id;
-  return t;
-end $$;
-
--- Registers a kind or updates the settings that are given (null keeps the current value).
-create function holdfast.define_kind(
-  kind text,
-  max_attempts int default null,
-  min_interval interval default null,
-  batch_max int default null
-) returns void
-  language plpgsql as $$
-#variable_conflict use_column
-begin
-  if kind is null or kind !~ '^[A-Za-z0-9_.:-]{1,100}$' then
-    perform holdfast._raise('HF002', format('holdfast: invalid kind name %L', define_kind.kind),
-      'a kind is 1 to 100 characters of letters, digits, _ . : -');
-  end if;
-  if define_kind.max_attempts is not null and define_kind.max_attempts < 1 then
-    perform holdfast._raise('HF002', 'holdfast: max_attempts must be at least 1');
-  end if;
-  if define_kind.min_interval is not null and define_kind.min_interval < interval '0' then
-    perform holdfast._raise('HF002', 'holdfast: min_interval must not be negative');
-  end if;
-  if define_kind.batch_max is not null and define_kind.batch_max not between 1 and 1000 then
-    perform holdfast._raise('HF002', 'holdfast: batch_max must be between 1 and 1000');
-  end if;
-  insert into holdfast.kinds as k (kind, max_attempts, min_interval, batch_max)
-  values (define_kind.kind, coalesce(define_kind.max_attempts, 5),
-          coalesce(define_kind.min_interval, interval '0'), coalesce(define_kind.batch_max, 1))
-  on conflict (kind) do update set
-    max_attempts = coalesce(define_kind.max_attempts, k.max_attempts),
-    min_interval = coalesce(define_kind.min_interval, k.min_interval),
-    batch_max = coalesce(define_kind.batch_max, k.batch_max);
-end $$;
-
--- The earliest time a task of this kind may start on this key: the last success of the kind
--- on the key plus the kind's minimum interval (null when there is no such bound).
--- (plpgsql so its plan is cached: see _refresh_key.)
-create function holdfast._interval_bound(k text, kd text) returns timestamptz
-  language plpgsql stable as $$
-begin
-  return (select kk.last_succeeded_at + kinds.min_interval
-    from holdfast.key_kinds kk join holdfast.kinds on kinds.kind = kk.kind
-    where kk.key = k and kk.kind = kd and kinds.min_interval > interval '0');
-end $$;
-
--- plpgsql, not sql: PostgreSQL < 18 re-plans a non-inlined SQL function on every call, which
--- cost about 0.25 ms per call (claim and complete each call it once per key).
--- Recomputes a key's head (next pending task) and busy flag. The caller holds the key row's
--- lock, so this statement's snapshot sees every committed change to the key's tasks.
--- head_run_at is when the head may start: its run_at, pushed by the kind's minimum interval,
--- and with requeue (a run of the key just ended) pushed to now, so the key goes behind keys
--- that were already waiting: a busy key cannot starve the others. new_fence: a claim's fence.
-create function holdfast._refresh_key(k text, requeue boolean default false,
-                                      new_fence bigint default null) returns void
-  language plpgsql as $$
-begin
-  update holdfast.keys set
-    fence = coalesce(new_fence, fence),
-    busy = exists (select 1 from holdfast.tasks t where t.key = k and t.state = 'running'),
-    (head_id, head_kind, head_priority, head_run_at) = (
-      select t.id, t.kind, t.priority,
-        greatest(t.run_at, holdfast._interval_bound(k, t.kind), case when requeue then now() end)
-      from holdfast.tasks t
-      where t.key = k and t.state = 'pending'
-      order by t.priority, t.run_at, t.id
-      limit 1)
-  where key = k;
-end $$;
+-- Enqueue, retry and cancel: the producer's side (role holdfast_producer).
 
 -- Adds a task. With dedupe_key, at most one task per dedupe key is pending: when one is, its
 -- id is returned with deduped = true and its payload is kept (on_dedupe 'keep', default),
@@ -115,7 +14,7 @@ create function holdfast.enqueue_task(
   max_attempts int default null,
   on_dedupe text default 'keep'
 ) returns table (id bigint, deduped boolean)
-  language plpgsql as $$
+  language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
 declare
   v_kind holdfast.kinds;
@@ -205,6 +104,9 @@ begin
   perform pg_notify('holdfast', enqueue_task.kind);
   return query select v_id, false;
 end $$;
+select holdfast._grant('execute',
+  'function holdfast.enqueue_task(text, text, jsonb, timestamptz, int, text, int, text)',
+  'holdfast_producer');
 
 create function holdfast.enqueue(
   kind text,
@@ -216,17 +118,20 @@ create function holdfast.enqueue(
   max_attempts int default null,
   on_dedupe text default 'keep'
 ) returns bigint
-  language sql as $$
+  language sql security definer set search_path = pg_catalog, pg_temp as $$
   select e.id from holdfast.enqueue_task(kind, key, payload, run_at, priority, dedupe_key,
     max_attempts, on_dedupe) e
 $$;
+select holdfast._grant('execute',
+  'function holdfast.enqueue(text, text, jsonb, timestamptz, int, text, int, text)',
+  'holdfast_producer');
 
 -- Requeues a dead-lettered ('failed') or cancelled task as a new attempt, with
 -- extra_attempts more attempts (default: the kind's max_attempts). Its attempts history is
 -- kept. Returns false, changing nothing, when the task is pending, running or succeeded, or
 -- when another task of its dedupe key is pending.
 create function holdfast.retry(id bigint, extra_attempts int default null) returns boolean
-  language plpgsql as $$
+  language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
 declare
   t holdfast.tasks;
@@ -251,3 +156,27 @@ begin
   perform pg_notify('holdfast', t.kind);
   return true;
 end $$;
+select holdfast._grant('execute', 'function holdfast.retry(bigint, int)', 'holdfast_producer');
+
+-- Cancels a task: a pending one never starts; a running one is flagged and its worker is told
+-- (NOTIFY holdfast_cancel), and it ends 'cancelled' unless it succeeds first.
+-- Returns false when the task had already ended.
+create function holdfast.cancel(id bigint) returns boolean
+  language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+#variable_conflict use_column
+declare
+  t holdfast.tasks;
+begin
+  t := holdfast._locked_task(cancel.id);
+  if t.state = 'pending' then
+    update holdfast.tasks set state = 'cancelled', finished_at = now() where id = t.id;
+    perform holdfast._refresh_key(t.key);
+    return true;
+  elsif t.state = 'running' then
+    update holdfast.tasks set cancel_requested = true where id = t.id;
+    perform pg_notify('holdfast_cancel', t.id::text);
+    return true;
+  end if;
+  return false;
+end $$;
+select holdfast._grant('execute', 'function holdfast.cancel(bigint)', 'holdfast_producer');

@@ -1,8 +1,11 @@
--- Orphans: a task 'running' whose holder session is gone. One elected worker sweeps.
+-- Orphans: a task 'running' whose holder session is gone. One elected worker (the holder of
+-- the leadership lock) sweeps them back to the queue.
 
 -- Leadership is an advisory lock in the two-int key space, apart from the keys' bigint ids.
 create function holdfast.try_lead() returns boolean
-  language sql as $$ select pg_try_advisory_lock(1752132708, 1) $$;
+  language sql security definer set search_path = pg_catalog, pg_temp
+  as $$ select pg_try_advisory_lock(1752132708, 1) $$;
+select holdfast._grant('execute', 'function holdfast.try_lead()', 'holdfast_worker');
 
 -- Running tasks whose holder session no longer exists (cheap pre-filter: pid + backend
 -- start). Where backend_start is hidden from this role, an existing pid counts as alive.
@@ -13,13 +16,14 @@ where t.state = 'running'
   and not exists (
     select 1 from pg_stat_activity a
     where a.pid = t.holder_pid and (a.backend_start is null or a.backend_start = t.holder_started));
+select holdfast._grant('select', 'holdfast.orphans', 'holdfast_worker', 'holdfast_observer');
 
 -- Returns orphaned tasks to the queue as their next attempt (or dead-letters them once their
 -- attempts are used up), and notifies idle workers. Each orphan is confirmed under the key's
 -- advisory lock and row lock: a holder that is alive, or committing its completion, holds one
 -- of them, so a live run is never taken away.
 create function holdfast.sweep() returns int
-  language plpgsql as $$
+  language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
 declare
   r record;
@@ -35,19 +39,19 @@ begin
     perform 1 from holdfast.keys k where k.key = r.key for no key update;
     select * into t from holdfast.tasks where id = r.id;
     if t.state = 'running' and t.fence = r.fence then
-      v_state := case
-        when t.cancel_requested then 'cancelled'
-        when t.attempt >= t.max_attempts then 'failed'
-        else 'pending' end;
+      v_state := holdfast._next_state('lost', t.cancel_requested, t.attempt, t.max_attempts);
       update holdfast.tasks u set
         state = v_state,
         run_at = case when v_state = 'pending' then now() else u.run_at end,
         finished_at = case when v_state = 'pending' then null else now() end,
         last_error = jsonb_build_object('message', 'holder session ended during the run')
       where u.id = t.id;
-      update holdfast.attempts a set finished_at = now(), outcome = 'lost',
-        error = jsonb_build_object('message', 'holder session ended during the run')
-      where a.task_id = t.id and a.attempt = t.attempt;
+      insert into holdfast.attempts as a (task_id, attempt, fence, worker, pid, started_at,
+                                          finished_at, outcome, error)
+      values (t.id, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at, now(), 'lost',
+              jsonb_build_object('message', 'holder session ended during the run'))
+      on conflict (task_id, attempt) do update set finished_at = excluded.finished_at,
+        outcome = excluded.outcome, error = excluded.error;
       perform holdfast._refresh_key(t.key);
       perform holdfast._notify_if_ready(t.key);
       n := n + 1;
@@ -56,31 +60,4 @@ begin
   end loop;
   return n;
 end $$;
-
--- Holder of each held key lock, and sessions waiting for one (granted = false).
-create view holdfast.locks as
-select
-  k.key,
-  k.lock_id,
-  l.granted,
-  l.pid,
-  a.application_name,
-  a.client_addr,
-  a.backend_start,
-  t.id as task_id,
-  t.kind,
-  t.attempt,
-  t.fence,
-  t.worker,
-  t.started_at,
-  now() - t.started_at as held_for
-from pg_locks l
-join holdfast.keys k
-  on l.locktype = 'advisory' and l.objsubid = 1
-  and k.lock_id = ((l.classid::bigint << 32) | l.objid::bigint)
-left join pg_stat_activity a on a.pid = l.pid
-left join lateral (
-  select * from holdfast.tasks t
-  where t.key = k.key and t.state = 'running' and t.holder_pid = l.pid
-  order by t.id limit 1) t on l.granted
-where l.database = (select oid from pg_database where datname = current_database());
+select holdfast._grant('execute', 'function holdfast.sweep()', 'holdfast_worker');

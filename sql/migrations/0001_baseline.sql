@@ -1,18 +1,7 @@
--- holdfast schema: kinds, keys (one row per lock key: fence + ready head), tasks, attempts.
+-- Baseline: the tables and indexes of holdfast 0.1.0. A database migrated by 0.1.0's files
+-- (0001_schema.sql .. 0008_set_based.sql) has exactly these and is recorded as having applied
+-- this file (src/migrate.ts). Functions and views live in sql/api/, not here.
 create schema if not exists holdfast;
-
--- Lock identity is computed here and only here, so every language agrees.
--- The seed keeps holdfast's ids away from naive hashtext() users of the same bigint lock space.
-create function holdfast.lock_id(key text) returns bigint
-  language sql immutable strict parallel safe
-  as $$ select hashtextextended(key, 4714072861207531113) $$;
-
--- Fences are monotonic across crashes and failovers: a claim whose commit is lost still
--- handed out a fence below any fence issued later, because fences track the wall clock
--- (1024 per millisecond) and never go below the key's last committed fence + 1.
-create function holdfast._next_fence(current bigint) returns bigint
-  language sql volatile
-  as $$ select greatest(current + 1, (extract(epoch from clock_timestamp()) * 1000)::bigint * 1024) $$;
 
 create table holdfast.kinds (
   kind text primary key check (kind ~ '^[A-Za-z0-9_.:-]{1,100}$'),
@@ -22,9 +11,9 @@ create table holdfast.kinds (
   created_at timestamptz not null default now()
 );
 
--- head_* is the key's next task in (priority, run_at, id) order; busy means a task of the
--- key is running. Both are kept under the key row's lock, so claim scans ready keys only
--- and its cost does not grow with the number of pending tasks.
+-- One row per lock key. head_* is the key's next task (see sql/api/20_keys.sql); busy means a
+-- task of the key is running. Both are kept under the key row's lock, so claim scans ready
+-- keys only and its cost does not grow with the number of pending tasks.
 create table holdfast.keys (
   key text primary key check (key <> '' and octet_length(key) <= 1000),
   lock_id bigint not null,
@@ -35,9 +24,12 @@ create table holdfast.keys (
   head_priority int,
   head_run_at timestamptz
 );
-create index keys_ready on holdfast.keys (head_priority, head_run_at, head_id)
-  where head_id is not null and not busy;
 create index keys_lock_id on holdfast.keys (lock_id);
+-- Ready keys by kind first: claim and next_run_at read only the kinds they are asked for.
+create index keys_ready_kind on holdfast.keys (head_kind, head_priority, head_run_at, head_id)
+  where head_id is not null and not busy;
+create index keys_next_run_at on holdfast.keys (head_kind, head_run_at)
+  where head_id is not null and not busy;
 
 create table holdfast.tasks (
   id bigint generated always as identity primary key,
@@ -63,11 +55,14 @@ create table holdfast.tasks (
 );
 create index tasks_key_pending on holdfast.tasks (key, priority, run_at, id) where state = 'pending';
 create index tasks_running on holdfast.tasks (key) where state = 'running';
-create index tasks_kind_state on holdfast.tasks (kind, state);
+-- inspect counts open tasks per kind: only those are indexed, so a completion adds no entry.
+create index tasks_kind_open on holdfast.tasks (kind, state)
+  where state in ('pending', 'running', 'failed');
 create unique index tasks_dedupe_pending on holdfast.tasks (dedupe_key)
   where state = 'pending' and dedupe_key is not null;
 
--- One row per attempt: who held the task, with which fence, and how it ended.
+-- One row per ended attempt: who held the task, with which fence, and how it ended. A running
+-- attempt is its task row (state 'running', attempt, fence, worker, started_at).
 create table holdfast.attempts (
   task_id bigint not null references holdfast.tasks (id) on delete cascade,
   attempt int not null,
@@ -79,4 +74,13 @@ create table holdfast.attempts (
   outcome text check (outcome in ('succeeded', 'failed', 'lost', 'cancelled')),
   error jsonb,
   primary key (task_id, attempt)
+);
+
+-- When a kind with a minimum interval last succeeded on a key (read when the key's head is
+-- computed, so claim enforces the interval by the head's ready time alone).
+create table holdfast.key_kinds (
+  key text not null references holdfast.keys (key),
+  kind text not null references holdfast.kinds (kind),
+  last_succeeded_at timestamptz not null,
+  primary key (key, kind)
 );

@@ -1,0 +1,35 @@
+-- Kinds: their settings (attempts, minimum interval per key, batch size).
+
+-- Registers a kind or updates the settings that are given (null keeps the current value).
+create function holdfast.define_kind(
+  kind text,
+  max_attempts int default null,
+  min_interval interval default null,
+  batch_max int default null
+) returns void
+  language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+#variable_conflict use_column
+begin
+  if kind is null or kind !~ '^[A-Za-z0-9_.:-]{1,100}$' then
+    perform holdfast._raise('HF002', format('holdfast: invalid kind name %L', define_kind.kind),
+      'a kind is 1 to 100 characters of letters, digits, _ . : -');
+  end if;
+  if define_kind.max_attempts is not null and define_kind.max_attempts < 1 then
+    perform holdfast._raise('HF002', 'holdfast: max_attempts must be at least 1');
+  end if;
+  if define_kind.min_interval is not null and define_kind.min_interval < interval '0' then
+    perform holdfast._raise('HF002', 'holdfast: min_interval must not be negative');
+  end if;
+  if define_kind.batch_max is not null and define_kind.batch_max not between 1 and 1000 then
+    perform holdfast._raise('HF002', 'holdfast: batch_max must be between 1 and 1000');
+  end if;
+  insert into holdfast.kinds as k (kind, max_attempts, min_interval, batch_max)
+  values (define_kind.kind, coalesce(define_kind.max_attempts, 5),
+          coalesce(define_kind.min_interval, interval '0'), coalesce(define_kind.batch_max, 1))
+  on conflict (kind) do update set
+    max_attempts = coalesce(define_kind.max_attempts, k.max_attempts),
+    min_interval = coalesce(define_kind.min_interval, k.min_interval),
+    batch_max = coalesce(define_kind.batch_max, k.batch_max);
+end $$;
+select holdfast._grant('execute', 'function holdfast.define_kind(text, int, interval, int)',
+  'holdfast_worker');

@@ -1,0 +1,177 @@
+-- Completion, failure, release, settle and fences: a worker's reports, on the session that
+-- claimed the tasks, each checked against the task's fence. Role holdfast_worker.
+
+-- Ends attempts. outcome: 'succeeded' | 'failed' | 'released' (claimed but never started: back
+-- to pending in its place, the attempt not counted). Returns the ids whose report was rejected,
+-- changing nothing for them: the task is not running under this fence in this session (a
+-- newer claim exists, or the caller lost its session), so a late report of a run that lost
+-- its lock is never recorded.
+create function holdfast._finish_many(
+  ids bigint[], fences bigint[], outcome text, error jsonb, retry_in interval
+) returns setof bigint
+  language plpgsql set plan_cache_mode = force_generic_plan as $$
+#variable_conflict use_column
+declare
+  v_keys text[];
+  v_rejected bigint[];
+  v_missing bigint;
+  v_pid int := pg_backend_pid();
+  v_started timestamptz := holdfast._session_started();
+begin
+  select i into v_missing from unnest(ids) i
+  where not exists (select 1 from holdfast.tasks t where t.id = i) limit 1;
+  if found then
+    perform holdfast._raise('HF003', format('holdfast: no task with id %s', v_missing));
+  end if;
+  -- Key rows first (lock order everywhere: key row, then task rows), in key order so that two
+  -- callers never deadlock. The statements below then see every committed change.
+  perform 1 from holdfast.keys k
+  where k.key in (select t.key from holdfast.tasks t where t.id = any (ids))
+  order by k.key for no key update;
+
+  with d as (select * from unnest(ids, fences) as d (id, fence)),
+  -- By primary key (lateral): the running-tasks index holds an entry for every past run
+  -- until vacuum, which a scan of it would visit.
+  t as (
+    select t.id, t.key, t.kind, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at,
+      case when _finish_many.outcome = 'released' then 'pending'
+        else holdfast._next_state(_finish_many.outcome, t.cancel_requested, t.attempt, t.max_attempts)
+      end as next
+    from d cross join lateral (select * from holdfast.tasks t where t.id = d.id) t
+    where t.fence = d.fence and t.state = 'running' and t.holder_pid = v_pid
+      and t.holder_started = v_started
+  ),
+  upd as (
+    update holdfast.tasks u set
+      state = t.next,
+      attempt = case when _finish_many.outcome = 'released' then u.attempt - 1 else u.attempt end,
+      run_at = case when t.next <> 'pending' or _finish_many.outcome = 'released' then u.run_at
+                    else now() + coalesce(retry_in, holdfast._backoff(t.attempt, t.fence)) end,
+      finished_at = case when t.next = 'pending' then null else now() end,
+      last_error = coalesce(_finish_many.error, u.last_error)
+    from t where u.id = t.id
+  ),
+  att as (
+    insert into holdfast.attempts as a (task_id, attempt, fence, worker, pid, started_at,
+                                        finished_at, outcome, error)
+    select t.id, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at, now(),
+      case when t.next = 'cancelled' then 'cancelled' else _finish_many.outcome end,
+      _finish_many.error
+    from t where _finish_many.outcome <> 'released'
+    -- An attempt that was running when this migration ran has its row already.
+    on conflict (task_id, attempt) do update set finished_at = excluded.finished_at,
+      outcome = excluded.outcome, error = excluded.error
+  ),
+  -- A success starts the kind's minimum interval on this key (read by the key's head).
+  kk as (
+    insert into holdfast.key_kinds as kk (key, kind, last_succeeded_at)
+    select distinct t.key, t.kind, now() from t join holdfast.kinds kd on kd.kind = t.kind
+    where t.next = 'succeeded' and kd.min_interval > interval '0'
+    on conflict (key, kind) do update set last_succeeded_at = excluded.last_succeeded_at
+  )
+  select (select array_agg(distinct t.key) from t),
+         (select array_agg(d.id) from d where not exists (select 1 from t where t.id = d.id))
+  into v_keys, v_rejected;
+
+  if v_keys is not null then
+    -- requeue: each key's next task waits behind keys that were ready before this run ended
+    -- (a released task keeps its place).
+    perform holdfast._refresh_keys(v_keys, _finish_many.outcome <> 'released');
+    -- A key stays locked while another task of it still runs here (the rest of a batch).
+    perform pg_advisory_unlock(k.lock_id) from holdfast.keys k
+    where k.key = any (v_keys) and not k.busy;
+    -- Also when the next task is due later (a retry's backoff, a minimum interval): idle
+    -- workers then set their timers for it, as for a delayed enqueue. Without this, only this
+    -- worker would know, and if it stopped, the task would wait for the others' rescan.
+    perform pg_notify('holdfast', k.head_kind) from holdfast.keys k
+    where k.key = any (v_keys) and k.head_id is not null and not k.busy;
+  end if;
+  return query select unnest(v_rejected);
+end $$;
+
+create function holdfast._finish(
+  task_id bigint, fence bigint, outcome text, error jsonb, retry_in interval
+) returns boolean
+  language sql as $$
+  select not exists (select 1 from holdfast._finish_many(array[task_id], array[fence], outcome,
+    error, retry_in))
+$$;
+
+create function holdfast.complete(id bigint, fence bigint) returns boolean
+  language sql security definer set search_path = pg_catalog, pg_temp as $$
+  select holdfast._finish(id, fence, 'succeeded', null, null)
+$$;
+select holdfast._grant('execute', 'function holdfast.complete(bigint, bigint)', 'holdfast_worker');
+
+-- Completes several tasks in one commit; returns the ids whose completion was rejected.
+create function holdfast.complete_many(ids bigint[], fences bigint[])
+returns setof bigint
+  language sql security definer set search_path = pg_catalog, pg_temp as $$
+  select holdfast._finish_many(ids, fences, 'succeeded', null, null)
+$$;
+select holdfast._grant('execute', 'function holdfast.complete_many(bigint[], bigint[])', 'holdfast_worker');
+
+-- Records a failed attempt: retried after retry_in (default: backoff), dead-lettered
+-- (state 'failed') once max_attempts attempts are used, 'cancelled' if a cancel was requested.
+create function holdfast.fail(
+  id bigint, fence bigint, error text, retry_in interval default null, stack text default null
+) returns boolean
+  language sql security definer set search_path = pg_catalog, pg_temp as $$
+  select holdfast._finish(id, fence, 'failed',
+    jsonb_strip_nulls(jsonb_build_object('message', error, 'stack', stack)), retry_in)
+$$;
+select holdfast._grant('execute', 'function holdfast.fail(bigint, bigint, text, interval, text)', 'holdfast_worker');
+
+-- Gives back tasks this session claimed but did not start (a worker's prefetched tasks when it
+-- stops): pending again in their place, their attempt not counted, their keys unlocked.
+-- Returns the ids that were not running under this fence in this session.
+create function holdfast.release(ids bigint[], fences bigint[]) returns setof bigint
+  language sql security definer set search_path = pg_catalog, pg_temp as $$
+  select holdfast._finish_many(ids, fences, 'released', null, null)
+$$;
+select holdfast._grant('execute', 'function holdfast.release(bigint[], bigint[])', 'holdfast_worker');
+
+-- Completes done_ids (same checks as complete_many) and then claims (same as claim). Rows:
+-- (rejected id, null) for each rejected completion, then (null, task) for each claimed task.
+-- claim() turns synchronous_commit off for the transaction (cheap wake path); completions must
+-- be durable, so it is turned back on when this call completed anything.
+create function holdfast.settle(
+  done_ids bigint[], done_fences bigint[], kinds text[], worker text, max_tasks int,
+  max_keys int default null
+) returns table (rejected bigint, task holdfast.tasks)
+  language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+#variable_conflict use_column
+declare
+  v_done boolean := coalesce(cardinality(done_ids), 0) > 0;
+begin
+  if v_done then
+    return query select r, null::holdfast.tasks from holdfast.complete_many(done_ids, done_fences) r;
+  end if;
+  if coalesce(max_tasks, 0) > 0 then
+    return query select null::bigint, c
+      from holdfast.claim(kinds, settle.worker, max_tasks, max_keys) c;
+  end if;
+  if v_done then
+    perform set_config('synchronous_commit', 'on', true);
+  end if;
+end $$;
+select holdfast._grant('execute',
+  'function holdfast.settle(bigint[], bigint[], text[], text, int, int)', 'holdfast_worker');
+
+-- Guards a handler's own writes: call inside the handler's transaction. Raises HF004 once a
+-- newer claim of the key exists. The KEY SHARE row lock conflicts with claim's FOR UPDATE,
+-- so the transaction either commits before a takeover's fence exists or is rejected.
+create function holdfast.assert_fence(key text, fence bigint) returns void
+  language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
+#variable_conflict use_column
+declare
+  v_fence bigint;
+begin
+  select k.fence into v_fence from holdfast.keys k where k.key = assert_fence.key for key share;
+  if v_fence is null or assert_fence.fence is null or v_fence <> assert_fence.fence then
+    perform holdfast._raise('HF004', format('holdfast: stale fence %s for key %L (current %s)',
+      assert_fence.fence, assert_fence.key, coalesce(v_fence::text, 'none')),
+      'a newer claim of this key exists: this run lost its lock and must stop');
+  end if;
+end $$;
+select holdfast._grant('execute', 'function holdfast.assert_fence(text, bigint)', 'holdfast_worker');
