@@ -9,6 +9,7 @@ export interface KindParams {
   /** A Postgres interval literal. */
   minInterval: string | null;
   batchMax: number | null;
+  strictOrder: boolean | null;
 }
 
 type ErrorCtor = new (message: string) => HoldfastError;
@@ -16,7 +17,7 @@ type ErrorCtor = new (message: string) => HoldfastError;
 /** Validates kind settings before anything is written; throws `Err` saying what to fix. */
 export function kindParams(kind: string, opts: DefineKindOptions, Err: ErrorCtor): KindParams {
   const where = `kind ${JSON.stringify(kind)}`;
-  const { maxAttempts, minInterval, batch } = opts;
+  const { maxAttempts, minInterval, batch, strictOrder } = opts;
   if (maxAttempts !== undefined && !(Number.isInteger(maxAttempts) && maxAttempts >= 1)) {
     throw new Err(`holdfast: ${where}: maxAttempts must be an integer of at least 1`);
   }
@@ -25,10 +26,14 @@ export function kindParams(kind: string, opts: DefineKindOptions, Err: ErrorCtor
     if (!(Number.isInteger(max) && max >= 1 && max <= 1000))
       throw new Err(`holdfast: ${where}: batch.max must be an integer from 1 to 1000`);
   }
+  if (strictOrder !== undefined && typeof strictOrder !== "boolean") {
+    throw new Err(`holdfast: ${where}: strictOrder must be true or false`);
+  }
   return {
     maxAttempts: maxAttempts ?? null,
     minInterval: minInterval === undefined ? null : intervalLiteral(minInterval, where, Err),
     batchMax: batch?.max ?? null,
+    strictOrder: strictOrder ?? null,
   };
 }
 
@@ -47,7 +52,13 @@ function intervalLiteral(value: Interval, where: string, Err: ErrorCtor): string
 /** Runs holdfast.define_kind: creates the kind, or updates the settings given. */
 export async function defineKind(pool: pg.Pool, kind: string, p: KindParams): Promise<void> {
   try {
-    await pool.query(sql.defineKind, [kind, p.maxAttempts, p.minInterval, p.batchMax]);
+    await pool.query(sql.defineKind, [
+      kind,
+      p.maxAttempts,
+      p.minInterval,
+      p.batchMax,
+      p.strictOrder,
+    ]);
   } catch (err) {
     throw asKnownError(err);
   }

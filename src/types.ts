@@ -52,6 +52,13 @@ export interface KindSettings {
   /** A task of this kind does not start on a key before the last successful run of the kind
    *  on that key ended plus this interval (enforced at claim time, across all producers). */
   minInterval?: Interval;
+  /**
+   * Whether a failed task waiting out its retry backoff keeps its place in its key's order
+   * (default true: the key's later tasks wait until it succeeds, is dead-lettered or is
+   * cancelled). false lets later tasks of the key pass it, for kinds whose tasks on one key
+   * are independent. A lost attempt (crash, lock loss) keeps its place either way.
+   */
+  strictOrder?: boolean;
 }
 
 export interface DefineKindOptions extends KindSettings {

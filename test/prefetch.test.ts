@@ -115,14 +115,71 @@ it("a lost lock session drops its prefetched tasks: none starts under the lost l
   await lost;
   hold.open();
   try {
-    // The worker reconnects, its sweep requeues all five (their attempt 1 counted lost), and
-    // it runs them again.
+    // The worker reconnects, its sweep requeues all five, and it runs them again.
     await until(async () => (await states(ids)).every((r) => r.state === "succeeded"), 10_000);
   } finally {
     await a.stop();
   }
   const byTask = (id: number) => starts.filter((s) => s.id === id).map((s) => s.attempt);
+  // The started one lost its attempt 1; the prefetched ones never started, were dropped with
+  // the lost session, and were given back without counting an attempt.
   expect(byTask(first.id)).toEqual([1, 2]);
-  // A prefetched task never started as attempt 1: it was dropped with the lost session.
-  for (const id of ids.filter((i) => i !== first.id)) expect(byTask(id)).toEqual([2]);
+  for (const id of ids.filter((i) => i !== first.id)) expect(byTask(id)).toEqual([1]);
+  const { rows } = await t.db.pool.query(
+    "select task_id::int, outcome from holdfast.attempts where task_id = any ($1) and outcome = 'lost'",
+    [ids],
+  );
+  expect(rows).toEqual([{ task_id: first.id, outcome: "lost" }]);
+});
+
+it("a prefetched task that started counts its attempt when the session is lost: its start is recorded with the next round trip", async () => {
+  const { hf } = t;
+  const quick = (await hf.enqueue("job", { key: "pf-mark:quick", payload: { quick: true } })).id;
+  const slow = (await hf.enqueue("job", { key: "pf-mark:slow" })).id;
+  const hold = gate();
+  const a = hf.worker({
+    name: "pf-mark",
+    concurrency: 1,
+    prefetch: 1,
+    handlers: {
+      job: async (task: Task<{ quick?: boolean }>, ctx) => {
+        if (task.payload.quick || task.attempt > 1) return;
+        await Promise.race([
+          hold.promise,
+          new Promise((r) => ctx.signal.addEventListener("abort", r)),
+        ]);
+      },
+    },
+  });
+  await a.start();
+  // quick runs first, slow waits claimed ahead, then starts in the slot quick frees; quick's
+  // completion carries slow's start.
+  await until(async () => {
+    const { rows } = await t.db.pool.query(
+      "select started_at is not null as started from holdfast.tasks where id = $1 and state = 'running'",
+      [slow],
+    );
+    return rows[0]?.started === true ? true : undefined;
+  }, 5_000);
+  expect((await states([quick]))[0]?.state).toBe("succeeded");
+  const lost = waitEvent(a, "lock:lost", () => true);
+  await t.db.pool.query(
+    "select pg_terminate_backend(pid) from pg_stat_activity where application_name = $1",
+    ["holdfast:lock:pf-mark"],
+  );
+  await lost;
+  hold.open();
+  try {
+    await until(async () => (await states([slow]))[0]?.state === "succeeded", 10_000);
+  } finally {
+    await a.stop();
+  }
+  const { rows } = await t.db.pool.query(
+    "select attempt, outcome from holdfast.attempts where task_id = $1 order by attempt",
+    [slow],
+  );
+  expect(rows).toEqual([
+    { attempt: 1, outcome: "lost" },
+    { attempt: 2, outcome: "succeeded" },
+  ]);
 });

@@ -34,6 +34,9 @@ end $$;
 
 -- Recomputes the head (next pending task) and busy flag of each key. The caller holds the key
 -- rows' locks, so this statement's snapshot sees every committed change to their tasks.
+-- The head is the first pending task in the key's order (priority, place_at, id): a task's
+-- place, not its earliest start, so a head that must wait (a retry's backoff, a minimum
+-- interval, a delayed start) delays the key's later tasks instead of letting them pass.
 -- head_run_at is when the head may start: its run_at, pushed by the kind's minimum interval,
 -- and with requeue (a run of the key just ended) pushed to now, so the key goes behind keys
 -- that were already waiting: a busy key cannot starve the others.
@@ -53,7 +56,7 @@ begin
       left join holdfast.key_kinds kk on kk.key = t.key and kk.kind = t.kind
         and kd.min_interval > interval '0'
       where t.key = k.key and t.state = 'pending'
-      order by t.priority, t.run_at, t.id
+      order by t.priority, t.place_at, t.id
       limit 1)
   where k.key = any (ks);
 end $$;

@@ -73,8 +73,9 @@ begin
         return;
       end if;
       exit when attempt = 2;
-      insert into holdfast.tasks (kind, key, payload, run_at, priority, dedupe_key, max_attempts)
-      values (enqueue_task.kind, enqueue_task.key, enqueue_task.payload, v_run_at,
+      insert into holdfast.tasks (kind, key, payload, run_at, place_at, priority, dedupe_key,
+                                  max_attempts)
+      values (enqueue_task.kind, enqueue_task.key, enqueue_task.payload, v_run_at, v_run_at,
               enqueue_task.priority, enqueue_task.dedupe_key,
               coalesce(enqueue_task.max_attempts, v_kind.max_attempts))
       on conflict (dedupe_key) where state = 'pending' and dedupe_key is not null do nothing
@@ -83,18 +84,19 @@ begin
       -- A concurrent producer committed the same dedupe key on another key: report it above.
     end loop;
   else
-    insert into holdfast.tasks (kind, key, payload, run_at, priority, dedupe_key, max_attempts)
-    values (enqueue_task.kind, enqueue_task.key, enqueue_task.payload, v_run_at,
+    insert into holdfast.tasks (kind, key, payload, run_at, place_at, priority, dedupe_key,
+                                max_attempts)
+    values (enqueue_task.kind, enqueue_task.key, enqueue_task.payload, v_run_at, v_run_at,
             enqueue_task.priority, null, coalesce(enqueue_task.max_attempts, v_kind.max_attempts))
     returning tasks.id into v_id;
   end if;
 
-  -- The new task becomes the head if it comes before the current head in (priority, run_at,
+  -- The new task becomes the head if it comes before the current head in (priority, place_at,
   -- id) order: one primary-key lookup, no scan of the key's pending tasks.
   select t.* into v_head from holdfast.keys k join holdfast.tasks t on t.id = k.head_id
   where k.key = enqueue_task.key;
   if v_head.id is null
-     or (enqueue_task.priority, v_run_at, v_id) < (v_head.priority, v_head.run_at, v_head.id) then
+     or (enqueue_task.priority, v_run_at, v_id) < (v_head.priority, v_head.place_at, v_head.id) then
     update holdfast.keys k
     set head_id = v_id, head_kind = enqueue_task.kind, head_priority = enqueue_task.priority,
         head_run_at = greatest(v_run_at, holdfast._interval_bound(enqueue_task.key, enqueue_task.kind))
@@ -128,8 +130,9 @@ select holdfast._grant('execute',
 
 -- Requeues a dead-lettered ('failed') or cancelled task as a new attempt, with
 -- extra_attempts more attempts (default: the kind's max_attempts). Its attempts history is
--- kept. Returns false, changing nothing, when the task is pending, running or succeeded, or
--- when another task of its dedupe key is pending.
+-- kept. It re-enters its key's order at the back, as if enqueued now (the key's tasks moved on
+-- while it was dead). Returns false, changing nothing, when the task is pending, running or
+-- succeeded, or when another task of its dedupe key is pending.
 create function holdfast.retry(id bigint, extra_attempts int default null) returns boolean
   language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
@@ -148,7 +151,8 @@ begin
     return false;
   end if;
   update holdfast.tasks u set
-    state = 'pending', run_at = now(), finished_at = null, cancel_requested = false,
+    state = 'pending', run_at = now(), place_at = now(), finished_at = null,
+    cancel_requested = false,
     max_attempts = t.attempt + coalesce(retry.extra_attempts,
       (select kd.max_attempts from holdfast.kinds kd where kd.kind = t.kind))
   where u.id = t.id;

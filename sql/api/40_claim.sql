@@ -6,8 +6,11 @@
 -- directly follow it in the key's order, up to batch_max: one run, one fence. Keys are taken
 -- in (priority, ready time, id) order of their heads; a key whose run just ended is ready
 -- again only from that moment, so it goes behind keys that were waiting (fairness).
+-- start_keys (null: all): the runs of the first start_keys keys start now; the rest are claimed
+-- ahead (a worker's prefetch) with started_at null until _mark_started, and a claim ahead that
+-- is lost with its session is given back by the sweep without counting an attempt.
 create function holdfast.claim(kinds text[], worker text, max_tasks int default 1,
-                               max_keys int default null)
+                               max_keys int default null, start_keys int default null)
 returns setof holdfast.tasks
   language plpgsql security definer
   set search_path = pg_catalog, pg_temp set plan_cache_mode = force_generic_plan as $$
@@ -70,8 +73,8 @@ begin
         select t.id, row_number() over w as n,
           bool_and(t.kind = g.head_kind and (t.id = g.head_id or t.run_at <= now())) over w as ok
         from (select * from holdfast.tasks t where t.key = g.key and t.state = 'pending'
-              order by t.priority, t.run_at, t.id limit g.batch) t
-        window w as (order by t.priority, t.run_at, t.id)
+              order by t.priority, t.place_at, t.id limit g.batch) t
+        window w as (order by t.priority, t.place_at, t.id)
       ) s where s.ok
     ) q
     order by g.ord, q.n
@@ -81,7 +84,8 @@ begin
     update holdfast.tasks u set
       state = 'running', attempt = u.attempt + 1, fence = p.fence, worker = claim.worker,
       holder_pid = pg_backend_pid(), holder_started = holdfast._session_started(),
-      started_at = now(), cancel_requested = false
+      started_at = case when claim.start_keys is null or p.ord <= claim.start_keys then now() end,
+      cancel_requested = false
     from p where u.id = p.id
     returning u.*
   ),
@@ -96,7 +100,8 @@ begin
   perform pg_advisory_unlock(k.lock_id), holdfast._refresh_key(k.key)
   from holdfast.keys k where k.key = any (v_keys) and not k.busy;
 end $$;
-select holdfast._grant('execute', 'function holdfast.claim(text[], text, int, int)', 'holdfast_worker');
+select holdfast._grant('execute', 'function holdfast.claim(text[], text, int, int, int)',
+  'holdfast_worker');
 
 -- The earliest time a not-yet-ready task of these kinds becomes ready (for a worker's timer):
 -- one index probe per kind.

@@ -34,10 +34,19 @@ begin
   -- until vacuum, which a scan of it would visit.
   t as (
     select t.id, t.key, t.kind, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at,
-      case when _finish_many.outcome = 'released' then 'pending'
-        else holdfast._next_state(_finish_many.outcome, t.cancel_requested, t.attempt, t.max_attempts)
-      end as next
+      n.next, kd.strict_order,
+      -- A failed attempt to be retried waits out its backoff until retry_at. Tasks of one batch
+      -- share a fence and may be reported one by one: each takes the retry time of those
+      -- already reported, so the batch is due, and claimed again, whole.
+      case when n.next = 'pending' and _finish_many.outcome <> 'released' then coalesce(
+        (select min(o.run_at) from holdfast.tasks o
+         where o.key = t.key and o.state = 'pending' and o.fence = t.fence and o.id <> t.id),
+        now() + coalesce(retry_in, holdfast._backoff(t.attempt, t.fence))) end as retry_at
     from d cross join lateral (select * from holdfast.tasks t where t.id = d.id) t
+    join holdfast.kinds kd on kd.kind = t.kind
+    cross join lateral (select case when _finish_many.outcome = 'released' then 'pending'
+      else holdfast._next_state(_finish_many.outcome, t.cancel_requested, t.attempt, t.max_attempts)
+      end as next) n
     where t.fence = d.fence and t.state = 'running' and t.holder_pid = v_pid
       and t.holder_started = v_started
   ),
@@ -45,8 +54,10 @@ begin
     update holdfast.tasks u set
       state = t.next,
       attempt = case when _finish_many.outcome = 'released' then u.attempt - 1 else u.attempt end,
-      run_at = case when t.next <> 'pending' or _finish_many.outcome = 'released' then u.run_at
-                    else now() + coalesce(retry_in, holdfast._backoff(t.attempt, t.fence)) end,
+      run_at = coalesce(t.retry_at, u.run_at),
+      -- A retry keeps its place in the key's order (later tasks wait for it), unless its kind
+      -- is not strict_order: then it goes back in line at its retry time and they pass it.
+      place_at = case when t.strict_order then u.place_at else coalesce(t.retry_at, u.place_at) end,
       finished_at = case when t.next = 'pending' then null else now() end,
       last_error = coalesce(_finish_many.error, u.last_error)
     from t where u.id = t.id
@@ -54,7 +65,8 @@ begin
   att as (
     insert into holdfast.attempts as a (task_id, attempt, fence, worker, pid, started_at,
                                         finished_at, outcome, error)
-    select t.id, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at, now(),
+    -- A run claimed ahead and reported before its start was marked did start.
+    select t.id, t.attempt, t.fence, t.worker, t.holder_pid, coalesce(t.started_at, now()), now(),
       case when t.next = 'cancelled' then 'cancelled' else _finish_many.outcome end,
       _finish_many.error
     from t where _finish_many.outcome <> 'released'
@@ -131,32 +143,49 @@ create function holdfast.release(ids bigint[], fences bigint[]) returns setof bi
 $$;
 select holdfast._grant('execute', 'function holdfast.release(bigint[], bigint[])', 'holdfast_worker');
 
--- Completes done_ids (same checks as complete_many) and then claims (same as claim). Rows:
--- (rejected id, null) for each rejected completion, then (null, task) for each claimed task.
--- claim() turns synchronous_commit off for the transaction (cheap wake path); completions must
--- be durable, so it is turned back on when this call completed anything.
+-- Marks runs claimed ahead (claim's start_keys) as started, once their worker starts them:
+-- from then on, losing them with the session counts an attempt. Only this session's claims.
+create function holdfast._mark_started(ids bigint[], fences bigint[]) returns void
+  language plpgsql set plan_cache_mode = force_generic_plan as $$
+begin
+  update holdfast.tasks t set started_at = now()
+  from unnest(ids, fences) as d (id, fence)
+  where t.id = d.id and t.fence = d.fence and t.state = 'running' and t.started_at is null
+    and t.holder_pid = pg_backend_pid() and t.holder_started = holdfast._session_started();
+end $$;
+
+-- Marks started_ids as started (_mark_started), completes done_ids (same checks as
+-- complete_many) and then claims (same as claim). Rows: (rejected id, null) for each rejected
+-- completion, then (null, task) for each claimed task. claim() turns synchronous_commit off for
+-- the transaction (cheap wake path); completions must be durable, so it is turned back on when
+-- this call completed anything.
 create function holdfast.settle(
   done_ids bigint[], done_fences bigint[], kinds text[], worker text, max_tasks int,
-  max_keys int default null
+  max_keys int default null, start_keys int default null, started_ids bigint[] default null,
+  started_fences bigint[] default null
 ) returns table (rejected bigint, task holdfast.tasks)
   language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
 declare
   v_done boolean := coalesce(cardinality(done_ids), 0) > 0;
 begin
+  if coalesce(cardinality(started_ids), 0) > 0 then
+    perform holdfast._mark_started(started_ids, started_fences);
+  end if;
   if v_done then
     return query select r, null::holdfast.tasks from holdfast.complete_many(done_ids, done_fences) r;
   end if;
   if coalesce(max_tasks, 0) > 0 then
     return query select null::bigint, c
-      from holdfast.claim(kinds, settle.worker, max_tasks, max_keys) c;
+      from holdfast.claim(kinds, settle.worker, max_tasks, max_keys, start_keys) c;
   end if;
   if v_done then
     perform set_config('synchronous_commit', 'on', true);
   end if;
 end $$;
 select holdfast._grant('execute',
-  'function holdfast.settle(bigint[], bigint[], text[], text, int, int)', 'holdfast_worker');
+  'function holdfast.settle(bigint[], bigint[], text[], text, int, int, int, bigint[], bigint[])',
+  'holdfast_worker');
 
 -- Guards a handler's own writes: call inside the handler's transaction. Raises HF004 once a
 -- newer claim of the key exists. The KEY SHARE row lock conflicts with claim's FOR UPDATE,

@@ -19,7 +19,9 @@ where t.state = 'running'
 select holdfast._grant('select', 'holdfast.orphans', 'holdfast_worker', 'holdfast_observer');
 
 -- Returns orphaned tasks to the queue as their next attempt (or dead-letters them once their
--- attempts are used up), and notifies idle workers. Each orphan is confirmed under the key's
+-- attempts are used up), and notifies idle workers. A requeued task keeps its place in its
+-- key's order (place_at) and may start at once (run_at = now): it is its key's head again,
+-- ahead of the tasks queued behind it, whatever the kind's strict_order. Each orphan is confirmed under the key's
 -- advisory lock and row lock: a holder that is alive, or committing its completion, holds one
 -- of them, so a live run is never taken away.
 create function holdfast.sweep() returns int
@@ -39,19 +41,24 @@ begin
     perform 1 from holdfast.keys k where k.key = r.key for no key update;
     select * into t from holdfast.tasks where id = r.id;
     if t.state = 'running' and t.fence = r.fence then
-      v_state := holdfast._next_state('lost', t.cancel_requested, t.attempt, t.max_attempts);
-      update holdfast.tasks u set
-        state = v_state,
-        run_at = case when v_state = 'pending' then now() else u.run_at end,
-        finished_at = case when v_state = 'pending' then null else now() end,
-        last_error = jsonb_build_object('message', 'holder session ended during the run')
-      where u.id = t.id;
-      insert into holdfast.attempts as a (task_id, attempt, fence, worker, pid, started_at,
-                                          finished_at, outcome, error)
-      values (t.id, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at, now(), 'lost',
-              jsonb_build_object('message', 'holder session ended during the run'))
-      on conflict (task_id, attempt) do update set finished_at = excluded.finished_at,
-        outcome = excluded.outcome, error = excluded.error;
+      if t.started_at is null and not t.cancel_requested then
+        -- Claimed ahead and never started: given back in its place, not an attempt.
+        update holdfast.tasks u set state = 'pending', attempt = u.attempt - 1 where u.id = t.id;
+      else
+        v_state := holdfast._next_state('lost', t.cancel_requested, t.attempt, t.max_attempts);
+        update holdfast.tasks u set
+          state = v_state,
+          run_at = case when v_state = 'pending' then now() else u.run_at end,
+          finished_at = case when v_state = 'pending' then null else now() end,
+          last_error = jsonb_build_object('message', 'holder session ended during the run')
+        where u.id = t.id;
+        insert into holdfast.attempts as a (task_id, attempt, fence, worker, pid, started_at,
+                                            finished_at, outcome, error)
+        values (t.id, t.attempt, t.fence, t.worker, t.holder_pid, coalesce(t.started_at, now()),
+                now(), 'lost', jsonb_build_object('message', 'holder session ended during the run'))
+        on conflict (task_id, attempt) do update set finished_at = excluded.finished_at,
+          outcome = excluded.outcome, error = excluded.error;
+      end if;
       perform holdfast._refresh_key(t.key);
       perform holdfast._notify_if_ready(t.key);
       n := n + 1;

@@ -30,12 +30,12 @@ export function toTask(row: TaskRow): Task {
 }
 
 export const sql = {
-  defineKind: "select holdfast.define_kind($1, $2, $3::interval, $4)",
+  defineKind: "select holdfast.define_kind($1, $2, $3::interval, $4, $5)",
   enqueue: "select id, deduped from holdfast.enqueue_task($1, $2, $3::jsonb, $4, $5, $6, $7, $8)",
-  claim: "select * from holdfast.claim($1::text[], $2, $3, $4)",
+  claim: "select * from holdfast.claim($1::text[], $2, $3, $4, $5)",
   /** Completions and the next claim in one round trip (rows: rejected id, or a claimed task). */
   settle:
-    "select s.rejected, (s.task).* from holdfast.settle($1::bigint[], $2::bigint[], $3::text[], $4, $5, $6) s",
+    "select s.rejected, (s.task).* from holdfast.settle($1::bigint[], $2::bigint[], $3::text[], $4, $5, $6, $7, $8::bigint[], $9::bigint[]) s",
   nextRunAt: "select holdfast.next_run_at($1::text[]) as at",
   completeMany: "select holdfast.complete_many($1::bigint[], $2::bigint[]) as rejected",
   release: "select holdfast.release($1::bigint[], $2::bigint[]) as rejected",

@@ -97,26 +97,31 @@ export interface ClaimRequest {
   worker: string;
   maxTasks: number;
   maxKeys: number;
+  /** Keys whose runs start now; the rest are claimed ahead (prefetch), not yet started. */
+  startKeys: number;
 }
 
 /**
- * Completes the succeeded runs and claims (when maxKeys > 0) in one round trip and one commit;
- * with nothing to complete, claims directly (the wake path). Returns the claimed rows.
+ * Records the start of runs claimed ahead (`started`), completes the succeeded runs and claims
+ * (when maxKeys > 0) in one round trip and one commit; with nothing else to do, claims directly
+ * (the wake path). Returns the claimed rows.
  */
 export async function settle(
   session: LockSession,
   succeeded: Settlement[],
+  started: Task[],
   claim: ClaimRequest,
   finish: Finish,
 ): Promise<TaskRow[]> {
   const done = succeeded.flatMap((s) => s.run.tasks.map((t) => ({ run: s.run, t })));
-  if (done.length === 0) {
+  if (done.length === 0 && started.length === 0) {
     if (claim.maxKeys <= 0) return [];
     return await session.query<TaskRow>(sql.claim, [
       claim.kinds,
       claim.worker,
       claim.maxTasks,
       claim.maxKeys,
+      claim.startKeys,
     ]);
   }
   const rows = await session.query<TaskRow & { rejected: string | null }>(sql.settle, [
@@ -126,6 +131,9 @@ export async function settle(
     claim.worker,
     claim.maxKeys > 0 ? claim.maxTasks : 0,
     claim.maxKeys > 0 ? claim.maxKeys : null,
+    claim.startKeys,
+    started.map((t) => t.id),
+    started.map((t) => t.fence),
   ]);
   const rejected = new Set(rows.filter((r) => r.rejected !== null).map((r) => Number(r.rejected)));
   for (const { run, t } of done) finish(run, t, rejected.has(t.id) ? "rejected" : "succeeded");

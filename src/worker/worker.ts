@@ -47,6 +47,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private readonly prefetched = new PrefetchQueue();
   private readonly maxBatch: number;
   private settled: Settlement[] = [];
+  /** Tasks started from a claim ahead whose start is not recorded yet (sent with the next
+   *  round trip: until then, losing the session would not count their attempt). */
+  private unmarked: Array<{ session: LockSession; task: Task }> = [];
   private wantClaim = false;
   private kickScheduled = false;
   private sweepDue = false;
@@ -191,7 +194,12 @@ export class Worker extends EventEmitter<WorkerEvents> {
 
   private hasWork(): boolean {
     if (!this.session || this.session.isLost || this.state === "stopped") return false;
-    return this.settled.length > 0 || this.sweepDue || (this.canClaim() && this.wantClaim);
+    return (
+      this.settled.length > 0 ||
+      this.unmarked.length > 0 ||
+      this.sweepDue ||
+      (this.canClaim() && this.wantClaim)
+    );
   }
 
   private canClaim(): boolean {
@@ -207,7 +215,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
         const batch = this.settled.splice(0);
         const claim = this.canClaim() && this.wantClaim;
         if (claim) this.wantClaim = false;
-        if (batch.length > 0 || claim) await this.reportAndClaim(session, batch, claim);
+        if (batch.length > 0 || claim || this.unmarked.length > 0) {
+          await this.reportAndClaim(session, batch, claim);
+        }
         if (this.sweepDue) {
           this.sweepDue = false;
           await this.sweep(session);
@@ -251,13 +261,24 @@ export class Worker extends EventEmitter<WorkerEvents> {
       const free = claim
         ? this.opts.concurrency + this.opts.prefetch - this.activeCount - this.prefetched.size
         : 0;
+      // Runs beyond the idle slots are claimed ahead: not started (nor an attempt) until the
+      // next round trip says so.
+      const startKeys = Math.max(0, this.opts.concurrency - this.activeCount);
+      const started = this.unmarked.splice(0).filter((u) => u.session === session);
       const claimed = await settle(
         session,
         live.filter((s) => s.error === undefined),
-        { kinds: this.kinds, worker: this.name, maxTasks: free * this.maxBatch, maxKeys: free },
+        started.map((u) => u.task),
+        {
+          kinds: this.kinds,
+          worker: this.name,
+          maxTasks: free * this.maxBatch,
+          maxKeys: free,
+          startKeys,
+        },
         end,
       );
-      if (claim) await this.startClaimed(session, claimed, free);
+      if (claim) await this.startClaimed(session, claimed, free, startKeys);
     } finally {
       // The session failed mid-report: whatever was not confirmed is not ours to claim.
       for (const [t, s] of unconfirmed) this.finish(s.run, t, "lost", s.error);
@@ -265,7 +286,12 @@ export class Worker extends EventEmitter<WorkerEvents> {
   }
 
   /** Starts the claimed runs; more may wait when every slot was filled, else arm the timer. */
-  private async startClaimed(session: LockSession, rows: TaskRow[], free: number): Promise<void> {
+  private async startClaimed(
+    session: LockSession,
+    rows: TaskRow[],
+    free: number,
+    startKeys: number,
+  ): Promise<void> {
     if (rows.length > 0)
       this.logger.debug(
         { event: "claim", tasks: rows.map((r) => Number(r.id)), free },
@@ -273,10 +299,10 @@ export class Worker extends EventEmitter<WorkerEvents> {
       );
     const runs = groupRuns(rows);
     if (runs.length > 0) this.wakeTimer.claimed();
-    for (const tasks of runs) {
-      if (this.activeCount < this.opts.concurrency) this.startRun(session, tasks);
+    runs.forEach((tasks, i) => {
+      if (this.activeCount < this.opts.concurrency) this.startRun(session, tasks, i >= startKeys);
       else this.prefetched.push(session, tasks);
-    }
+    });
     if (runs.length === free) {
       this.wantClaim = true; // there may be more
     } else {
@@ -299,8 +325,10 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.emit("task:end", task, error === undefined ? { outcome } : { outcome, error });
   }
 
-  private startRun(session: LockSession, tasks: Task[]): void {
+  /** claimedAhead: the claim did not record this run as started; the next round trip will. */
+  private startRun(session: LockSession, tasks: Task[], claimedAhead = false): void {
     const run = newRun(session, tasks, this.logger);
+    if (claimedAhead) for (const task of tasks) this.unmarked.push({ session, task });
     const cancelledEarly = this.runs.add(run);
     run.logger.info({ event: "task_started", batch: tasks.length }, "holdfast: task started");
     for (const t of tasks) this.emit("task:start", t);
@@ -339,7 +367,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     while (session && this.state === "running" && this.activeCount < this.opts.concurrency) {
       const tasks = this.prefetched.next(session);
       if (!tasks) return;
-      this.startRun(session, tasks);
+      this.startRun(session, tasks, true);
     }
   }
 
