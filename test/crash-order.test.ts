@@ -32,7 +32,9 @@ it("SIGKILL with a follow-up queued on the key: the killed task restarts first, 
   const survivors = procs.filter((p) => p !== victim);
 
   const restart = await Promise.race(
-    survivors.map((p) => p.waitFor((e) => e.event === "start" && e.id === dream1 && e.attempt === 2)),
+    survivors.map((p) =>
+      p.waitFor((e) => e.event === "start" && e.id === dream1 && e.attempt === 2),
+    ),
   );
   const takeoverMs = restart.at - killedAt;
   console.log(`takeover with a follow-up queued: ${takeoverMs} ms`);

@@ -37,8 +37,9 @@ interface Claimed {
   attempt: number;
 }
 async function claim(c: pg.Client, kind: string): Promise<Claimed[]> {
-  return (await c.query<Claimed>("select id, fence, attempt from holdfast.claim($1, 'w', 10)", [[kind]]))
-    .rows;
+  return (
+    await c.query<Claimed>("select id, fence, attempt from holdfast.claim($1, 'w', 10)", [[kind]])
+  ).rows;
 }
 
 describe("from SQL alone", () => {
@@ -58,7 +59,10 @@ describe("from SQL alone", () => {
     const [t1] = await enqueueAll("strict", "sql:backoff", 2);
     const c = await session();
     const [first] = await claim(c, "strict");
-    await c.query("select holdfast.fail($1, $2, 'boom', interval '1 hour')", [first?.id, first?.fence]);
+    await c.query("select holdfast.fail($1, $2, 'boom', interval '1 hour')", [
+      first?.id,
+      first?.fence,
+    ]);
     expect(await claim(c, "strict")).toEqual([]);
     // The key's head is the retried task, due in an hour: a worker's timer is set for it.
     const { rows } = await c.query(
@@ -72,7 +76,10 @@ describe("from SQL alone", () => {
     const c = await session();
     const [first] = await claim(c, "relaxed");
     expect(Number(first?.id)).toBe(t1);
-    await c.query("select holdfast.fail($1, $2, 'boom', interval '0.3 s')", [first?.id, first?.fence]);
+    await c.query("select holdfast.fail($1, $2, 'boom', interval '0.3 s')", [
+      first?.id,
+      first?.fence,
+    ]);
     const order: number[] = [];
     for (let i = 0; i < 3; ) {
       const got = await claim(c, "relaxed");
@@ -94,7 +101,9 @@ describe("from SQL alone", () => {
     const pid = (await holder.query("select pg_backend_pid() as pid")).rows[0].pid;
     await t.db.pool.query("select pg_terminate_backend($1)", [pid]);
     await until(async () => {
-      const { rows } = await t.db.pool.query("select 1 from pg_stat_activity where pid = $1", [pid]);
+      const { rows } = await t.db.pool.query("select 1 from pg_stat_activity where pid = $1", [
+        pid,
+      ]);
       return rows.length === 0 ? true : undefined;
     });
     const sweeper = await session();
@@ -145,7 +154,9 @@ describe("from SQL alone", () => {
 });
 
 function recordStarts(worker: Worker, into: string[]): void {
-  worker.on("task:start", (task: Task) => into.push(`${(task.payload as { i: number }).i}#${task.attempt}`));
+  worker.on("task:start", (task: Task) =>
+    into.push(`${(task.payload as { i: number }).i}#${task.attempt}`),
+  );
 }
 
 describe("through a worker", () => {
