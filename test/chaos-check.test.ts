@@ -44,3 +44,39 @@ describe("chaos checker", () => {
     expect(late.violations.filter((v) => v.kind === "overlap")).toHaveLength(1);
   });
 });
+
+describe("chaos checker: order per key", () => {
+  it("reports a later task of a key that started before an earlier one's last run, and accepts the right order", async () => {
+    await db.pool.query("truncate chaos_log");
+    await db.pool.query("update holdfast.tasks set state = 'cancelled'");
+    const enq = async () =>
+      Number(
+        (await db.pool.query<{ id: string }>("select holdfast.enqueue('short', 'k3') as id"))
+          .rows[0]?.id,
+      );
+    const [a, b] = [await enq(), await enq()];
+    await db.pool.query("update holdfast.tasks set state = 'succeeded' where id = any ($1)", [
+      [a, b],
+    ]);
+    // a's attempt 1 is lost, b runs, then a's attempt 2: b passed a.
+    await db.pool.query(
+      `insert into chaos_log values
+         ($1, 'k3', 1, 10, 'w1', '2026-01-01 00:00:00+00', '2026-01-01 00:00:01+00'),
+         ($2, 'k3', 1, 20, 'w2', '2026-01-01 00:00:02+00', '2026-01-01 00:00:03+00'),
+         ($1, 'k3', 2, 30, 'w2', '2026-01-01 00:00:04+00', '2026-01-01 00:00:05+00')`,
+      [a, b],
+    );
+    const bad = await check(db.pool, () => undefined);
+    expect(bad.violations.filter((v) => v.kind === "order")).toHaveLength(1);
+    await db.pool.query(
+      "update chaos_log set started_at = started_at + interval '10 s' where task_id = $1",
+      [b],
+    );
+    await db.pool.query(
+      "update chaos_log set ended_at = ended_at + interval '10 s' where task_id = $1",
+      [b],
+    );
+    const good = await check(db.pool, () => undefined);
+    expect(good.violations.filter((v) => v.kind === "order")).toEqual([]);
+  });
+});

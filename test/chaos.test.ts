@@ -8,7 +8,7 @@ const faults = (process.env.HOLDFAST_CHAOS_FAULTS ?? "kill,partition,restart").s
 ) as Fault[];
 
 describe("chaos soak (short)", () => {
-  it(`4 workers under ${faults.join(" + ")} faults: no overlap per key, every task ends exactly once, none stuck, no extra session`, async () => {
+  it(`4 workers under ${faults.join(" + ")} faults: no overlap per key, order per key kept, every task ends exactly once, none stuck, no extra session`, async () => {
     const report = await soak({
       durationMs: 30_000,
       workers: 4,

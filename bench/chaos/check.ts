@@ -11,7 +11,7 @@ export interface LogRun {
 }
 
 export interface Violation {
-  kind: "overlap" | "not-ended" | "ended-twice" | "fence-order" | "extra-session";
+  kind: "overlap" | "not-ended" | "ended-twice" | "fence-order" | "order" | "extra-session";
   detail: string;
 }
 
@@ -55,17 +55,22 @@ export async function check(
   }));
   const { rows: tasks } = await pool.query<{
     id: string;
+    key: string;
     state: string;
     succeeded: number;
     finals: number;
+    /** Same priority group, strict kind, enqueued without a delay: its order is checked. */
+    order_group: string | null;
   }>(
-    `select t.id, t.state,
+    `select t.id, t.key, t.state,
+            case when kd.strict_order and t.place_at = t.created_at
+              then t.key || ' ' || t.priority end as order_group,
             (select count(*)::int from holdfast.attempts a
              where a.task_id = t.id and a.outcome = 'succeeded') as succeeded,
             (select count(*)::int from holdfast.attempts a
              where a.task_id = t.id and a.outcome in ('failed', 'lost')
                and a.attempt >= t.max_attempts) as finals
-     from holdfast.tasks t`,
+     from holdfast.tasks t join holdfast.kinds kd on kd.kind = t.kind`,
   );
   const violations: Violation[] = [];
 
@@ -93,7 +98,37 @@ export async function check(
     }
   }
 
-  // 2. Every task ended exactly once: terminal state, and exactly one terminal attempt (a
+  // 2. Order per key (guarantee 6): of two tasks of a strict kind, equal priority, enqueued
+  // without a delay, the later one's first run starts after the earlier one's last run started
+  // (a lost or failed attempt keeps its place), whatever faults came between.
+  const starts = new Map<number, { first: number; last: number }>();
+  for (const r of runs) {
+    const s = starts.get(r.task_id);
+    starts.set(r.task_id, {
+      first: Math.min(s?.first ?? r.started, r.started),
+      last: Math.max(s?.last ?? r.started, r.started),
+    });
+  }
+  const groups = new Map<string, number[]>();
+  for (const t of tasks) {
+    if (t.order_group !== null && starts.has(Number(t.id)))
+      groups.set(t.order_group, [...(groups.get(t.order_group) ?? []), Number(t.id)]);
+  }
+  for (const ids of groups.values()) {
+    ids.sort((a, b) => a - b);
+    for (let i = 1; i < ids.length; i++) {
+      const [a, b] = [ids[i - 1] as number, ids[i] as number];
+      const [sa, sb] = [starts.get(a), starts.get(b)];
+      if (sa && sb && sb.first < sa.last) {
+        violations.push({
+          kind: "order",
+          detail: `task ${b} started ${Math.round(sa.last - sb.first)} ms before the last run of task ${a}, queued ahead of it on its key`,
+        });
+      }
+    }
+  }
+
+  // 3. Every task ended exactly once: terminal state, and exactly one terminal attempt (a
   // crash counts as an attempt: the last one may be 'lost').
   let succeeded = 0;
   let deadLettered = 0;

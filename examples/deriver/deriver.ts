@@ -30,8 +30,16 @@ export async function setupDeriver(hf: Holdfast, opts: { dreamInterval: Interval
     create table if not exists deriver_dreams (
       id bigserial primary key, key text, observations int, fence bigint,
       started_at timestamptz, finished_at timestamptz default clock_timestamp())`);
+  // Strict order (the default): a failed batch of messages is retried before the session's
+  // later messages are derived, so message N+1 never lands before message N.
   await hf.defineKind("representation", { batch: { max: 10 } });
-  await hf.defineKind("dream", { minInterval: opts.dreamInterval, maxAttempts: 3 });
+  // A dream consolidates whatever the peer has when it runs, so a retry need not hold up the
+  // next one: later dreams of the peer may pass a dream waiting out its backoff.
+  await hf.defineKind("dream", {
+    minInterval: opts.dreamInterval,
+    maxAttempts: 3,
+    strictOrder: false,
+  });
 }
 
 /** What the API does when a message arrives: one representation task, one dream request. */
