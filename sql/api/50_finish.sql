@@ -38,9 +38,13 @@ begin
       -- A failed attempt to be retried waits out its backoff until retry_at. Tasks of one batch
       -- share a fence and may be reported one by one: each takes the retry time of those
       -- already reported, so the batch is due, and claimed again, whole.
+      -- (They lead the key's order: only the first batch_max pending tasks are read.)
       case when n.next = 'pending' and _finish_many.outcome <> 'released' then coalesce(
-        (select min(o.run_at) from holdfast.tasks o
-         where o.key = t.key and o.state = 'pending' and o.fence = t.fence and o.id <> t.id),
+        (select min(o.run_at) from (
+           select o.run_at, o.fence from holdfast.tasks o
+           where kd.batch_max > 1 and o.key = t.key and o.state = 'pending'
+           order by o.priority, o.place_at, o.id limit kd.batch_max) o
+         where o.fence = t.fence),
         now() + coalesce(retry_in, holdfast._backoff(t.attempt, t.fence))) end as retry_at
     from d cross join lateral (select * from holdfast.tasks t where t.id = d.id) t
     join holdfast.kinds kd on kd.kind = t.kind
