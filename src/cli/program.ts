@@ -1,5 +1,6 @@
 import { InvalidArgumentError as ArgError, Command, Option } from "commander";
 import { type Logger, pino } from "pino";
+import { dashboardDefaults } from "../dashboard/server.js";
 import {
   ConnectionError,
   HoldfastError,
@@ -7,6 +8,7 @@ import {
   UnknownKindError,
 } from "../errors.js";
 import { Holdfast } from "../holdfast.js";
+import { runDashboard } from "./dashboard.js";
 import { runInspect } from "./inspect.js";
 import { databaseUrl, type Output, processOutput } from "./io.js";
 import { runWorker } from "./worker.js";
@@ -186,6 +188,46 @@ export function buildProgram(io: Output = processOutput): {
           width: opts.width,
         },
         io,
+      );
+    });
+
+  program
+    .command("dashboard")
+    .description(
+      "serve a web page of holders, orphans, queue, activity and dead letters (read-only unless --allow-actions)",
+    )
+    .option("-p, --port <port>", "port (0: any free port)", port, dashboardDefaults.port)
+    .option(
+      "--host <address>",
+      "address to listen on; anything but loopback exposes the page to the network",
+      dashboardDefaults.host,
+    )
+    .option(
+      "--allow-actions",
+      "offer retry and cancel, to browsers that present the token printed at start",
+    )
+    .option("--token <token>", "the actions token (default $HOLDFAST_DASHBOARD_TOKEN, else random)")
+    .option("--refresh <seconds>", "how often an open page redraws (default 2)", seconds)
+    .option("--log-level <level>", "pino level (default $HOLDFAST_LOG_LEVEL or info)")
+    .addOption(databaseOption())
+    .action(async (opts) => {
+      const given: string | undefined = opts.token ?? process.env.HOLDFAST_DASHBOARD_TOKEN;
+      const token = given === "" ? undefined : given;
+      if (token !== undefined && !/^[A-Za-z0-9_-]{16,200}$/.test(token))
+        throw new InvalidArgumentError(
+          "holdfast: the dashboard token must be 16 to 200 characters of A-Z a-z 0-9 _ -",
+        );
+      code = await runDashboard(
+        {
+          database: url(opts),
+          host: opts.host,
+          port: opts.port,
+          allowActions: opts.allowActions === true,
+          token,
+          refreshSeconds: opts.refresh,
+        },
+        io,
+        logger(opts.logLevel),
       );
     });
 

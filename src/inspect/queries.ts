@@ -93,3 +93,83 @@ select
   (select count(*) from pg_stat_activity a where a.backend_type = 'client backend')::int
     as client_connections,
   current_database() as database`;
+
+// What happened, for the dashboard. Relations read: holdfast.tasks, holdfast.attempts,
+// holdfast.keys (all granted to holdfast_observer). holdfast.attempts has no index on time:
+// the last hour is read by a scan, which is why the page reads it less often than the rest.
+
+/** Start of the oldest of the last `$1` whole minutes (the current one included), epoch ms. */
+export const activitySinceSql = `
+select (extract(epoch from date_trunc('minute', now()) - ($1::int - 1) * interval '1 minute')
+  * 1000)::float8 as since_ms`;
+
+/**
+ * Per kind and minute since $1 (epoch ms): attempts started (ended ones and the running ones,
+ * whose attempt is the task row) and ended, by outcome.
+ */
+export const activitySql = `
+with since as (select to_timestamp($1::float8 / 1000) as t),
+events as (
+  select t.kind, a.started_at as at, 'started' as what
+  from holdfast.attempts a join holdfast.tasks t on t.id = a.task_id
+  where a.started_at >= (select t from since)
+  union all
+  select t.kind, t.started_at, 'started'
+  from holdfast.tasks t
+  where t.state = 'running' and t.started_at >= (select t from since)
+    and not exists (
+      select 1 from holdfast.attempts a where a.task_id = t.id and a.attempt = t.attempt)
+  union all
+  select t.kind, a.finished_at, a.outcome
+  from holdfast.attempts a join holdfast.tasks t on t.id = a.task_id
+  where a.finished_at >= (select t from since) and a.outcome is not null
+)
+select kind, what, (extract(epoch from date_trunc('minute', at)) * 1000)::float8 as minute_ms,
+  count(*)::int as n
+from events
+group by 1, 2, 3`;
+
+/** Per kind: run time of the attempts that succeeded or failed since $1 (epoch ms). */
+export const durationsSql = `
+select t.kind, count(*)::int as runs,
+  percentile_cont(0.5) within group (order by extract(epoch from a.finished_at - a.started_at))
+    * 1000 as p50_ms,
+  percentile_cont(0.95) within group (order by extract(epoch from a.finished_at - a.started_at))
+    * 1000 as p95_ms
+from holdfast.attempts a join holdfast.tasks t on t.id = a.task_id
+where a.finished_at >= to_timestamp($1::float8 / 1000) and a.outcome in ('succeeded', 'failed')
+group by t.kind`;
+
+/** The $1 ready tasks waiting longest to start, and whether their key is busy meanwhile. */
+export const waitingSql = `
+select t.id::text as id, t.kind, t.key, t.attempt, t.max_attempts, k.busy,
+  (extract(epoch from now() - t.run_at) * 1000)::float8 as waiting_ms,
+  t.last_error ->> 'message' as last_error
+from holdfast.tasks t join holdfast.keys k on k.key = t.key
+where t.state = 'pending' and t.run_at <= now()
+order by t.run_at, t.id
+limit $1`;
+
+/** One task ($1) with its key's current fence. */
+export const taskSql = `
+select t.id::text as id, t.kind, t.key, t.payload, t.state, t.priority, t.run_at, t.attempt,
+  t.max_attempts, t.dedupe_key, t.fence::text as fence, t.worker, t.holder_pid,
+  t.cancel_requested, t.last_error, t.created_at, t.started_at, t.finished_at,
+  k.fence::text as key_fence, k.busy as key_busy
+from holdfast.tasks t join holdfast.keys k on k.key = t.key
+where t.id = $1`;
+
+/** Every ended attempt of task $1, with its fence: the task's fence history. */
+export const taskAttemptsSql = `
+select attempt, fence::text as fence, worker, pid, started_at, finished_at, outcome, error
+from holdfast.attempts
+where task_id = $1
+order by attempt`;
+
+/** The open tasks of key $1 in the order they start (running first), at most $2. */
+export const keyTasksSql = `
+select id::text as id, kind, state, priority, run_at, attempt, max_attempts
+from holdfast.tasks
+where key = $1 and state in ('pending', 'running')
+order by state = 'running' desc, priority, run_at, id
+limit $2`;

@@ -103,93 +103,109 @@ export interface Snapshot {
   capacity: Capacity;
 }
 
-const num = (v: string | number | null): number | null => (v === null ? null : Number(v));
-const ms = (v: number | null): number | null => (v === null ? null : Math.max(0, Math.round(v)));
+export const num = (v: string | number | null): number | null => (v === null ? null : Number(v));
+/** A duration in whole milliseconds, never negative (clock skew between statements). */
+export const ms = (v: number | null): number | null =>
+  v === null ? null : Math.max(0, Math.round(v));
+
+/** Runs `fn` in one read-only transaction: one consistent picture, fine for a SELECT-only role. */
+export async function readOnly<T>(client: pg.ClientBase, fn: () => Promise<T>): Promise<T> {
+  await client.query("begin transaction read only");
+  try {
+    const result = await fn();
+    await client.query("commit");
+    return result;
+  } catch (err) {
+    await client.query("rollback").catch(() => {});
+    throw err;
+  }
+}
 
 /** Reads one consistent picture in a read-only transaction (works for a SELECT-only role). */
 export async function takeSnapshot(
   client: pg.ClientBase,
   filters: InspectFilters = {},
 ): Promise<Snapshot> {
+  return await readOnly(client, () => readSnapshot(client, filters));
+}
+
+/** The snapshot's queries, in the caller's transaction (the dashboard adds its own reads). */
+export async function readSnapshot(
+  client: pg.ClientBase,
+  filters: InspectFilters = {},
+): Promise<Snapshot> {
   const args = [filters.key ?? null, filters.kind ?? null];
-  await client.query("begin transaction read only");
-  try {
-    const holders = await client.query(holdersSql, args);
-    const waiters = await client.query(waitersSql, args);
-    const orphans = await client.query(orphansSql, args);
-    const queue = await client.query(queueSql, args);
-    const cap = (await client.query(capacitySql)).rows[0];
-    await client.query("commit");
-    const snapshot: Snapshot = {
-      version: snapshotVersion,
-      at: new Date().toISOString(),
-      database: cap.database,
-      filters: { key: filters.key ?? null, kind: filters.kind ?? null },
-      healthy: true,
-      problems: [],
-      holders: holders.rows.map((r) => ({
-        key: r.key,
-        kind: r.kind,
-        taskId: num(r.task_id),
-        attempt: r.attempt,
-        maxAttempts: r.max_attempts,
-        fence: num(r.fence),
-        worker: r.worker,
-        pid: r.pid,
-        applicationName: r.application_name,
-        clientAddr: r.client_addr,
-        heldForMs: ms(r.held_for_ms),
-      })),
-      waiters: waiters.rows.map((r) => ({
-        key: r.key,
-        pid: r.pid,
-        applicationName: r.application_name,
-        clientAddr: r.client_addr,
-        waitingMs: ms(r.waiting_ms),
-        blockedBy: r.blocked_by ?? [],
-      })),
-      orphans: orphans.rows.map((r) => ({
-        key: r.key,
-        kind: r.kind,
-        taskId: Number(r.task_id),
-        attempt: r.attempt,
-        fence: Number(r.fence),
-        worker: r.worker,
-        holderPid: r.holder_pid,
-        runningForMs: ms(r.running_for_ms) ?? 0,
-      })),
-      queue: queue.rows.map((r) => ({
-        kind: r.kind,
-        pending: r.pending,
-        running: r.running,
-        delayed: r.delayed,
-        deadLettered: r.dead_lettered,
-        oldestPendingMs: ms(r.oldest_pending_ms),
-      })),
-      capacity: {
-        advisoryLocks: {
-          used: cap.advisory_locks,
-          holdfast: cap.holdfast_locks,
-          lockTableSize:
-            cap.max_locks_per_transaction * (cap.max_connections + cap.max_prepared_transactions),
-          maxLocksPerTransaction: cap.max_locks_per_transaction,
-          maxPreparedTransactions: cap.max_prepared_transactions,
-        },
-        connections: {
-          lockSessions: cap.lock_sessions,
-          listenSessions: cap.listen_sessions,
-          used: cap.client_connections,
-          max: cap.max_connections,
-        },
+  const holders = await client.query(holdersSql, args);
+  const waiters = await client.query(waitersSql, args);
+  const orphans = await client.query(orphansSql, args);
+  const queue = await client.query(queueSql, args);
+  const cap = (await client.query(capacitySql)).rows[0];
+  const snapshot: Snapshot = {
+    version: snapshotVersion,
+    at: new Date().toISOString(),
+    database: cap.database,
+    filters: { key: filters.key ?? null, kind: filters.kind ?? null },
+    healthy: true,
+    problems: [],
+    holders: holders.rows.map((r) => ({
+      key: r.key,
+      kind: r.kind,
+      taskId: num(r.task_id),
+      attempt: r.attempt,
+      maxAttempts: r.max_attempts,
+      fence: num(r.fence),
+      worker: r.worker,
+      pid: r.pid,
+      applicationName: r.application_name,
+      clientAddr: r.client_addr,
+      heldForMs: ms(r.held_for_ms),
+    })),
+    waiters: waiters.rows.map((r) => ({
+      key: r.key,
+      pid: r.pid,
+      applicationName: r.application_name,
+      clientAddr: r.client_addr,
+      waitingMs: ms(r.waiting_ms),
+      blockedBy: r.blocked_by ?? [],
+    })),
+    orphans: orphans.rows.map((r) => ({
+      key: r.key,
+      kind: r.kind,
+      taskId: Number(r.task_id),
+      attempt: r.attempt,
+      fence: Number(r.fence),
+      worker: r.worker,
+      holderPid: r.holder_pid,
+      runningForMs: ms(r.running_for_ms) ?? 0,
+    })),
+    queue: queue.rows.map((r) => ({
+      kind: r.kind,
+      pending: r.pending,
+      running: r.running,
+      delayed: r.delayed,
+      deadLettered: r.dead_lettered,
+      oldestPendingMs: ms(r.oldest_pending_ms),
+    })),
+    capacity: {
+      advisoryLocks: {
+        used: cap.advisory_locks,
+        holdfast: cap.holdfast_locks,
+        lockTableSize:
+          cap.max_locks_per_transaction * (cap.max_connections + cap.max_prepared_transactions),
+        maxLocksPerTransaction: cap.max_locks_per_transaction,
+        maxPreparedTransactions: cap.max_prepared_transactions,
       },
-    };
-    snapshot.problems = problemsOf(snapshot);
-    snapshot.healthy = snapshot.problems.length === 0;
-    return snapshot;
-  } catch (err) {
-    await client.query("rollback").catch(() => {});
-    throw err;
-  }
+      connections: {
+        lockSessions: cap.lock_sessions,
+        listenSessions: cap.listen_sessions,
+        used: cap.client_connections,
+        max: cap.max_connections,
+      },
+    },
+  };
+  snapshot.problems = problemsOf(snapshot);
+  snapshot.healthy = snapshot.problems.length === 0;
+  return snapshot;
 }
 
 function problemsOf(s: Snapshot): string[] {
