@@ -20,6 +20,8 @@ export interface Scene {
   orphanId: number;
   deadId: number;
   hostileId: number;
+  /** Representation attempts this scene ended, by outcome (all within the last hour). */
+  representation: { succeeded: number; failed: number };
   /** The session holding the running dream's lock; end it after the test. */
   holder: pg.Client;
 }
@@ -148,7 +150,9 @@ export async function buildScene(hf: Holdfast, url: string): Promise<Scene> {
   // Ready work nobody has taken yet.
   await hf.enqueue("representation", { key: "representation:ws:session-42:bob", payload: {} });
   await worker.end();
+  const failed = history.filter((h) => h.error).length;
   return {
+    representation: { succeeded: history.length, failed: failed + 1 },
     runningId: running.id,
     followUpId: followUp.id,
     orphanId: orphan.id,
