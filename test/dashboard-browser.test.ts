@@ -99,7 +99,8 @@ it("retries a dead letter from the page once the browser has the token, and logs
   expect(await text("#mode")).toBe("actions enabled");
   await Promise.all([
     page.waitForNavigation(),
-    page.click(`#dead button[data-action="retry"][data-task="${s.deadId}"]`),
+    // A locator retries if a redraw replaced the button between finding and clicking it.
+    page.locator(`#dead button[data-action="retry"][data-task="${s.deadId}"]`).click(),
   ]);
   expect(page.url()).toBe(`${dashboard.url}tasks/${s.deadId}?done=retried`);
   expect(await text(".notice")).toContain(`Task ${s.deadId} is pending again`);

@@ -87,13 +87,14 @@ details summary { cursor: pointer; color: var(--link); font-size: 12.5px; }
 .actions { display: flex; gap: 8px; align-items: center; margin-top: 10px; }
 `);
 
-/** Keeps open <details> open across redraws; pauses while the tab is hidden. */
+/** Redraws the live part; keeps open <details> open across redraws. */
 const script = `
 const live = document.getElementById("live");
 const conn = document.getElementById("conn");
 const every = Number(live.dataset.every);
 async function redraw() {
-  if (!document.hidden) {
+  // Not while the tab is hidden, nor under a pointer on a button: a click must hit what it aimed at.
+  if (!document.hidden && !live.querySelector("form.action:hover")) {
     try {
       const r = await fetch(live.dataset.refresh, { headers: { "x-holdfast-fragment": "1" } });
       if (!r.ok) throw new Error(String(r.status));

