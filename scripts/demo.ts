@@ -1,13 +1,19 @@
 // npm run demo: the deriver's story, compressed in time, on an embedded Postgres.
 // 3 worker processes, 2 peers' dreams of several seconds each, one worker SIGKILLed mid-dream.
+// `npm run demo -- --dashboard [port]` serves the dashboard on the demo's database meanwhile
+// (default port 8080) and keeps it, the database and the workers up until Ctrl-C.
 import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { pino } from "pino";
+import { type Dashboard, startDashboard } from "../src/dashboard/server.js";
 import { Holdfast } from "../src/index.js";
 import { startEmbedded } from "../test/support/postgres.js";
 import { overlaps } from "../test/support/runs.js";
 
+const dashboardAt = process.argv.indexOf("--dashboard");
+const dashboardPort =
+  dashboardAt < 0 ? null : Number(process.argv[dashboardAt + 1] ?? 8080) || 8080;
 const DREAM_SECONDS = 6;
 const KILL_AFTER_MS = 2_000;
 const t0 = Date.now();
@@ -28,6 +34,7 @@ console.log("holdfast demo: 3 deriver workers, 2 dreams, one worker killed mid-d
 const server = await startEmbedded();
 const hf = new Holdfast({ connectionString: server.url, logger: pino({ level: "silent" }) });
 const children: ChildProcess[] = [];
+let dashboard: Dashboard | undefined;
 try {
   await hf.migrate();
   await hf.defineKind("dream");
@@ -37,6 +44,15 @@ try {
     Date.now(),
     `embedded Postgres up, schema migrated (${server.url.replace(/:[^:@]*@/, ":***@")})`,
   );
+
+  if (dashboardPort !== null) {
+    dashboard = await startDashboard({
+      hf,
+      port: dashboardPort,
+      logger: pino({ level: "silent" }),
+    });
+    line(Date.now(), `dashboard on ${dashboard.url}`);
+  }
 
   const events: Event[] = [];
   const waiters: Array<() => void> = [];
@@ -120,7 +136,14 @@ try {
       `takeover ${takeover.at - killedAt} ms after SIGKILL (no timeout configured anywhere)`,
   );
   if (overlapping > 0 || completed !== dreams.length) process.exitCode = 1;
+  if (dashboard) {
+    console.log(
+      `\ndashboard: ${dashboard.url} (or: npm run dashboard -- --port 8081 --database '${server.url}')\nCtrl-C to stop`,
+    );
+    await new Promise((resolve) => process.once("SIGINT", resolve));
+  }
 } finally {
+  await dashboard?.close();
   for (const c of children) c.kill("SIGKILL");
   await hf.close();
   await server.stop();

@@ -109,6 +109,7 @@ it("retries a dead letter from the page once the browser has the token, and logs
     s.deadId,
   ]);
   expect(rows[0].state).toBe("pending");
+  await page.screenshot({ path: `${repoRoot}.tmp/dashboard-task.png`, fullPage: true });
   expect(logs.lines).toContainEqual(
     expect.objectContaining({
       event: "dashboard_action",
