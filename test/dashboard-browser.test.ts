@@ -60,7 +60,10 @@ it("shows the running dream with its held-for, the orphan, the waiting follow-up
   const running = await rowOf("running", s.runningId);
   expect(running).toContain(scene.running);
   expect(running).toContain(scene.worker);
-  expect(running).toMatch(/\b\d+(ms|\.\d+s|m\d\ds)\b/); // held for, e.g. "1.3s"
+  // Held for, e.g. "850ms", "4.6s", "1m02s".
+  expect(await text(`#running tr[data-task="${s.runningId}"] .held`)).toMatch(
+    /^(\d+ms|\d+\.\ds|\d+m\d\ds)$/,
+  );
   expect(await rowOf("orphans", s.orphanId)).toContain(scene.orphaned);
   expect(await rowOf("waiting", s.followUpId)).toContain("its key is running another task");
   expect(await rowOf("dead", s.deadId)).toContain(scene.deadError);
