@@ -82,6 +82,10 @@ describe("reading", () => {
     ]);
     expect(o.snapshot.orphans.map((x: { taskId: number }) => x.taskId)).toEqual([s.orphanId]);
     expect(o.waiting).toContainEqual(expect.objectContaining({ id: s.followUpId, keyBusy: true }));
+    // Its key's earlier task waits out a retry's backoff and keeps its place.
+    expect(o.waiting).toContainEqual(
+      expect.objectContaining({ id: s.behindId, keyBusy: false, behind: s.backoffId }),
+    );
     expect(o.deadLetters).toContainEqual(
       expect.objectContaining({
         id: s.deadId,

@@ -93,7 +93,7 @@ const waiting: Section<Overview> = {
       ? empty("No ready task is waiting.")
       : html`<table><thead><tr><th>Key</th><th>Kind</th><th class="num">Task</th><th class="num">Next attempt</th><th class="num">Ready for</th><th>Why</th><th>Previous error</th></tr></thead><tbody>${o.waiting.map(
           (t) =>
-            html`<tr data-task="${t.id}"><td class="key">${t.key}</td><td>${t.kind}</td><td class="num">${taskLink(t.id)}</td><td class="num">${t.attempt + 1} / ${t.maxAttempts}</td><td class="num">${formatDuration(t.waitingMs)}</td><td>${t.keyBusy ? "its key is running another task" : "no worker has taken it yet"}</td><td class="${t.lastError ? "err" : ""}">${dash(t.lastError)}</td></tr>`,
+            html`<tr data-task="${t.id}"><td class="key">${t.key}</td><td>${t.kind}</td><td class="num">${taskLink(t.id)}</td><td class="num">${t.attempt + 1} / ${t.maxAttempts}</td><td class="num">${formatDuration(t.waitingMs)}</td><td>${t.keyBusy ? "its key is running another task" : t.behind !== null ? html`behind task ${taskLink(t.behind)} in its key's order` : "no worker has taken it yet"}</td><td class="${t.lastError ? "err" : ""}">${dash(t.lastError)}</td></tr>`,
         )}</tbody></table><p class="note">The ${o.waiting.length === 1 ? "task" : `${o.waiting.length} tasks`} ready longest; the queue below counts them all.</p>`,
 };
 
@@ -232,6 +232,7 @@ export function taskLive(t: TaskDetail, snapshot: Snapshot, actions: ActionMode)
 <dt>Attempt</dt><dd>${t.attempt} of ${t.maxAttempts}</dd>
 <dt>Priority</dt><dd>${t.priority}</dd>
 <dt>Run at</dt><dd>${utc(t.runAt)}</dd>
+<dt>Place in key order</dt><dd>${utc(t.placeAt)}</dd>
 <dt>Created</dt><dd>${utc(t.createdAt)} (${ago(t.createdAt, now)})</dd>
 <dt>Started</dt><dd>${utc(t.startedAt)}</dd>
 <dt>Finished</dt><dd>${utc(t.finishedAt)}</dd>
@@ -248,9 +249,9 @@ export function taskLive(t: TaskDetail, snapshot: Snapshot, actions: ActionMode)
   const keyQueue =
     t.keyQueue.length === 0
       ? empty("The key has no open task.")
-      : html`<table><thead><tr><th class="num">Task</th><th>Kind</th><th>State</th><th class="num">Priority</th><th>Run at</th><th class="num">Attempt</th></tr></thead><tbody>${t.keyQueue.map(
+      : html`<table><thead><tr><th class="num">Task</th><th>Kind</th><th>State</th><th class="num">Priority</th><th>Place</th><th>Run at</th><th class="num">Attempt</th></tr></thead><tbody>${t.keyQueue.map(
           (q) =>
-            html`<tr><td class="num">${q.id === t.id ? html`<strong>${q.id}</strong>` : taskLink(q.id)}</td><td>${q.kind}</td><td>${q.state}</td><td class="num">${q.priority}</td><td>${utc(q.runAt)}</td><td class="num">${q.attempt} / ${q.maxAttempts}</td></tr>`,
+            html`<tr><td class="num">${q.id === t.id ? html`<strong>${q.id}</strong>` : taskLink(q.id)}</td><td>${q.kind}</td><td>${q.state}</td><td class="num">${q.priority}</td><td>${utc(q.placeAt)}</td><td>${utc(q.runAt)}</td><td class="num">${q.attempt} / ${q.maxAttempts}</td></tr>`,
         )}</tbody></table>`;
   return html`<section id="task"><h2>Task ${t.id}</h2>${facts}${buttons.length > 0 ? html`<div class="actions">${buttons}</div>` : null}</section>
 <section id="payload"><h2>Payload</h2><pre>${JSON.stringify(t.payload, null, 2)}</pre></section>

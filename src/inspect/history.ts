@@ -113,8 +113,11 @@ export interface WaitingTask {
   key: string;
   attempt: number;
   maxAttempts: number;
-  /** Its key runs another task meanwhile (it waits its turn), else no worker took it yet. */
+  /** Its key runs another task meanwhile (it waits its turn). */
   keyBusy: boolean;
+  /** The task that starts next on its key, when that is another one (an earlier task
+   *  waiting out a retry's backoff keeps its place); null when this task is next. */
+  behind: number | null;
   /** Since its run_at. */
   waitingMs: number;
   /** The error of its previous attempt, if it is a retry. */
@@ -131,6 +134,7 @@ export async function readWaiting(client: pg.ClientBase, limit = 10): Promise<Wa
     attempt: r.attempt,
     maxAttempts: r.max_attempts,
     keyBusy: r.busy,
+    behind: num(r.behind),
     waitingMs: ms(r.waiting_ms) ?? 0,
     lastError: r.last_error,
   }));
@@ -163,7 +167,10 @@ export interface TaskDetail {
   payload: unknown;
   state: TaskState;
   priority: number;
+  /** Earliest start. */
   runAt: Date;
+  /** Its place in its key's order (kept through crashes and strict-order retries). */
+  placeAt: Date;
   attempt: number;
   maxAttempts: number;
   dedupeKey: string | null;
@@ -186,6 +193,7 @@ export interface TaskDetail {
     state: TaskState;
     priority: number;
     runAt: Date;
+    placeAt: Date;
     attempt: number;
     maxAttempts: number;
   }>;
@@ -226,6 +234,7 @@ export async function readTask(client: pg.ClientBase, id: number): Promise<TaskD
     state: t.state,
     priority: t.priority,
     runAt: t.run_at,
+    placeAt: t.place_at,
     attempt: t.attempt,
     maxAttempts: t.max_attempts,
     dedupeKey: t.dedupe_key,
@@ -245,6 +254,7 @@ export async function readTask(client: pg.ClientBase, id: number): Promise<TaskD
       state: q.state,
       priority: q.priority,
       runAt: q.run_at,
+      placeAt: q.place_at,
       attempt: q.attempt,
       maxAttempts: q.max_attempts,
     })),

@@ -140,9 +140,13 @@ from holdfast.attempts a join holdfast.tasks t on t.id = a.task_id
 where a.finished_at >= to_timestamp($1::float8 / 1000) and a.outcome in ('succeeded', 'failed')
 group by t.kind`;
 
-/** The $1 ready tasks waiting longest to start, and whether their key is busy meanwhile. */
+/**
+ * The $1 ready tasks waiting longest to start, whether their key is busy meanwhile, and the
+ * key's head (the task that starts next on the key) when it is another one.
+ */
 export const waitingSql = `
 select t.id::text as id, t.kind, t.key, t.attempt, t.max_attempts, k.busy,
+  case when k.head_id <> t.id then k.head_id::text end as behind,
   (extract(epoch from now() - t.run_at) * 1000)::float8 as waiting_ms,
   t.last_error ->> 'message' as last_error
 from holdfast.tasks t join holdfast.keys k on k.key = t.key
@@ -152,7 +156,8 @@ limit $1`;
 
 /** One task ($1) with its key's current fence. */
 export const taskSql = `
-select t.id::text as id, t.kind, t.key, t.payload, t.state, t.priority, t.run_at, t.attempt,
+select t.id::text as id, t.kind, t.key, t.payload, t.state, t.priority, t.run_at, t.place_at,
+  t.attempt,
   t.max_attempts, t.dedupe_key, t.fence::text as fence, t.worker, t.holder_pid,
   t.cancel_requested, t.last_error, t.created_at, t.started_at, t.finished_at,
   k.fence::text as key_fence, k.busy as key_busy
@@ -166,10 +171,10 @@ from holdfast.attempts
 where task_id = $1
 order by attempt`;
 
-/** The open tasks of key $1 in the order they start (running first), at most $2. */
+/** The open tasks of key $1 in the order they start (running first, then the key's order), at most $2. */
 export const keyTasksSql = `
-select id::text as id, kind, state, priority, run_at, attempt, max_attempts
+select id::text as id, kind, state, priority, run_at, place_at, attempt, max_attempts
 from holdfast.tasks
 where key = $1 and state in ('pending', 'running')
-order by state = 'running' desc, priority, run_at, id
+order by state = 'running' desc, priority, place_at, id
 limit $2`;

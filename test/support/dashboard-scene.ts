@@ -12,6 +12,7 @@ export const scene = {
   hostileKey: '<script>alert("key")</script>',
   hostileError: "<img src=x onerror=alert(1)> broke",
   worker: "deriver-1",
+  backoff: "representation:ws:session-7:erin",
 };
 
 export interface Scene {
@@ -20,6 +21,9 @@ export interface Scene {
   orphanId: number;
   deadId: number;
   hostileId: number;
+  /** A task waiting out a retry's backoff, and one of its key waiting behind it. */
+  backoffId: number;
+  behindId: number;
   /** Representation attempts this scene ended, by outcome (all within the last hour). */
   representation: { succeeded: number; failed: number };
   /** The session holding the running dream's lock; end it after the test. */
@@ -150,12 +154,28 @@ export async function buildScene(hf: Holdfast, url: string): Promise<Scene> {
     key: scene.running,
     payload: { observer: "alice" },
   });
+  // A representation waiting out its retry's backoff keeps its place: the next one waits behind it.
+  const backoff = await hf.enqueue("representation", {
+    key: scene.backoff,
+    payload: { message: 1 },
+  });
+  const first = await claim(worker, "representation", "deriver-2");
+  await worker.query("select holdfast.fail($1, $2, 'vector store unavailable', '10 minutes')", [
+    first.id,
+    first.fence,
+  ]);
+  const behind = await hf.enqueue("representation", {
+    key: scene.backoff,
+    payload: { message: 2 },
+  });
   // Ready work nobody has taken yet.
   await hf.enqueue("representation", { key: "representation:ws:session-42:bob", payload: {} });
   await worker.end();
   return {
-    representation: { succeeded, failed: failed + 1 },
+    representation: { succeeded, failed: failed + 2 },
     runningId: running.id,
+    backoffId: backoff.id,
+    behindId: behind.id,
     followUpId: followUp.id,
     orphanId: orphan.id,
     deadId: dead.id,
