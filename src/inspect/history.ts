@@ -7,7 +7,6 @@ import type { DeadLetter } from "../types.js";
 import {
   activitySinceSql,
   activitySql,
-  durationsSql,
   keyTasksSql,
   taskAttemptsSql,
   taskSql,
@@ -52,16 +51,14 @@ export async function readActivity(
   minutes = 60,
 ): Promise<Activity> {
   const since = Number((await client.query(activitySinceSql, [minutes])).rows[0].since_ms);
-  const events = await client.query<{ kind: string; what: string; minute_ms: number; n: number }>(
-    activitySql,
-    [since],
-  );
-  const durations = await client.query<{
+  const { rows } = await client.query<{
     kind: string;
-    runs: number;
+    what: string;
+    minute_ms: number | null;
+    n: number;
     p50_ms: number | null;
     p95_ms: number | null;
-  }>(durationsSql, [since]);
+  }>(activitySql, [since]);
   const byKind = new Map<string, KindActivity>();
   const kindOf = (kind: string): KindActivity => {
     let k = byKind.get(kind);
@@ -85,16 +82,17 @@ export async function readActivity(
     return k;
   };
   for (const kind of kinds) kindOf(kind);
-  for (const e of events.rows) {
-    const i = Math.round((Number(e.minute_ms) - since) / 60_000);
-    const m = kindOf(e.kind).minutes[Math.min(Math.max(i, 0), minutes - 1)];
-    if (m && (e.what === "started" || isOutcome(e.what))) m[e.what as keyof MinuteCounts] += e.n;
-  }
-  for (const d of durations.rows) {
-    const k = kindOf(d.kind);
-    k.runs = d.runs;
-    k.p50Ms = ms(d.p50_ms);
-    k.p95Ms = ms(d.p95_ms);
+  for (const r of rows) {
+    const k = kindOf(r.kind);
+    if (r.what === "runs") {
+      k.runs = r.n;
+      k.p50Ms = ms(r.p50_ms);
+      k.p95Ms = ms(r.p95_ms);
+      continue;
+    }
+    const i = Math.round((Number(r.minute_ms) - since) / 60_000);
+    const m = k.minutes[Math.min(Math.max(i, 0), minutes - 1)];
+    if (m && (r.what === "started" || isOutcome(r.what))) m[r.what] += r.n;
   }
   return {
     since,

@@ -105,40 +105,41 @@ select (extract(epoch from date_trunc('minute', now()) - ($1::int - 1) * interva
 
 /**
  * Per kind and minute since $1 (epoch ms): attempts started (ended ones and the running ones,
- * whose attempt is the task row) and ended, by outcome.
+ * whose attempt is the task row) and ended, by outcome; and per kind (what = 'runs') the
+ * count and run time p50/p95 of the attempts that succeeded or failed. The window's attempts
+ * are read and joined to their task once (`recent`, materialized: it is used twice).
  */
 export const activitySql = `
 with since as (select to_timestamp($1::float8 / 1000) as t),
-events as (
-  select t.kind, a.started_at as at, 'started' as what
+recent as (
+  select t.kind, a.started_at, a.finished_at, a.outcome
   from holdfast.attempts a join holdfast.tasks t on t.id = a.task_id
-  where a.started_at >= (select t from since)
+  -- An attempt ends after it starts: every attempt of the window ended in it.
+  where a.finished_at >= (select t from since)
   union all
-  select t.kind, t.started_at, 'started'
+  select t.kind, t.started_at, null, null
   from holdfast.tasks t
   where t.state = 'running' and t.started_at >= (select t from since)
     and not exists (
       select 1 from holdfast.attempts a where a.task_id = t.id and a.attempt = t.attempt)
+),
+events as (
+  select kind, started_at as at, 'started' as what from recent
+  where started_at >= (select t from since)
   union all
-  select t.kind, a.finished_at, a.outcome
-  from holdfast.attempts a join holdfast.tasks t on t.id = a.task_id
-  where a.finished_at >= (select t from since) and a.outcome is not null
+  select kind, finished_at, outcome from recent where outcome is not null
 )
 select kind, what, (extract(epoch from date_trunc('minute', at)) * 1000)::float8 as minute_ms,
-  count(*)::int as n
+  count(*)::int as n, null::float8 as p50_ms, null::float8 as p95_ms
 from events
-group by 1, 2, 3`;
-
-/** Per kind: run time of the attempts that succeeded or failed since $1 (epoch ms). */
-export const durationsSql = `
-select t.kind, count(*)::int as runs,
-  percentile_cont(0.5) within group (order by extract(epoch from a.finished_at - a.started_at))
-    * 1000 as p50_ms,
-  percentile_cont(0.95) within group (order by extract(epoch from a.finished_at - a.started_at))
-    * 1000 as p95_ms
-from holdfast.attempts a join holdfast.tasks t on t.id = a.task_id
-where a.finished_at >= to_timestamp($1::float8 / 1000) and a.outcome in ('succeeded', 'failed')
-group by t.kind`;
+group by 1, 2, 3
+union all
+select kind, 'runs', null, count(*)::int,
+  percentile_cont(0.5) within group (order by extract(epoch from finished_at - started_at)) * 1000,
+  percentile_cont(0.95) within group (order by extract(epoch from finished_at - started_at)) * 1000
+from recent
+where outcome in ('succeeded', 'failed')
+group by kind`;
 
 /**
  * The $1 ready tasks waiting longest to start, whether their key is busy meanwhile, and the
