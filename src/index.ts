@@ -1,4 +1,10 @@
 export {
+  type Dashboard,
+  type DashboardOptions,
+  dashboardDefaults,
+  startDashboard,
+} from "./dashboard/server.js";
+export {
   ConfigError,
   ConnectionError,
   HoldfastError,

@@ -230,6 +230,9 @@ describe("actions", () => {
     // Pages show no button to a browser without the token.
     expect((await request(actions.url)).body).not.toContain("data-action=");
     expect((await stateOf(s.deadId)).state).toBe("failed");
+    expect(logs.lines).toContainEqual(
+      expect.objectContaining({ event: "dashboard_action_denied", task: String(s.deadId) }),
+    );
   });
 
   it("refuse a stale page's action (the task moved on) and do nothing", async () => {

@@ -37,6 +37,10 @@ export async function runDashboard(
       logger: log,
       ...(opts.refreshSeconds === undefined ? {} : { refreshMs: opts.refreshSeconds * 1000 }),
     });
+    if (!["127.0.0.1", "::1", "localhost"].includes(opts.host))
+      io.stderr.write(
+        `holdfast dashboard: listening on ${opts.host}: anyone who can reach it can read it\n`,
+      );
     // The token goes to the terminal that started the dashboard, never to the JSON log.
     io.stderr.write(
       dashboard.actionsUrl === null

@@ -140,6 +140,24 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     };
   };
 
+  /** Refused actions are logged too: someone tried. */
+  const requireToken = (r: Request<"/:id/:action">, bearerToo: boolean) => {
+    try {
+      token.require(r.req, bearerToo);
+    } catch (err) {
+      log.warn(
+        {
+          event: "dashboard_action_denied",
+          action: r.params.action,
+          task: r.params.id,
+          remote: r.req.socket.remoteAddress,
+        },
+        "dashboard: action without a valid token refused",
+      );
+      throw err;
+    }
+  };
+
   const act = async (r: Request<"/:id/:action">, seen: string | undefined) => {
     const id = taskIdOf(r.params.id);
     const action = actionOf(r.params.action);
@@ -181,7 +199,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
       return htmlReply(r, `task ${id} · holdfast`, live, `/tasks/${id}`, 200, notice);
     }),
     route("POST", "/tasks/:id/:action", async (r) => {
-      token.require(r.req, false);
+      requireToken(r, false);
       const form = new URLSearchParams(await readBody(r.req));
       const result = await act(r, form.get("seen") ?? undefined);
       const id = taskIdOf(r.params.id);
@@ -205,7 +223,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     route("GET", "/api/overview", async () => json(200, await overview())),
     route("GET", "/api/tasks/:id", async (r) => json(200, await task(taskIdOf(r.params.id)))),
     route("POST", "/api/tasks/:id/:action", async (r) => {
-      token.require(r.req, true);
+      requireToken(r, true);
       const text = await readBody(r.req);
       let seen: unknown;
       if (text.trim() !== "") {
