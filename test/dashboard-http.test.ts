@@ -184,6 +184,13 @@ describe("bad input gets a clear 4xx, never a 500", () => {
     expect((await request(readOnly.url, { headers: { host: "localhost" } })).status).toBe(200);
   });
 
+  it("says which port is taken instead of failing obscurely", async () => {
+    const port = Number(new URL(readOnly.url).port);
+    await expect(startDashboard({ hf: t.hf, port, logger: silent })).rejects.toThrow(
+      `cannot listen on 127.0.0.1:${port} (EADDRINUSE): pick another --port or --host`,
+    );
+  });
+
   it("says Postgres is unreachable with a 503 when it is", async () => {
     const port = await freePort();
     const hf = new Holdfast({

@@ -4,6 +4,7 @@ import { randomBytes } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Logger } from "pino";
+import { ConfigError } from "../errors.js";
 
 /** Path parameters named in a route pattern: "/tasks/:id/:action" → "id" | "action". */
 export type Params<P extends string> = P extends `${string}:${infer Name}/${infer Rest}`
@@ -164,9 +165,21 @@ export async function serve(
       });
   });
   await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
+    server.once("error", (err: NodeJS.ErrnoException) =>
+      reject(
+        err.code === "EADDRINUSE" || err.code === "EACCES" || err.code === "EADDRNOTAVAIL"
+          ? new ConfigError(
+              `holdfast: cannot listen on ${host}:${opts.port} (${err.code}): pick another --port or --host`,
+              { cause: err },
+            )
+          : err,
+      ),
+    );
     server.listen(opts.port, host, () => {
-      server.off("error", reject);
+      server.removeAllListeners("error");
+      server.on("error", (err) =>
+        log.error({ event: "dashboard_error", err }, "dashboard: server error"),
+      );
       resolve();
     });
   });
