@@ -160,6 +160,8 @@ describe("bad input gets a clear 4xx, never a 500", () => {
     expect(r.status).toBe(status);
     expect(r.headers["content-type"]).toBe("text/html; charset=utf-8");
     expect(r.body).toContain(text);
+    // It stays what it is: no script redraws it into something else.
+    expect(r.body).not.toContain("<script");
   });
 
   it("answers JSON routes in JSON", async () => {
@@ -202,6 +204,9 @@ describe("bad input gets a clear 4xx, never a 500", () => {
       const r = await request(d.url);
       expect(r.status).toBe(503);
       expect(r.body).toContain("Cannot reach Postgres");
+      // It redraws itself, to show the page once Postgres is back.
+      expect(r.body).toContain('data-refresh="/"');
+      expect(r.body).toContain("<script nonce=");
       expect((await request(`${d.url}api/overview`)).status).toBe(503);
     } finally {
       await d.close();

@@ -11,9 +11,10 @@ export interface Shell {
   title: string;
   /** Shown in the header beside the title (database, status). */
   header: Html;
-  /** The live part; `refreshUrl` returns a new copy of it (GET with x-holdfast-fragment: 1). */
+  /** The live part; `refreshUrl` returns a new copy of it (GET with x-holdfast-fragment: 1);
+   *  null: a page that does not redraw (a 404 stays what it is). */
   live: Html;
-  refreshUrl: string;
+  refreshUrl: string | null;
   refreshMs: number;
   notice?: Notice | undefined;
   nonce: string;
@@ -50,11 +51,13 @@ section.bad { border-color: #efb1ab; box-shadow: inset 3px 0 0 var(--bad); }
 table { border-collapse: collapse; width: 100%; font-size: 13px; }
 th { text-align: left; font-weight: 600; color: var(--muted); font-size: 12px; border-bottom: 1px solid var(--line);
   padding: 4px 8px; white-space: nowrap; }
-td { padding: 5px 8px; border-bottom: 1px solid #eef0f4; vertical-align: top; }
+td { padding: 5px 8px; border-bottom: 1px solid #eef0f4; vertical-align: top; white-space: nowrap; }
+td.wrap { white-space: normal; min-width: 22ch; }
+section { overflow-x: auto; }
 tr:last-child td { border-bottom: 0; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.key { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12.5px;
-  word-break: break-all; }
+  white-space: normal; overflow-wrap: anywhere; min-width: 24ch; }
 td.err { color: var(--bad); max-width: 420px; }
 .mono { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 12.5px; }
 a { color: var(--link); }
@@ -97,12 +100,12 @@ async function redraw() {
   if (!document.hidden && !live.querySelector("form.action:hover")) {
     try {
       const r = await fetch(live.dataset.refresh, { headers: { "x-holdfast-fragment": "1" } });
-      if (!r.ok) throw new Error(String(r.status));
+      // Any status: an error's fragment says what is wrong (Postgres down...) until it is not.
       const open = [...live.querySelectorAll("details[open][id]")].map((d) => d.id);
       live.innerHTML = await r.text();
       for (const id of open) document.getElementById(id)?.setAttribute("open", "");
-      conn.textContent = "live";
-      conn.className = "";
+      conn.textContent = r.ok ? "live" : "live (error " + r.status + ")";
+      conn.className = r.ok ? "" : "offline";
     } catch (e) {
       conn.textContent = "cannot reach the dashboard (" + e.message + "), retrying";
       conn.className = "offline";
@@ -121,15 +124,15 @@ export function page(s: Shell): Html {
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>${s.title}</title>
 <style>${css}</style>
-<noscript><meta http-equiv="refresh" content="${Math.ceil(s.refreshMs / 1000) + 3}"></noscript>
+${s.refreshUrl === null ? null : html`<noscript><meta http-equiv="refresh" content="${Math.ceil(s.refreshMs / 1000) + 3}"></noscript>`}
 </head>
 <body>
-<header><h1><a href="/">holdfast</a></h1>${s.header}<span class="spacer"></span><span id="conn">live</span></header>
+<header><h1><a href="/">holdfast</a></h1>${s.header}<span class="spacer"></span><span id="conn">${s.refreshUrl === null ? "" : "live"}</span></header>
 <main>
 ${s.notice ? html`<div class="notice ${s.notice.tone}" role="status">${s.notice.text}</div>` : null}
-<div id="live" data-refresh="${s.refreshUrl}" data-every="${s.refreshMs}">${s.live}</div>
+<div id="live" data-refresh="${s.refreshUrl ?? ""}" data-every="${s.refreshMs}">${s.live}</div>
 </main>
-<script nonce="${s.nonce}">${raw(script)}</script>
+${s.refreshUrl === null ? null : html`<script nonce="${s.nonce}">${raw(script)}</script>`}
 </body>
 </html>
 `;

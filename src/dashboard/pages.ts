@@ -93,7 +93,7 @@ const waiting: Section<Overview> = {
       ? empty("No ready task is waiting.")
       : html`<table><thead><tr><th>Key</th><th>Kind</th><th class="num">Task</th><th class="num">Next attempt</th><th class="num">Ready for</th><th>Why</th><th>Previous error</th></tr></thead><tbody>${o.waiting.map(
           (t) =>
-            html`<tr data-task="${t.id}"><td class="key">${t.key}</td><td>${t.kind}</td><td class="num">${taskLink(t.id)}</td><td class="num">${t.attempt + 1} / ${t.maxAttempts}</td><td class="num">${formatDuration(t.waitingMs)}</td><td>${t.keyBusy ? "its key is running another task" : t.behind !== null ? html`behind task ${taskLink(t.behind)} in its key's order` : "no worker has taken it yet"}</td><td class="${t.lastError ? "err" : ""}">${dash(t.lastError)}</td></tr>`,
+            html`<tr data-task="${t.id}"><td class="key">${t.key}</td><td>${t.kind}</td><td class="num">${taskLink(t.id)}</td><td class="num">${t.attempt + 1} / ${t.maxAttempts}</td><td class="num">${formatDuration(t.waitingMs)}</td><td class="wrap">${t.keyBusy ? "its key is running another task" : t.behind !== null ? html`behind task ${taskLink(t.behind)} in its key's order` : "no worker has taken it yet"}</td><td class="wrap ${t.lastError ? "err" : ""}">${dash(t.lastError)}</td></tr>`,
         )}</tbody></table><p class="note">The ${o.waiting.length === 1 ? "task" : `${o.waiting.length} tasks`} ready longest; the queue below counts them all.</p>`,
 };
 
@@ -151,7 +151,7 @@ const deadLetters: Section<Overview> = {
     const now = Date.parse(o.snapshot.at);
     return html`<table><thead><tr><th>Key</th><th>Kind</th><th class="num">Task</th><th class="num">Attempts</th><th>Last error</th><th>Died</th>${actions.authorized ? html`<th></th>` : null}</tr></thead><tbody>${o.deadLetters.map(
       (d) =>
-        html`<tr data-task="${d.id}"><td class="key">${d.key}</td><td>${d.kind}</td><td class="num">${taskLink(d.id)}</td><td class="num">${d.attempt} / ${d.maxAttempts}</td><td class="${d.lastError?.message ? "err" : ""}">${dash(d.lastError?.message)}</td><td title="${utc(d.finishedAt)}">${ago(d.finishedAt, now)}</td>${actions.authorized ? html`<td>${actionButton({ id: d.id, state: "failed", attempt: d.attempt }, "retry", actions)}</td>` : null}</tr>`,
+        html`<tr data-task="${d.id}"><td class="key">${d.key}</td><td>${d.kind}</td><td class="num">${taskLink(d.id)}</td><td class="num">${d.attempt} / ${d.maxAttempts}</td><td class="wrap ${d.lastError?.message ? "err" : ""}">${dash(d.lastError?.message)}</td><td title="${utc(d.finishedAt)}">${ago(d.finishedAt, now)}</td>${actions.authorized ? html`<td>${actionButton({ id: d.id, state: "failed", attempt: d.attempt }, "retry", actions)}</td>` : null}</tr>`,
     )}</tbody></table><p class="note">The latest ${o.deadLetters.length}; each task's page has its attempts and errors.${actions.enabled && !actions.authorized ? " Retry needs the token printed when the dashboard started." : ""}</p>`;
   },
 };
@@ -244,7 +244,7 @@ export function taskLive(t: TaskDetail, snapshot: Snapshot, actions: ActionMode)
       ? empty("No attempt yet.")
       : html`<table><thead><tr><th class="num">Attempt</th><th>Outcome</th><th class="num">Fence</th><th>Worker</th><th class="num">PID</th><th>Started</th><th class="num">Ran for</th><th>Error</th></tr></thead><tbody>${t.attempts.map(
           (a) =>
-            html`<tr><td class="num">${a.attempt}</td><td>${a.outcome ?? "running"}</td><td class="num mono">${a.fence}</td><td>${dash(a.worker)}</td><td class="num">${dash(a.pid)}</td><td>${utc(a.startedAt)}</td><td class="num">${formatDuration((a.finishedAt ? new Date(a.finishedAt).getTime() : now) - new Date(a.startedAt).getTime())}</td><td class="${a.error ? "err" : ""}">${dash(a.error?.message)}${a.error?.stack ? html`<details id="stack-${a.attempt}"><summary>stack</summary><pre>${a.error.stack}</pre></details>` : null}</td></tr>`,
+            html`<tr><td class="num">${a.attempt}</td><td>${a.outcome ?? "running"}</td><td class="num mono">${a.fence}</td><td>${dash(a.worker)}</td><td class="num">${dash(a.pid)}</td><td>${utc(a.startedAt)}</td><td class="num">${formatDuration((a.finishedAt ? new Date(a.finishedAt).getTime() : now) - new Date(a.startedAt).getTime())}</td><td class="wrap ${a.error ? "err" : ""}">${dash(a.error?.message)}${a.error?.stack ? html`<details id="stack-${a.attempt}"><summary>stack</summary><pre>${a.error.stack}</pre></details>` : null}</td></tr>`,
         )}</tbody></table><p class="note">Each claim of a key takes a higher fence; a run whose fence is not the key's latest can no longer finish or write.</p>`;
   const keyQueue =
     t.keyQueue.length === 0

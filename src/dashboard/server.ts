@@ -126,7 +126,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     r: Pick<Request, "req" | "nonce">,
     title: string,
     live: Html,
-    refreshUrl: string,
+    refreshUrl: string | null,
     status = 200,
     notice?: Notice,
   ): Reply => {
@@ -253,14 +253,10 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     failure: (e, req, nonce) => {
       if ((req.url ?? "").startsWith("/api/"))
         return json(e.status, { error: e.title, message: e.message });
-      const shell = { req, nonce };
-      return htmlReply(
-        shell,
-        `${e.title} · holdfast`,
-        messageLive(e.title, e.message),
-        "/",
-        e.status,
-      );
+      // Only a 503 redraws (the same address), to show the page once Postgres is back.
+      const again = e.status === 503 ? (req.url ?? "/") : null;
+      const live = messageLive(e.title, e.message);
+      return htmlReply({ req, nonce }, `${e.title} · holdfast`, live, again, e.status);
     },
   });
   port = server.port;
