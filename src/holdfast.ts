@@ -17,6 +17,14 @@ import {
   resolveWorkerOptions,
 } from "./options.js";
 import { type DeadLetterRow, sql, toDeadLetter } from "./queries/tasks.js";
+import {
+  type Schedule,
+  type ScheduleOptions,
+  type ScheduleRow,
+  scheduleParams,
+  scheduleSql,
+  toSchedule,
+} from "./schedules.js";
 import type {
   DeadLetter,
   DefineKindOptions,
@@ -132,6 +140,28 @@ export class Holdfast {
       options.limit ?? 100,
     ]);
     return rows.map(toDeadLetter);
+  }
+
+  /**
+   * Declares a recurring schedule, or updates it (idempotent: every process may declare its
+   * schedules at start). The sweep leader enqueues one task per tick, each tick once however
+   * many workers run. Resolves true when something was created or changed.
+   */
+  async schedule<P = unknown>(name: string, options: ScheduleOptions<P>): Promise<boolean> {
+    const params = scheduleParams(name, options, encodePayload(options?.payload));
+    const rows = await this.query<{ changed: boolean }>(scheduleSql.schedule, params);
+    return rows[0]?.changed ?? false;
+  }
+
+  /** Removes a schedule; resolves false when there was none. Enqueued tasks stay. */
+  async unschedule(name: string): Promise<boolean> {
+    const rows = await this.query<{ removed: boolean }>(scheduleSql.unschedule, [name]);
+    return rows[0]?.removed ?? false;
+  }
+
+  /** Every schedule, by name, with its next tick. */
+  async schedules(): Promise<Schedule[]> {
+    return (await this.query<ScheduleRow>(scheduleSql.schedules, [])).map(toSchedule);
   }
 
   /** Creates a worker; call `start()` on it. Its lock and LISTEN sessions are its own. */

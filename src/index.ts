@@ -32,6 +32,7 @@ export { takeSnapshot } from "./inspect/snapshot.js";
 export { HoldfastMetrics, type MetricsOptions } from "./metrics.js";
 export type { MigrateResult } from "./migrate.js";
 export { type HoldfastOptions, workerDefaults } from "./options.js";
+export type { Schedule, ScheduleOptions } from "./schedules.js";
 export type {
   Attempt,
   BatchHandler,

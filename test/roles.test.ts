@@ -69,10 +69,15 @@ const calls: Record<string, string> = {
   insert_task: "insert into holdfast.tasks (kind, key, max_attempts) values ('job', 'k:seed', 1)",
   delete_keys: "delete from holdfast.keys",
   private_function: "select holdfast._refresh_key('k:seed')",
+  schedule: "select holdfast.schedule('r', '* * * * *', 'job', 'k:sched')",
+  unschedule: "select holdfast.unschedule('nope')",
+  schedules: "select * from holdfast.schedules()",
+  fire_schedule: "select holdfast.fire_schedule('nope', 1, array[]::timestamptz[], now(), null)",
+  read_schedules: "select * from holdfast.schedules",
 };
 
 const allowed: Record<string, string[]> = {
-  producer: ["enqueue", "enqueue_task", "cancel", "retry"],
+  producer: ["enqueue", "enqueue_task", "cancel", "retry", "schedule", "unschedule", "schedules"],
   worker: [
     "define_kind",
     "claim",
@@ -83,9 +88,19 @@ const allowed: Record<string, string[]> = {
     "next_run_at",
     "sweep",
     "read_orphans", // the sweep reports the holders it replaced
+    "schedules", // the leader reads them and fires their ticks
+    "fire_schedule",
     // assert_fence raises HF004 for an unknown key: allowed to run, refused by the fence.
   ],
-  observer: ["read_locks", "read_orphans", "read_dead_letters", "read_tasks", "read_attempts"],
+  observer: [
+    "read_locks",
+    "read_orphans",
+    "read_dead_letters",
+    "read_tasks",
+    "read_attempts",
+    "schedules",
+    "read_schedules",
+  ],
   nobody: [],
 };
 

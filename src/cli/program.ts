@@ -232,6 +232,26 @@ export function buildProgram(io: Output = processOutput): {
     });
 
   program
+    .command("schedules")
+    .description("list recurring schedules, one JSON object per line, with each next tick")
+    .addOption(databaseOption())
+    .action(async (opts) => {
+      const schedules = await withClient(opts, (hf) => hf.schedules());
+      for (const s of schedules) print(s);
+    });
+
+  program
+    .command("unschedule")
+    .description("remove a recurring schedule (tasks it enqueued stay)")
+    .argument("<name>", "schedule name")
+    .addOption(databaseOption())
+    .action(async (name: string, opts) => {
+      const removed = await withClient(opts, (hf) => hf.unschedule(name));
+      print({ name, removed });
+      if (!removed) code = exitCodes.failed;
+    });
+
+  program
     .command("retry")
     .description("requeue a dead-lettered or cancelled task (holdfast.retry)")
     .argument("<id>", "task id", taskId)

@@ -12,14 +12,16 @@ export interface ListenerHandlers {
   cancel(taskId: number): void;
   /** The connection came back: notifications may have been missed, rescan. */
   reconnected(): void;
+  /** A recurring schedule was declared, changed or removed. */
+  schedulesChanged(): void;
 }
 
 /** How often the LISTEN session proves it still receives notifications, and how long it may take. */
 export const listenerPing = { intervalMs: 5_000, timeoutMs: 5_000 };
 
 /**
- * The worker's LISTEN session: one pg.Client that LISTENs on `holdfast`, `holdfast_cancel` and
- * a private ping channel. When the connection ends it reconnects with backoff and LISTENs
+ * The worker's LISTEN session: one pg.Client that LISTENs on `holdfast`, `holdfast_cancel`,
+ * `holdfast_schedules` and a private ping channel. When the connection ends it reconnects with backoff and LISTENs
  * again, one statement at a time (a client runs one query at a time). A half-open connection
  * never ends by itself, so the session NOTIFYs its ping channel periodically and destroys its
  * socket when the notification does not come back in time.
@@ -40,7 +42,7 @@ export class Listener {
     private readonly logger: Logger,
     private readonly ping = listenerPing,
   ) {
-    this.channels = ["holdfast", "holdfast_cancel", this.pingChannel];
+    this.channels = ["holdfast", "holdfast_cancel", "holdfast_schedules", this.pingChannel];
   }
 
   async start(): Promise<void> {
@@ -90,6 +92,7 @@ export class Listener {
   private dispatch(channel: string, payload: string): void {
     if (channel === "holdfast") this.handlers.wake(payload);
     else if (channel === "holdfast_cancel") this.handlers.cancel(Number(payload));
+    else if (channel === "holdfast_schedules") this.handlers.schedulesChanged();
     else if (channel === this.pingChannel) this.pingAnswered?.();
   }
 

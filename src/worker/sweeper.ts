@@ -19,6 +19,11 @@ export class Sweeper {
 
   constructor(private readonly logger: Logger) {}
 
+  /** This worker leads: it sweeps orphans and fires recurring schedules. */
+  get isLeader(): boolean {
+    return this.leader;
+  }
+
   /** The session changed: leadership (a lock of the old session) is gone with it. */
   reset(): void {
     this.leader = false;

@@ -23,6 +23,7 @@ import {
   type Settlement,
   settle,
 } from "./runs.js";
+import { ScheduleTicker } from "./schedule-ticker.js";
 import { Sweeper } from "./sweeper.js";
 import { WakeTimer } from "./wake-timer.js";
 
@@ -53,11 +54,13 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private wantClaim = false;
   private kickScheduled = false;
   private sweepDue = false;
+  private scheduleDue = false;
   private pumping: Promise<void> | undefined;
   private state: "new" | "starting" | "running" | "stopping" | "stopped" = "new";
   private timers: NodeJS.Timeout[] = [];
   private readonly wakeTimer: WakeTimer;
   private readonly sweeper: Sweeper;
+  private readonly ticker: ScheduleTicker;
   private reconnecting = false;
 
   constructor(
@@ -70,6 +73,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.maxBatch = Math.max(...[...opts.kinds.values()].map((k) => k.batchMax));
     this.logger = deps.logger.child({ worker: opts.name });
     this.sweeper = new Sweeper(this.logger);
+    this.ticker = new ScheduleTicker(this.logger, () => this.requestSchedules());
     this.wakeTimer = new WakeTimer(this.kinds, opts.rescanIntervalMs, () => this.requestClaim());
     // An unhandled 'error' event would crash the host process; errors are logged already.
     this.on("error", () => {});
@@ -95,7 +99,15 @@ export class Worker extends EventEmitter<WorkerEvents> {
             if (this.opts.kinds.has(kind)) this.requestClaim();
           },
           cancel: (id) => this.cancelRunning(id),
-          reconnected: () => this.requestClaim(),
+          reconnected: () => {
+            this.ticker.invalidate(); // a schedule change may have been missed
+            this.requestSchedules();
+            this.requestClaim();
+          },
+          schedulesChanged: () => {
+            this.ticker.invalidate();
+            this.requestSchedules();
+          },
         },
         this.logger,
       );
@@ -138,6 +150,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.state = "stopping";
     for (const t of this.timers) clearInterval(t);
     this.wakeTimer.clear();
+    this.ticker.stop();
     this.logger.info(
       { event: "worker_stopping", running: this.runs.live },
       "holdfast: worker stopping",
@@ -178,6 +191,13 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
   }
 
+  /** Schedules are the leader's: others ignore the request. */
+  private requestSchedules(): void {
+    if (!this.sweeper.isLeader) return;
+    this.scheduleDue = true;
+    this.kick();
+  }
+
   private requestClaim(): void {
     this.wantClaim = true;
     this.kick();
@@ -198,6 +218,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       this.settled.length > 0 ||
       this.unmarked.length > 0 ||
       this.sweepDue ||
+      (this.scheduleDue && this.sweeper.isLeader && this.state === "running") ||
       (this.canClaim() && this.wantClaim)
     );
   }
@@ -221,6 +242,10 @@ export class Worker extends EventEmitter<WorkerEvents> {
         if (this.sweepDue) {
           this.sweepDue = false;
           await this.sweep(session);
+        }
+        if (this.scheduleDue && this.sweeper.isLeader && this.state === "running") {
+          this.scheduleDue = false;
+          await this.ticker.run(session);
         }
       } catch (err) {
         if (err instanceof LockLostError || session.isLost) {
@@ -313,7 +338,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
 
   private async sweep(session: LockSession): Promise<void> {
     const result = await this.sweeper.tick(session);
-    if (result.elected) this.emit("leader");
+    if (result.elected) {
+      this.emit("leader");
+      this.ticker.invalidate();
+      this.scheduleDue = true;
+    }
     if (result.requeued > 0) {
       this.emit("takeover", { requeued: result.requeued, previous: result.previous });
       this.wantClaim = true;
@@ -402,6 +431,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
     this.session = session;
     this.sweeper.reset();
+    this.ticker.stop();
   }
 
   /** Every handler of the lost session is aborted now: its locks may be freed at any time. */
@@ -411,6 +441,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     for (const run of aborted) run.controller.abort(err);
     const dropped = this.prefetched.drop(session);
     this.sweeper.reset();
+    this.ticker.stop();
     this.logger.error(
       {
         event: "lock_lost",

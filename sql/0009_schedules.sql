@@ -1,0 +1,193 @@
+-- Recurring schedules: declared by any process, fired by the sweep leader (one per cluster).
+-- The cron expression is parsed by the TypeScript leader (a maintained parser, not SQL);
+-- the database records which ticks were enqueued, so each tick is enqueued once whoever leads.
+
+-- covered_until: every tick at or before it has been enqueued or skipped (a tick older than
+-- the latest `backfill` due ticks is skipped). It moves forward only, under the row lock.
+-- revision grows when cron or timezone change, so a leader holding an old definition is told.
+create table holdfast.schedules (
+  name text primary key check (name <> '' and octet_length(name) <= 200),
+  cron text not null check (cron <> '' and octet_length(cron) <= 200),
+  timezone text check (timezone <> ''),
+  kind text not null references holdfast.kinds (kind),
+  key text not null check (key <> '' and octet_length(key) <= 1000),
+  payload jsonb not null default '{}',
+  priority int not null default 0,
+  backfill int not null default 1 check (backfill between 1 and 1000),
+  revision int not null default 1,
+  covered_until timestamptz not null default now(),
+  next_at timestamptz,
+  last_tick_at timestamptz,
+  last_task_id bigint,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now()
+);
+
+-- One row per enqueued tick (the primary key makes a second enqueue of a tick impossible);
+-- the last 100 per schedule are kept.
+create table holdfast.schedule_ticks (
+  name text not null references holdfast.schedules (name) on delete cascade,
+  tick_at timestamptz not null,
+  task_id bigint not null,
+  enqueued_at timestamptz not null default now(),
+  primary key (name, tick_at)
+);
+
+-- Declares a schedule, or updates it: idempotent, so every process may declare its schedules
+-- at start. A changed cron or timezone counts ticks from now (no catch-up of the old
+-- definition's ticks); other changes apply from the next tick. Returns true when something
+-- changed. Notifies the leader (channel holdfast_schedules).
+create function holdfast.schedule(
+  name text, cron text, kind text, key text, payload jsonb default '{}',
+  timezone text default null, backfill int default 1, priority int default 0
+) returns boolean
+  language plpgsql as $$
+#variable_conflict use_column
+declare
+  old holdfast.schedules;
+begin
+  if name is null or name = '' or octet_length(name) > 200 then
+    perform holdfast._raise('HF002', 'holdfast: schedule name must be 1 to 200 bytes');
+  end if;
+  if cron is null or btrim(cron) = '' or octet_length(cron) > 200 then
+    perform holdfast._raise('HF002', 'holdfast: cron must be a cron expression');
+  end if;
+  if not exists (select 1 from holdfast.kinds k where k.kind = schedule.kind) then
+    perform holdfast._raise('HF001', format('holdfast: unknown kind %L', schedule.kind),
+      'define it with holdfast.define_kind() first');
+  end if;
+  if key is null or key = '' or octet_length(key) > 1000 then
+    perform holdfast._raise('HF002', 'holdfast: key must be a non-empty string of at most 1000 bytes');
+  end if;
+  if payload is null then
+    perform holdfast._raise('HF002', 'holdfast: payload must be a JSON value, not null');
+  end if;
+  if timezone = '' or (timezone is not null
+      and not exists (select 1 from pg_timezone_names z where z.name = schedule.timezone)) then
+    perform holdfast._raise('HF002', format('holdfast: unknown time zone %L', schedule.timezone));
+  end if;
+  if backfill is null or backfill not between 1 and 1000 then
+    perform holdfast._raise('HF002', 'holdfast: backfill must be between 1 and 1000');
+  end if;
+  if priority is null then
+    perform holdfast._raise('HF002', 'holdfast: priority must not be null');
+  end if;
+
+  select * into old from holdfast.schedules s where s.name = schedule.name for update;
+  if not found then
+    insert into holdfast.schedules as s (name, cron, timezone, kind, key, payload, priority, backfill)
+    values (schedule.name, btrim(schedule.cron), schedule.timezone, schedule.kind, schedule.key,
+            schedule.payload, schedule.priority, schedule.backfill)
+    on conflict do nothing;
+    if not found then
+      -- Declared concurrently by another process: compare with what it stored.
+      return holdfast.schedule(name, cron, kind, key, payload, timezone, backfill, priority);
+    end if;
+  elsif (old.cron, old.timezone, old.kind, old.key, old.payload, old.priority, old.backfill)
+        is not distinct from (btrim(schedule.cron), schedule.timezone, schedule.kind,
+                              schedule.key, schedule.payload, schedule.priority, schedule.backfill) then
+    return false;
+  elsif (old.cron, old.timezone) is not distinct from (btrim(schedule.cron), schedule.timezone) then
+    update holdfast.schedules s set kind = schedule.kind, key = schedule.key,
+      payload = schedule.payload, priority = schedule.priority, backfill = schedule.backfill,
+      updated_at = now()
+    where s.name = schedule.name;
+  else
+    update holdfast.schedules s set cron = btrim(schedule.cron), timezone = schedule.timezone,
+      kind = schedule.kind, key = schedule.key, payload = schedule.payload,
+      priority = schedule.priority, backfill = schedule.backfill, revision = s.revision + 1,
+      covered_until = greatest(s.covered_until, now()), next_at = null, updated_at = now()
+    where s.name = schedule.name;
+  end if;
+  perform pg_notify('holdfast_schedules', schedule.name);
+  return true;
+end $$;
+
+-- Removes a schedule (and its tick history); false when there was none.
+create function holdfast.unschedule(name text) returns boolean
+  language plpgsql as $$
+#variable_conflict use_column
+begin
+  delete from holdfast.schedules s where s.name = unschedule.name;
+  if not found then
+    return false;
+  end if;
+  perform pg_notify('holdfast_schedules', unschedule.name);
+  return true;
+end $$;
+
+-- Every schedule. next_at is the next tick as the leader computed it (null until a leader
+-- has read the current definition).
+create function holdfast.schedules() returns setof holdfast.schedules
+  language sql stable as $$ select * from holdfast.schedules order by name $$;
+
+-- Called by the leader: enqueues the given ticks of a schedule that are after covered_until
+-- (each tick once: covered_until moves forward under the row lock, and the tick's row is
+-- unique), then moves covered_until to new_covered and stores next_at. A tick's task has the
+-- tick as its run_at. Returns the number of ticks enqueued, or -1 when the schedule is gone
+-- or its definition changed since the leader read revision (the leader reads it again).
+create function holdfast.fire_schedule(
+  name text, revision int, ticks timestamptz[], new_covered timestamptz, next_at timestamptz
+) returns int
+  language plpgsql as $$
+#variable_conflict use_column
+declare
+  s holdfast.schedules;
+  v_tick timestamptz;
+  v_id bigint;
+  n int := 0;
+begin
+  select * into s from holdfast.schedules x where x.name = fire_schedule.name for update;
+  if not found or s.revision <> fire_schedule.revision then
+    return -1;
+  end if;
+  for v_tick in select distinct t from unnest(ticks) t where t > s.covered_until order by 1 loop
+    insert into holdfast.schedule_ticks (name, tick_at, task_id)
+    values (s.name, v_tick, 0)
+    on conflict do nothing;
+    continue when not found;
+    v_id := holdfast.enqueue(s.kind, s.key, s.payload, v_tick, s.priority);
+    update holdfast.schedule_ticks t set task_id = v_id
+    where t.name = s.name and t.tick_at = v_tick;
+    s.last_tick_at := v_tick;
+    s.last_task_id := v_id;
+    n := n + 1;
+  end loop;
+  update holdfast.schedules x set
+    covered_until = greatest(x.covered_until, new_covered),
+    next_at = fire_schedule.next_at,
+    last_tick_at = s.last_tick_at,
+    last_task_id = s.last_task_id
+  where x.name = s.name;
+  if n > 0 then
+    delete from holdfast.schedule_ticks t where t.name = s.name and t.tick_at <= (
+      select k.tick_at from holdfast.schedule_ticks k where k.name = s.name
+      order by k.tick_at desc offset 100 limit 1);
+  end if;
+  return n;
+end $$;
+
+do $$
+declare
+  f text;
+  g record;
+begin
+  foreach f in array array['holdfast.schedule(text, text, text, text, jsonb, text, int, int)',
+    'holdfast.unschedule(text)', 'holdfast.schedules()',
+    'holdfast.fire_schedule(text, int, timestamptz[], timestamptz, timestamptz)'] loop
+    execute format('revoke all on function %s from public', f);
+    execute format('alter function %s security definer set search_path = pg_catalog, pg_temp', f);
+  end loop;
+  for g in
+    select * from (values
+      ('holdfast_producer', 'execute on function holdfast.schedule(text, text, text, text, jsonb, text, int, int), holdfast.unschedule(text), holdfast.schedules()'),
+      ('holdfast_worker', 'execute on function holdfast.schedules(), holdfast.fire_schedule(text, int, timestamptz[], timestamptz, timestamptz)'),
+      ('holdfast_observer', 'execute on function holdfast.schedules()'),
+      ('holdfast_observer', 'select on holdfast.schedules, holdfast.schedule_ticks')
+    ) as v(role, what)
+  loop
+    if exists (select 1 from pg_roles where rolname = g.role) then
+      execute format('grant %s to %I', g.what, g.role);
+    end if;
+  end loop;
+end $$;
