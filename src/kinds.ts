@@ -10,6 +10,8 @@ export interface KindParams {
   minInterval: string | null;
   batchMax: number | null;
   strictOrder: boolean | null;
+  /** 0 removes the cap. */
+  maxRunning: number | null;
 }
 
 type ErrorCtor = new (message: string) => HoldfastError;
@@ -17,7 +19,14 @@ type ErrorCtor = new (message: string) => HoldfastError;
 /** Validates kind settings before anything is written; throws `Err` saying what to fix. */
 export function kindParams(kind: string, opts: DefineKindOptions, Err: ErrorCtor): KindParams {
   const where = `kind ${JSON.stringify(kind)}`;
-  const { maxAttempts, minInterval, batch, strictOrder } = opts;
+  const { maxAttempts, minInterval, batch, strictOrder, maxRunning } = opts;
+  if (
+    maxRunning !== undefined &&
+    maxRunning !== null &&
+    !(Number.isInteger(maxRunning) && maxRunning >= 1 && maxRunning <= 10_000)
+  ) {
+    throw new Err(`holdfast: ${where}: maxRunning must be an integer from 1 to 10000, or null`);
+  }
   if (maxAttempts !== undefined && !(Number.isInteger(maxAttempts) && maxAttempts >= 1)) {
     throw new Err(`holdfast: ${where}: maxAttempts must be an integer of at least 1`);
   }
@@ -34,6 +43,7 @@ export function kindParams(kind: string, opts: DefineKindOptions, Err: ErrorCtor
     minInterval: minInterval === undefined ? null : intervalLiteral(minInterval, where, Err),
     batchMax: batch?.max ?? null,
     strictOrder: strictOrder ?? null,
+    maxRunning: maxRunning === undefined ? null : (maxRunning ?? 0),
   };
 }
 
@@ -58,6 +68,7 @@ export async function defineKind(pool: pg.Pool, kind: string, p: KindParams): Pr
       p.minInterval,
       p.batchMax,
       p.strictOrder,
+      p.maxRunning,
     ]);
   } catch (err) {
     throw asKnownError(err);

@@ -59,6 +59,13 @@ export interface KindSettings {
    * are independent. A lost attempt (crash, lock loss) keeps its place either way.
    */
   strictOrder?: boolean;
+  /**
+   * At most this many runs of the kind at once across every worker process (a batch is one
+   * run); `null` removes the cap, undefined keeps the stored setting (default: no cap). A
+   * run holds one of the kind's slots, a session advisory lock, freed by Postgres when its
+   * holder dies: no lease, no timeout.
+   */
+  maxRunning?: number | null;
 }
 
 export interface DefineKindOptions extends KindSettings {

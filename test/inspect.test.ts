@@ -129,7 +129,7 @@ it("works for a role with SELECT rights only (no function calls, no locks)", asy
   await db.pool.query(`create role ${role} login password 'reader'`);
   await db.pool.query(`grant usage on schema holdfast to ${role}`);
   await db.pool.query(
-    `grant select on holdfast.keys, holdfast.tasks, holdfast.kinds, holdfast.orphans to ${role}`,
+    `grant select on holdfast.keys, holdfast.tasks, holdfast.kinds, holdfast.orphans, holdfast.schedules to ${role}`,
   );
   const u = new URL(db.url);
   u.username = role;
@@ -210,4 +210,32 @@ it("after SIGKILL shows the task as an orphan (exit 1) until a new worker takes 
     fence: second.fence,
   });
   expect(Number(second.fence)).toBeGreaterThan(firstRun.fence);
+});
+
+it("shows a capped kind's slots held / cap and each schedule's next tick", async () => {
+  await hf.defineKind("capped", { maxRunning: 2 });
+  await hf.enqueue("capped", { key: "capped:1" });
+  await hf.schedule("nightly", { cron: "0 3 * * *", kind: "capped", key: "all" });
+  const session = new pg.Client({ connectionString: db.url });
+  clients.push(session);
+  await session.connect();
+  await session.query("select * from holdfast.claim(array['capped'], 'manual')");
+
+  const { doc } = await inspectJson();
+  expect(doc.queue).toContainEqual(
+    expect.objectContaining({ kind: "capped", running: 1, slots: { used: 1, max: 2 } }),
+  );
+  expect(doc.queue).toContainEqual(expect.objectContaining({ kind: "job", slots: null }));
+  const next = new Date(doc.schedules[0]?.nextAt ?? 0);
+  expect(doc.schedules).toEqual([
+    expect.objectContaining({ name: "nightly", kind: "capped", cron: "0 3 * * *" }),
+  ]);
+  expect(next.getUTCHours()).toBe(3);
+  expect(next.getTime()).toBeGreaterThan(Date.now());
+
+  const table = await runCli(["inspect", "--database", db.url]);
+  expect(table.stdout).toMatch(/capped .* 1\/2\n/);
+  expect(table.stdout).toContain(
+    `nightly  0 3 * * *  capped  ${doc.schedules[0]?.nextAt?.replace(/\.\d+Z$/, "Z")}`,
+  );
 });

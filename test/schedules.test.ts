@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { Holdfast, InvalidArgumentError, UnknownKindError } from "../src/index.js";
+import { runCli } from "./support/cli.js";
 import { freshDatabase, silent, useHoldfast } from "./support/db.js";
 import { useWorkerProcesses } from "./support/processes.js";
 import { until } from "./support/wait.js";
@@ -37,6 +38,22 @@ describe("declaring schedules", () => {
     await expect(
       hf.schedule("bad", { cron: "* * * * *", kind: "nope", key: "k" }),
     ).rejects.toBeInstanceOf(UnknownKindError);
+  });
+
+  it("the CLI lists schedules with their next tick and removes one", async () => {
+    const { hf, db } = t;
+    await hf.schedule("hourly", { cron: "0 * * * *", kind: "compact", key: "all" });
+    const list = await runCli(["schedules", "--database", db.url]);
+    expect(list.code).toBe(0);
+    const [row] = list.stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
+    expect(row).toMatchObject({ name: "hourly", cron: "0 * * * *", kind: "compact", key: "all" });
+    expect(new Date(row.nextAt).getUTCMinutes()).toBe(0);
+    const removed = await runCli(["unschedule", "hourly", "--database", db.url]);
+    expect(JSON.parse(removed.stdout)).toEqual({ name: "hourly", removed: true });
+    expect(await hf.schedules()).toEqual([]);
   });
 
   it("works from SQL alone", async () => {

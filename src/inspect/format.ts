@@ -177,6 +177,7 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
           { title: "DELAYED", align: "right" },
           { title: "DEAD", align: "right" },
           { title: "OLDEST PENDING", align: "right" },
+          { title: "SLOTS", align: "right" },
         ],
         s.queue.map((q) => [
           q.kind,
@@ -185,6 +186,32 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
           int(q.delayed),
           int(q.deadLettered),
           formatDuration(q.oldestPendingMs),
+          q.slots === null ? "-" : `${q.slots.used}/${q.slots.max}`,
+        ]),
+        width,
+      ),
+    );
+
+  if (s.schedules.length > 0)
+    out.push(
+      "",
+      `SCHEDULES (${s.schedules.length})`,
+      ...table(
+        [
+          { title: "NAME", flex: true },
+          { title: "CRON" },
+          { title: "KIND" },
+          { title: "NEXT TICK" },
+          { title: "IN", align: "right" },
+        ],
+        s.schedules.map((x) => [
+          x.name,
+          x.timezone ? `${x.cron} ${x.timezone}` : x.cron,
+          x.kind,
+          x.nextAt?.replace(/\.\d+Z$/, "Z") ?? "-",
+          x.nextAt === null
+            ? "-"
+            : formatDuration(Math.max(0, Date.parse(x.nextAt) - Date.parse(s.at))),
         ]),
         width,
       ),

@@ -1,5 +1,5 @@
 // Read-only SQL of the lock inspector. Relations read (grant these to an observer role):
-// holdfast.keys, holdfast.tasks, holdfast.kinds, holdfast.orphans (view), pg_locks,
+// holdfast.keys, holdfast.tasks, holdfast.kinds, holdfast.schedules, holdfast.orphans (view), pg_locks,
 // pg_stat_activity, pg_database, and settings through current_setting(). No function of the
 // holdfast schema is called and no lock is taken, so a role with SELECT rights only works.
 // Without pg_read_all_stats, Postgres hides client_addr and query_start of other roles'
@@ -55,9 +55,21 @@ where not exists (
   and ($1::text is null or o.key = $1) and ($2::text is null or o.kind = $2)
 order by o.started_at, o.id`;
 
-/** Per kind: ready, running, delayed and dead-lettered tasks, and the oldest ready task's wait. */
+/**
+ * Per kind: ready, running, delayed and dead-lettered tasks, the oldest ready task's wait, and
+ * for a capped kind its slots held now (two-int advisory locks: the kind's class, slot 1..cap;
+ * the class is holdfast._slot_class(kind), written out here so no function is called).
+ */
 export const queueSql = `
-select kd.kind,
+select kd.kind, kd.max_running,
+  case when kd.max_running is null then null else (
+    select count(*) from pg_locks l
+    where l.locktype = 'advisory' and l.objsubid = 2 and l.granted
+      and l.database = (select oid from pg_database where datname = current_database())
+      and l.objid::bigint between 1 and kd.max_running
+      and l.classid::bigint = (select case when h = 1752132708 then h + 1 else h end
+        from (select (hashtextextended(kd.kind, 4714072861207531113) >> 32)::int as h) x)::bigint
+        & 4294967295) end::int as slots_used,
   count(t.id) filter (where t.state = 'pending' and t.run_at <= now())::int as pending,
   count(t.id) filter (where t.state = 'running')::int as running,
   count(t.id) filter (where t.state = 'pending' and t.run_at > now())::int as delayed,
@@ -68,8 +80,15 @@ from holdfast.kinds kd
 left join holdfast.tasks t on t.kind = kd.kind and t.state in ('pending', 'running', 'failed')
   and ($1::text is null or t.key = $1)
 where $2::text is null or kd.kind = $2
-group by kd.kind
+group by kd.kind, kd.max_running
 order by kd.kind`;
+
+/** Recurring schedules: next_at is the leader's; null until one has read the definition. */
+export const schedulesSql = `
+select s.name, s.kind, s.key, s.cron, s.timezone, s.next_at, s.covered_until, s.last_tick_at
+from holdfast.schedules s
+where ($1::text is null or s.key = $1) and ($2::text is null or s.kind = $2)
+order by s.name`;
 
 /**
  * The shared lock table holds max_locks_per_transaction × (max_connections +

@@ -1,8 +1,16 @@
 import type pg from "pg";
-import { capacitySql, holdersSql, orphansSql, queueSql, waitersSql } from "./queries.js";
+import { parseCron } from "../schedules.js";
+import {
+  capacitySql,
+  holdersSql,
+  orphansSql,
+  queueSql,
+  schedulesSql,
+  waitersSql,
+} from "./queries.js";
 
 /** Version of the `--json` shape (docs/inspect.schema.json); bumped on any breaking change. */
-export const snapshotVersion = 1;
+export const snapshotVersion = 2;
 
 export interface InspectFilters {
   /** Only this key. */
@@ -62,6 +70,21 @@ export interface QueueRow {
   deadLettered: number;
   /** How long the oldest ready task has been waiting since its run_at; null when none. */
   oldestPendingMs: number | null;
+  /** A capped kind's slots held now and its cap (maxRunning); null when uncapped. */
+  slots: { used: number; max: number } | null;
+}
+
+/** A recurring schedule and its next tick. */
+export interface ScheduleInfo {
+  name: string;
+  kind: string;
+  key: string;
+  cron: string;
+  timezone: string | null;
+  /** ISO time of the next tick; null when the expression has none or does not parse. */
+  nextAt: string | null;
+  /** ISO time of the latest tick enqueued. */
+  lastTickAt: string | null;
 }
 
 export interface Capacity {
@@ -100,6 +123,7 @@ export interface Snapshot {
   waiters: Waiter[];
   orphans: Orphan[];
   queue: QueueRow[];
+  schedules: ScheduleInfo[];
   capacity: Capacity;
 }
 
@@ -139,6 +163,7 @@ export async function readSnapshot(
   const waiters = await client.query(waitersSql, args);
   const orphans = await client.query(orphansSql, args);
   const queue = await client.query(queueSql, args);
+  const schedules = await client.query(schedulesSql, args);
   const cap = (await client.query(capacitySql)).rows[0];
   const snapshot: Snapshot = {
     version: snapshotVersion,
@@ -185,6 +210,16 @@ export async function readSnapshot(
       delayed: r.delayed,
       deadLettered: r.dead_lettered,
       oldestPendingMs: ms(r.oldest_pending_ms),
+      slots: r.max_running === null ? null : { used: r.slots_used, max: r.max_running },
+    })),
+    schedules: schedules.rows.map((r) => ({
+      name: r.name,
+      kind: r.kind,
+      key: r.key,
+      cron: r.cron,
+      timezone: r.timezone,
+      nextAt: nextTick(r)?.toISOString() ?? null,
+      lastTickAt: r.last_tick_at?.toISOString() ?? null,
     })),
     capacity: {
       advisoryLocks: {
@@ -206,6 +241,22 @@ export async function readSnapshot(
   snapshot.problems = problemsOf(snapshot);
   snapshot.healthy = snapshot.problems.length === 0;
   return snapshot;
+}
+
+/** The leader's next tick, or (no leader has read this definition yet) the one it will compute. */
+function nextTick(r: {
+  cron: string;
+  timezone: string | null;
+  next_at: Date | null;
+  covered_until: Date;
+}): Date | null {
+  if (r.next_at) return r.next_at;
+  try {
+    const now = new Date();
+    return parseCron(r.cron, r.timezone).nextRun(r.covered_until > now ? r.covered_until : now);
+  } catch {
+    return null;
+  }
 }
 
 function problemsOf(s: Snapshot): string[] {
