@@ -7,7 +7,7 @@ import {
   InvalidArgumentError,
   translateError,
 } from "./errors.js";
-import { defineKind, kindParams } from "./kinds.js";
+import { defineKind, intervalLiteral, kindParams } from "./kinds.js";
 import { HoldfastMetrics, type MetricsOptions } from "./metrics.js";
 import { type MigrateResult, migrate } from "./migrate.js";
 import {
@@ -30,6 +30,7 @@ import type {
   DefineKindOptions,
   EnqueueOptions,
   EnqueueResult,
+  Interval,
   WorkerOptions,
 } from "./types.js";
 import { Worker } from "./worker/worker.js";
@@ -83,7 +84,8 @@ export class Holdfast {
       throw new InvalidArgumentError("holdfast: kind must be a non-empty string");
     if (typeof options !== "object" || options === null)
       throw new InvalidArgumentError("holdfast: enqueue options must be an object with a key");
-    const { key, payload, runAt, priority, dedupeKey, maxAttempts, onDedupe } = options;
+    const { key, payload, runAt, priority, dedupeKey, maxAttempts, onDedupe, debounce, maxWait } =
+      options;
     if (typeof key !== "string" || key === "")
       throw new InvalidArgumentError("holdfast: key must be a non-empty string");
     if (runAt !== undefined && !(runAt instanceof Date && !Number.isNaN(runAt.getTime()))) {
@@ -98,6 +100,12 @@ export class Holdfast {
       throw new InvalidArgumentError("holdfast: dedupeKey must be a non-empty string");
     if (onDedupe !== undefined && !["keep", "replace", "merge"].includes(onDedupe))
       throw new InvalidArgumentError("holdfast: onDedupe must be keep, replace or merge");
+    if (debounce !== undefined && dedupeKey === undefined)
+      throw new InvalidArgumentError("holdfast: debounce needs a dedupeKey (what is debounced)");
+    if (maxWait !== undefined && debounce === undefined)
+      throw new InvalidArgumentError("holdfast: maxWait needs debounce");
+    const interval = (v: Interval | undefined, name: string) =>
+      v === undefined ? null : intervalLiteral(v, name, "enqueue", InvalidArgumentError);
     const json = encodePayload(payload);
     const rows = await this.query<{ id: string; deduped: boolean }>(sql.enqueue, [
       kind,
@@ -108,6 +116,8 @@ export class Holdfast {
       dedupeKey ?? null,
       maxAttempts ?? null,
       onDedupe ?? "keep",
+      interval(debounce, "debounce"),
+      interval(maxWait, "maxWait"),
     ]);
     const row = rows[0];
     if (!row) throw new InvalidArgumentError("holdfast: enqueue returned no row");

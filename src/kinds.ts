@@ -40,22 +40,29 @@ export function kindParams(kind: string, opts: DefineKindOptions, Err: ErrorCtor
   }
   return {
     maxAttempts: maxAttempts ?? null,
-    minInterval: minInterval === undefined ? null : intervalLiteral(minInterval, where, Err),
+    minInterval:
+      minInterval === undefined ? null : intervalLiteral(minInterval, "minInterval", where, Err),
     batchMax: batch?.max ?? null,
     strictOrder: strictOrder ?? null,
     maxRunning: maxRunning === undefined ? null : (maxRunning ?? 0),
   };
 }
 
-function intervalLiteral(value: Interval, where: string, Err: ErrorCtor): string {
+/** A Postgres interval literal from ms or interval text (`name` and `where` for the error). */
+export function intervalLiteral(
+  value: Interval,
+  name: string,
+  where: string,
+  Err: ErrorCtor,
+): string {
   if (typeof value === "number") {
     if (!Number.isFinite(value) || value < 0)
-      throw new Err(`holdfast: ${where}: minInterval must be a non-negative number of ms`);
+      throw new Err(`holdfast: ${where}: ${name} must be a non-negative number of ms`);
     return `${value} milliseconds`;
   }
   // Postgres parses the text; a negative interval is refused there (HF002).
   if (typeof value !== "string" || value.trim() === "")
-    throw new Err(`holdfast: ${where}: minInterval must be ms or an interval like "8 hours"`);
+    throw new Err(`holdfast: ${where}: ${name} must be ms or an interval like "8 hours"`);
   return value;
 }
 

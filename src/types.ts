@@ -154,6 +154,14 @@ export interface EnqueueOptions<P = unknown> {
   onDedupe?: "keep" | "replace" | "merge";
   /** Overrides the kind's max attempts. */
   maxAttempts?: number;
+  /**
+   * Debounce (needs `dedupeKey`): the pending task of the dedupe key starts no earlier than
+   * this long after the latest enqueue; each deduped enqueue pushes its start again. ms, or a
+   * Postgres interval such as "10 minutes".
+   */
+  debounce?: Interval;
+  /** With `debounce`: pushes never move the start past the task's first enqueue + maxWait. */
+  maxWait?: Interval;
 }
 
 export interface EnqueueResult {

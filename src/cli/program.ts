@@ -96,6 +96,11 @@ export function buildProgram(io: Output = processOutput): {
     .option("--priority <n>", "lower runs first", integer)
     .option("--dedupe-key <key>", "at most one pending task per dedupe key")
     .option("--max-attempts <n>", "attempts before dead letter", positiveInt)
+    .option(
+      "--debounce <interval>",
+      "with --dedupe-key: start no earlier than this after the latest request (e.g. '10 minutes')",
+    )
+    .option("--max-wait <interval>", "with --debounce: never later than first request + this")
     .option("--define", "define the kind first if it does not exist (keeps existing settings)")
     .addOption(databaseOption())
     .action(async (kind: string, key: string, opts) => {
@@ -117,6 +122,8 @@ export function buildProgram(io: Output = processOutput): {
           ...(opts.priority === undefined ? {} : { priority: opts.priority }),
           ...(opts.dedupeKey === undefined ? {} : { dedupeKey: opts.dedupeKey }),
           ...(opts.maxAttempts === undefined ? {} : { maxAttempts: opts.maxAttempts }),
+          ...(opts.debounce === undefined ? {} : { debounce: opts.debounce }),
+          ...(opts.maxWait === undefined ? {} : { maxWait: opts.maxWait }),
         });
       });
       print(result);

@@ -31,7 +31,8 @@ export function toTask(row: TaskRow): Task {
 
 export const sql = {
   defineKind: "select holdfast.define_kind($1, $2, $3::interval, $4, $5, $6)",
-  enqueue: "select id, deduped from holdfast.enqueue_task($1, $2, $3::jsonb, $4, $5, $6, $7, $8)",
+  enqueue:
+    "select id, deduped from holdfast.enqueue_task($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9::interval, $10::interval)",
   claim: "select * from holdfast.claim($1::text[], $2, $3, $4, $5)",
   /** Completions and the next claim in one round trip (rows: rejected id, or a claimed task). */
   settle:
