@@ -1,14 +1,16 @@
--- Kinds: their settings (attempts, minimum interval per key, batch size, order of retries).
+-- Kinds: their settings (attempts, minimum interval per key, batch size, order of retries, cap).
 
 -- Registers a kind or updates the settings that are given (null keeps the current value).
 -- strict_order (default true): a failed task waiting out its retry backoff keeps its place in
 -- its key's order, so the key's later tasks wait for it; false lets them pass it.
+-- max_running: the kind's cap on runs at once cluster-wide (api/35_caps.sql); 0 removes it.
 create function holdfast.define_kind(
   kind text,
   max_attempts int default null,
   min_interval interval default null,
   batch_max int default null,
-  strict_order boolean default null
+  strict_order boolean default null,
+  max_running int default null
 ) returns void
   language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
@@ -26,15 +28,25 @@ begin
   if define_kind.batch_max is not null and define_kind.batch_max not between 1 and 1000 then
     perform holdfast._raise('HF002', 'holdfast: batch_max must be between 1 and 1000');
   end if;
-  insert into holdfast.kinds as k (kind, max_attempts, min_interval, batch_max, strict_order)
+  if define_kind.max_running is not null and define_kind.max_running not between 0 and 10000 then
+    perform holdfast._raise('HF002', 'holdfast: max_running must be between 1 and 10000 (0: no cap)');
+  end if;
+  insert into holdfast.kinds as k (kind, max_attempts, min_interval, batch_max, strict_order,
+                                   max_running)
   values (define_kind.kind, coalesce(define_kind.max_attempts, 5),
           coalesce(define_kind.min_interval, interval '0'), coalesce(define_kind.batch_max, 1),
-          coalesce(define_kind.strict_order, true))
+          coalesce(define_kind.strict_order, true), nullif(define_kind.max_running, 0))
   on conflict (kind) do update set
     max_attempts = coalesce(define_kind.max_attempts, k.max_attempts),
     min_interval = coalesce(define_kind.min_interval, k.min_interval),
     batch_max = coalesce(define_kind.batch_max, k.batch_max),
-    strict_order = coalesce(define_kind.strict_order, k.strict_order);
+    strict_order = coalesce(define_kind.strict_order, k.strict_order),
+    max_running = case when define_kind.max_running is null then k.max_running
+                       else nullif(define_kind.max_running, 0) end;
+  -- A raised or removed cap makes room: the kind's workers may be waiting for a slot.
+  if define_kind.max_running is not null then
+    perform pg_notify('holdfast', define_kind.kind);
+  end if;
 end $$;
-select holdfast._grant('execute', 'function holdfast.define_kind(text, int, interval, int, boolean)',
+select holdfast._grant('execute', 'function holdfast.define_kind(text, int, interval, int, boolean, int)',
   'holdfast_worker');

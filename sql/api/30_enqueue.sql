@@ -12,7 +12,9 @@ create function holdfast.enqueue_task(
   priority int default 0,
   dedupe_key text default null,
   max_attempts int default null,
-  on_dedupe text default 'keep'
+  on_dedupe text default 'keep',
+  debounce interval default null,
+  max_wait interval default null
 ) returns table (id bigint, deduped boolean)
   language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
@@ -46,6 +48,20 @@ begin
   if enqueue_task.on_dedupe is null or enqueue_task.on_dedupe not in ('keep', 'replace', 'merge') then
     perform holdfast._raise('HF002', 'holdfast: on_dedupe must be keep, replace or merge');
   end if;
+  -- Debounce: the pending task of the dedupe key starts no earlier than debounce after the
+  -- latest enqueue, and no later than its first enqueue + max_wait (pushes stop there).
+  if enqueue_task.debounce is not null then
+    if enqueue_task.dedupe_key is null then
+      perform holdfast._raise('HF002', 'holdfast: debounce needs a dedupe_key',
+        'the dedupe key names what is debounced');
+    end if;
+    if enqueue_task.debounce < interval '0' or enqueue_task.max_wait < interval '0' then
+      perform holdfast._raise('HF002', 'holdfast: debounce and max_wait must not be negative');
+    end if;
+    v_run_at := greatest(v_run_at, now() + least(enqueue_task.debounce, enqueue_task.max_wait));
+  elsif enqueue_task.max_wait is not null then
+    perform holdfast._raise('HF002', 'holdfast: max_wait needs debounce');
+  end if;
 
   insert into holdfast.keys (key, lock_id)
   values (enqueue_task.key, holdfast.lock_id(enqueue_task.key))
@@ -68,6 +84,21 @@ begin
           update holdfast.tasks t set payload = case enqueue_task.on_dedupe
               when 'replace' then enqueue_task.payload else t.payload || enqueue_task.payload end
           where t.id = v_id;
+        end if;
+        -- Debounce: push the pending task's start (never earlier, never past created_at +
+        -- max_wait) and its place in the key's order with it, as a delayed enqueue would be;
+        -- re-place the key's head, and tell workers so their timers follow.
+        if enqueue_task.debounce is not null then
+          update holdfast.tasks t set
+            run_at = p.at, place_at = greatest(t.place_at, p.at)
+          from (select least(now() + enqueue_task.debounce,
+                  coalesce(c.created_at + enqueue_task.max_wait, now() + enqueue_task.debounce)) as at
+                from holdfast.tasks c where c.id = v_id) p
+          where t.id = v_id and t.run_at < p.at;
+          if found then
+            perform holdfast._refresh_key(enqueue_task.key);
+            perform pg_notify('holdfast', enqueue_task.kind);
+          end if;
         end if;
         return query select v_id, true;
         return;
@@ -107,7 +138,7 @@ begin
   return query select v_id, false;
 end $$;
 select holdfast._grant('execute',
-  'function holdfast.enqueue_task(text, text, jsonb, timestamptz, int, text, int, text)',
+  'function holdfast.enqueue_task(text, text, jsonb, timestamptz, int, text, int, text, interval, interval)',
   'holdfast_producer');
 
 create function holdfast.enqueue(
@@ -118,14 +149,16 @@ create function holdfast.enqueue(
   priority int default 0,
   dedupe_key text default null,
   max_attempts int default null,
-  on_dedupe text default 'keep'
+  on_dedupe text default 'keep',
+  debounce interval default null,
+  max_wait interval default null
 ) returns bigint
   language sql security definer set search_path = pg_catalog, pg_temp as $$
   select e.id from holdfast.enqueue_task(kind, key, payload, run_at, priority, dedupe_key,
-    max_attempts, on_dedupe) e
+    max_attempts, on_dedupe, debounce, max_wait) e
 $$;
 select holdfast._grant('execute',
-  'function holdfast.enqueue(text, text, jsonb, timestamptz, int, text, int, text)',
+  'function holdfast.enqueue(text, text, jsonb, timestamptz, int, text, int, text, interval, interval)',
   'holdfast_producer');
 
 -- Requeues a dead-lettered ('failed') or cancelled task as a new attempt, with

@@ -18,6 +18,8 @@ returns setof holdfast.tasks
 declare
   v_keys text[];
   v_fences bigint[];
+  v_kinds text[];
+  v_slots int[];
 begin
   if max_tasks is null or max_tasks < 1 or (max_keys is not null and max_keys < 1) then
     return;
@@ -35,39 +37,50 @@ begin
   -- never read: a worker's claim costs the same with none or a million of them. A key appears
   -- once: kinds are deduplicated, and a key has one head kind.
   with c as materialized (
-    select k.key, k.lock_id, k.fence, k.head_priority, k.head_run_at, k.head_id
-    from (select distinct unnest(kinds)) as kd (kind)
+    select k.key, k.lock_id, k.fence, k.head_kind, k.head_priority, k.head_run_at, k.head_id
+    from holdfast._claimable(kinds) as kd (kind, room)
     cross join lateral (
-      select k.key, k.lock_id, k.fence, k.head_priority, k.head_run_at, k.head_id
+      select k.key, k.lock_id, k.fence, k.head_kind, k.head_priority, k.head_run_at, k.head_id
       from holdfast.keys k
       where k.head_kind = kd.kind and k.head_id is not null and not k.busy
         and k.head_run_at <= now()
       order by k.head_priority, k.head_run_at, k.head_id
-      limit least(max_tasks, coalesce(max_keys, max_tasks))
+      limit least(max_tasks, coalesce(max_keys, max_tasks), kd.room)
       for update of k skip locked
     ) k
     order by k.head_priority, k.head_run_at, k.head_id
     limit least(max_tasks, coalesce(max_keys, max_tasks))
   )
   select array_agg(c.key order by c.head_priority, c.head_run_at, c.head_id),
-         array_agg(holdfast._next_fence(c.fence) order by c.head_priority, c.head_run_at, c.head_id)
-  into v_keys, v_fences
+         array_agg(holdfast._next_fence(c.fence) order by c.head_priority, c.head_run_at, c.head_id),
+         array_agg(c.head_kind order by c.head_priority, c.head_run_at, c.head_id)
+  into v_keys, v_fences, v_kinds
   from c where pg_try_advisory_lock(c.lock_id);
   if v_keys is null then
     return;
   end if;
 
+  -- Caps: a key of a capped kind also needs one of its kind's slots (see _take_slots); a key
+  -- left without one (the kind filled up since _claimable looked) is unlocked and skipped.
+  v_slots := holdfast._claim_slots(v_keys, v_kinds);
+  if v_slots is not null then
+    perform pg_advisory_unlock(k.lock_id) from holdfast.keys k
+    join unnest(v_keys, v_slots) s (key, slot) on k.key = s.key where s.slot = 0;
+  end if;
+
   return query
   with g as (
-    select g.key, g.fence, g.ord, k.head_id, k.head_kind, least(kd.batch_max, max_tasks) as batch
-    from unnest(v_keys, v_fences) with ordinality as g (key, fence, ord)
+    select g.key, g.fence, g.slot, g.ord, k.head_id, k.head_kind,
+      least(kd.batch_max, max_tasks) as batch
+    from unnest(v_keys, v_fences, v_slots) with ordinality as g (key, fence, slot, ord)
     join holdfast.keys k on k.key = g.key
     join holdfast.kinds kd on kd.kind = k.head_kind
+    where coalesce(g.slot, -1) <> 0
   ),
   -- Per key: the head and the tasks of its kind right behind it, in the key's order (FIFO per
   -- key), bounded by the batch size: no scan over the key's other pending tasks.
   p as (
-    select g.key, g.fence, g.ord, q.id, q.n
+    select g.key, g.fence, g.slot, g.ord, q.id, q.n
     from g cross join lateral (
       select s.id, s.n from (
         select t.id, row_number() over w as n,
@@ -85,7 +98,7 @@ begin
       state = 'running', attempt = u.attempt + 1, fence = p.fence, worker = claim.worker,
       holder_pid = pg_backend_pid(), holder_started = holdfast._session_started(),
       started_at = case when claim.start_keys is null or p.ord <= claim.start_keys then now() end,
-      cancel_requested = false
+      cancel_requested = false, slot = p.slot
     from p where u.id = p.id
     returning u.*
   ),
@@ -98,16 +111,22 @@ begin
   -- A key locked above that yielded no task (its head changed under a concurrent commit, or
   -- max_tasks ran out): give it back and repair its head.
   perform pg_advisory_unlock(k.lock_id), holdfast._refresh_key(k.key)
-  from holdfast.keys k where k.key = any (v_keys) and not k.busy;
+  from holdfast.keys k where k.key = any (v_keys) and not k.busy
+    and coalesce(v_slots[array_position(v_keys, k.key)], -1) <> 0;
+  -- Caps: and its slot, telling the kind's waiting workers.
+  perform pg_advisory_unlock(holdfast._slot_class(s.kind), s.slot), pg_notify('holdfast', s.kind)
+  from unnest(v_keys, v_kinds, v_slots) s (key, kind, slot)
+  join holdfast.keys k on k.key = s.key where s.slot > 0 and not k.busy;
 end $$;
 select holdfast._grant('execute', 'function holdfast.claim(text[], text, int, int, int)',
   'holdfast_worker');
 
 -- The earliest time a not-yet-ready task of these kinds becomes ready (for a worker's timer):
--- one index probe per kind.
+-- one index probe per kind. Caps: a full kind is left out: its ready keys are no reason to
+-- poll; a freed slot notifies.
 create function holdfast.next_run_at(kinds text[]) returns timestamptz
   language sql stable security definer set search_path = pg_catalog, pg_temp as $$
-  select min(x.at) from (select distinct unnest(kinds)) as kd (kind)
+  select min(x.at) from holdfast._claimable(kinds) as kd (kind, room)
   cross join lateral (
     select k.head_run_at as at from holdfast.keys k
     where k.head_kind = kd.kind and k.head_id is not null and not k.busy

@@ -13,6 +13,7 @@ create function holdfast._finish_many(
 #variable_conflict use_column
 declare
   v_keys text[];
+  v_slots jsonb;
   v_rejected bigint[];
   v_missing bigint;
   v_pid int := pg_backend_pid();
@@ -33,7 +34,7 @@ begin
   -- By primary key (lateral): the running-tasks index holds an entry for every past run
   -- until vacuum, which a scan of it would visit.
   t as (
-    select t.id, t.key, t.kind, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at,
+    select t.id, t.key, t.kind, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at, t.slot,
       n.next, kd.strict_order,
       -- A failed attempt to be retried waits out its backoff until retry_at. Tasks of one batch
       -- share a fence and may be reported one by one: each takes the retry time of those
@@ -86,8 +87,10 @@ begin
     on conflict (key, kind) do update set last_succeeded_at = excluded.last_succeeded_at
   )
   select (select array_agg(distinct t.key) from t),
-         (select array_agg(d.id) from d where not exists (select 1 from t where t.id = d.id))
-  into v_keys, v_rejected;
+         (select array_agg(d.id) from d where not exists (select 1 from t where t.id = d.id)),
+         (select jsonb_agg(distinct jsonb_build_array(t.key, t.kind, t.slot)) from t
+          where t.slot is not null)
+  into v_keys, v_rejected, v_slots;
 
   if v_keys is not null then
     -- requeue: each key's next task waits behind keys that were ready before this run ended
@@ -96,6 +99,11 @@ begin
     -- A key stays locked while another task of it still runs here (the rest of a batch).
     perform pg_advisory_unlock(k.lock_id) from holdfast.keys k
     where k.key = any (v_keys) and not k.busy;
+    -- Caps: a run's slot is free once its key is (the run ended, the whole batch); the
+    -- kind's workers that found it full sleep without a timer, so tell them.
+    perform pg_advisory_unlock(holdfast._slot_class(s->>1), (s->>2)::int), pg_notify('holdfast', s->>1)
+    from jsonb_array_elements(v_slots) s join holdfast.keys k on k.key = s->>0
+    where not k.busy;
     -- Also when the next task is due later (a retry's backoff, a minimum interval): idle
     -- workers then set their timers for it, as for a delayed enqueue. Without this, only this
     -- worker would know, and if it stopped, the task would wait for the others' rescan.

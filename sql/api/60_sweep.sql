@@ -61,6 +61,11 @@ begin
       end if;
       perform holdfast._refresh_key(t.key);
       perform holdfast._notify_if_ready(t.key);
+      -- Caps: the dead holder's slot was freed with its session; the kind's workers that
+      -- found it full wait for this.
+      if t.slot is not null then
+        perform pg_notify('holdfast', t.kind);
+      end if;
       n := n + 1;
     end if;
     perform pg_advisory_unlock(r.lock_id);

@@ -1,37 +1,7 @@
--- Recurring schedules: declared by any process, fired by the sweep leader (one per cluster).
--- The cron expression is parsed by the TypeScript leader (a maintained parser, not SQL);
--- the database records which ticks were enqueued, so each tick is enqueued once whoever leads.
-
--- covered_until: every tick at or before it has been enqueued or skipped (a tick older than
--- the latest `backfill` due ticks is skipped). It moves forward only, under the row lock.
--- revision grows when cron or timezone change, so a leader holding an old definition is told.
-create table holdfast.schedules (
-  name text primary key check (name <> '' and octet_length(name) <= 200),
-  cron text not null check (cron <> '' and octet_length(cron) <= 200),
-  timezone text check (timezone <> ''),
-  kind text not null references holdfast.kinds (kind),
-  key text not null check (key <> '' and octet_length(key) <= 1000),
-  payload jsonb not null default '{}',
-  priority int not null default 0,
-  backfill int not null default 1 check (backfill between 1 and 1000),
-  revision int not null default 1,
-  covered_until timestamptz not null default now(),
-  next_at timestamptz,
-  last_tick_at timestamptz,
-  last_task_id bigint,
-  created_at timestamptz not null default now(),
-  updated_at timestamptz not null default now()
-);
-
--- One row per enqueued tick (the primary key makes a second enqueue of a tick impossible);
--- the last 100 per schedule are kept.
-create table holdfast.schedule_ticks (
-  name text not null references holdfast.schedules (name) on delete cascade,
-  tick_at timestamptz not null,
-  task_id bigint not null,
-  enqueued_at timestamptz not null default now(),
-  primary key (name, tick_at)
-);
+-- Recurring schedules (tables: migrations/0003_schedules.sql). Declared by any process,
+-- fired by the sweep leader (one per cluster, src/worker/schedule-ticker.ts). The cron
+-- expression is parsed by the TypeScript leader (a maintained parser, not SQL); the database
+-- records which ticks were enqueued, so each tick is enqueued once whoever leads.
 
 -- Declares a schedule, or updates it: idempotent, so every process may declare its schedules
 -- at start. A changed cron or timezone counts ticks from now (no catch-up of the old
@@ -41,7 +11,7 @@ create function holdfast.schedule(
   name text, cron text, kind text, key text, payload jsonb default '{}',
   timezone text default null, backfill int default 1, priority int default 0
 ) returns boolean
-  language plpgsql as $$
+  language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
 declare
   old holdfast.schedules;
@@ -102,10 +72,12 @@ begin
   perform pg_notify('holdfast_schedules', schedule.name);
   return true;
 end $$;
+select holdfast._grant('execute',
+  'function holdfast.schedule(text, text, text, text, jsonb, text, int, int)', 'holdfast_producer');
 
 -- Removes a schedule (and its tick history); false when there was none.
 create function holdfast.unschedule(name text) returns boolean
-  language plpgsql as $$
+  language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
 begin
   delete from holdfast.schedules s where s.name = unschedule.name;
@@ -115,11 +87,17 @@ begin
   perform pg_notify('holdfast_schedules', unschedule.name);
   return true;
 end $$;
+select holdfast._grant('execute', 'function holdfast.unschedule(text)', 'holdfast_producer');
 
 -- Every schedule. next_at is the next tick as the leader computed it (null until a leader
 -- has read the current definition).
 create function holdfast.schedules() returns setof holdfast.schedules
-  language sql stable as $$ select * from holdfast.schedules order by name $$;
+  language sql stable security definer set search_path = pg_catalog, pg_temp as $$
+  select * from holdfast.schedules order by name
+$$;
+select holdfast._grant('execute', 'function holdfast.schedules()',
+  'holdfast_producer', 'holdfast_worker', 'holdfast_observer');
+select holdfast._grant('select', 'holdfast.schedules, holdfast.schedule_ticks', 'holdfast_observer');
 
 -- Called by the leader: enqueues the given ticks of a schedule that are after covered_until
 -- (each tick once: covered_until moves forward under the row lock, and the tick's row is
@@ -129,7 +107,7 @@ create function holdfast.schedules() returns setof holdfast.schedules
 create function holdfast.fire_schedule(
   name text, revision int, ticks timestamptz[], new_covered timestamptz, next_at timestamptz
 ) returns int
-  language plpgsql as $$
+  language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
 declare
   s holdfast.schedules;
@@ -166,28 +144,5 @@ begin
   end if;
   return n;
 end $$;
-
-do $$
-declare
-  f text;
-  g record;
-begin
-  foreach f in array array['holdfast.schedule(text, text, text, text, jsonb, text, int, int)',
-    'holdfast.unschedule(text)', 'holdfast.schedules()',
-    'holdfast.fire_schedule(text, int, timestamptz[], timestamptz, timestamptz)'] loop
-    execute format('revoke all on function %s from public', f);
-    execute format('alter function %s security definer set search_path = pg_catalog, pg_temp', f);
-  end loop;
-  for g in
-    select * from (values
-      ('holdfast_producer', 'execute on function holdfast.schedule(text, text, text, text, jsonb, text, int, int), holdfast.unschedule(text), holdfast.schedules()'),
-      ('holdfast_worker', 'execute on function holdfast.schedules(), holdfast.fire_schedule(text, int, timestamptz[], timestamptz, timestamptz)'),
-      ('holdfast_observer', 'execute on function holdfast.schedules()'),
-      ('holdfast_observer', 'select on holdfast.schedules, holdfast.schedule_ticks')
-    ) as v(role, what)
-  loop
-    if exists (select 1 from pg_roles where rolname = g.role) then
-      execute format('grant %s to %I', g.what, g.role);
-    end if;
-  end loop;
-end $$;
+select holdfast._grant('execute',
+  'function holdfast.fire_schedule(text, int, timestamptz[], timestamptz, timestamptz)', 'holdfast_worker');
