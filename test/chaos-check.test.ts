@@ -43,6 +43,36 @@ describe("chaos checker", () => {
     const late = await check(db.pool, () => exitAt + 2_000);
     expect(late.violations.filter((v) => v.kind === "overlap")).toHaveLength(1);
   });
+
+  it("reports more runs of a capped kind at once than its max_running", async () => {
+    await db.pool.query("truncate chaos_log");
+    await db.pool.query("select holdfast.define_kind('capped', max_running => 2)");
+    const ids: string[] = [];
+    for (const k of ["c1", "c2", "c3"])
+      ids.push(
+        (await db.pool.query("select holdfast.enqueue('capped', $1) as id", [k])).rows[0].id,
+      );
+    const insert = (times: Array<[string, string]>) =>
+      db.pool.query(
+        `insert into chaos_log
+         select id, 'c' || n, 1, n, 'w1', s::timestamptz, e::timestamptz
+         from unnest($1::bigint[], $2::text[], $3::text[]) with ordinality as x (id, s, e, n)`,
+        [ids, times.map((t) => t[0]), times.map((t) => t[1])],
+      );
+    // Two at once, the third starting as the first ends: within the cap.
+    await insert([
+      ["2026-01-01 00:00:00+00", "2026-01-01 00:00:10+00"],
+      ["2026-01-01 00:00:05+00", "2026-01-01 00:00:20+00"],
+      ["2026-01-01 00:00:10+00", "2026-01-01 00:00:30+00"],
+    ]);
+    const ok = await check(db.pool, () => undefined);
+    expect(ok.violations.filter((v) => v.kind === "over-cap")).toEqual([]);
+    await db.pool.query(
+      "update chaos_log set started_at = '2026-01-01 00:00:09+00' where key = 'c3'",
+    );
+    const over = await check(db.pool, () => undefined);
+    expect(over.violations.filter((v) => v.kind === "over-cap")).toHaveLength(1);
+  });
 });
 
 describe("chaos checker: order per key", () => {

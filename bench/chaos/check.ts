@@ -3,6 +3,7 @@ import type pg from "pg";
 export interface LogRun {
   task_id: number;
   key: string;
+  kind: string;
   attempt: number;
   fence: string;
   worker: string;
@@ -11,7 +12,14 @@ export interface LogRun {
 }
 
 export interface Violation {
-  kind: "overlap" | "not-ended" | "ended-twice" | "fence-order" | "order" | "extra-session";
+  kind:
+    | "overlap"
+    | "not-ended"
+    | "ended-twice"
+    | "fence-order"
+    | "order"
+    | "over-cap"
+    | "extra-session";
   detail: string;
 }
 
@@ -36,16 +44,17 @@ export async function check(
   const { rows: raw } = await pool.query<{
     task_id: string;
     key: string;
+    kind: string;
     attempt: number;
     fence: string;
     worker: string;
     started: string;
     ended: string | null;
   }>(
-    `select task_id, key, attempt, fence, worker,
-            extract(epoch from started_at) * 1000 as started,
-            extract(epoch from ended_at) * 1000 as ended
-     from chaos_log`,
+    `select l.task_id, l.key, t.kind, l.attempt, l.fence, l.worker,
+            extract(epoch from l.started_at) * 1000 as started,
+            extract(epoch from l.ended_at) * 1000 as ended
+     from chaos_log l join holdfast.tasks t on t.id = l.task_id`,
   );
   const runs: LogRun[] = raw.map((r) => ({
     ...r,
@@ -128,7 +137,23 @@ export async function check(
     }
   }
 
-  // 3. Every task ended exactly once: terminal state, and exactly one terminal attempt (a
+  // 3. No capped kind ran more than max_running runs at once (any keys).
+  const { rows: caps } = await pool.query<{ kind: string; max_running: number }>(
+    "select kind, max_running from holdfast.kinds where max_running is not null",
+  );
+  for (const cap of caps) {
+    const peak = peakOpen(
+      runs.filter((r) => r.kind === cap.kind),
+      end,
+    );
+    if (peak.open > cap.max_running)
+      violations.push({
+        kind: "over-cap",
+        detail: `kind ${cap.kind}: ${peak.open} runs at once at ${new Date(peak.at).toISOString()} (max_running ${cap.max_running})`,
+      });
+  }
+
+  // 4. Every task ended exactly once: terminal state, and exactly one terminal attempt (a
   // crash counts as an attempt: the last one may be 'lost').
   let succeeded = 0;
   let deadLettered = 0;
@@ -167,6 +192,22 @@ export async function check(
     reruns,
     violations,
   };
+}
+
+/** The most runs open at one instant, and when; a run that ends as another starts is not open. */
+function peakOpen(runs: LogRun[], end: (r: LogRun) => number): { open: number; at: number } {
+  const edges = runs.flatMap((r) => [
+    { at: r.started, d: 1 },
+    { at: end(r), d: -1 },
+  ]);
+  edges.sort((a, b) => a.at - b.at || a.d - b.d);
+  let open = 0;
+  let peak = { open: 0, at: 0 };
+  for (const e of edges) {
+    open += e.d;
+    if (open > peak.open) peak = { open, at: e.at };
+  }
+  return peak;
 }
 
 /**

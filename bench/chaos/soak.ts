@@ -46,7 +46,8 @@ const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 /**
  * Runs N worker processes (each behind its own TCP proxy) against a private Postgres while
  * enqueuing short and long tasks and injecting faults, then lets the system drain and checks the
- * log: no overlapping runs of a key, every task ended exactly once, nothing stuck.
+ * log: no overlapping runs of a key, no capped kind over its cap, every task ended exactly once,
+ * nothing stuck.
  */
 export async function soak(opts: SoakOptions): Promise<SoakReport> {
   const log = opts.log ?? (() => {});
@@ -60,7 +61,10 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   await pool.query(`create table chaos_log (
     task_id bigint not null, key text not null, attempt int not null, fence bigint not null,
     worker text not null, started_at timestamptz not null, ended_at timestamptz)`);
-  await pool.query("select holdfast.define_kind('short', 20), holdfast.define_kind('long', 20)");
+  // Long tasks run on 4 keys under a cap of 2: the cap must hold through every fault.
+  await pool.query(
+    "select holdfast.define_kind('short', 20), holdfast.define_kind('long', 20, max_running => 2)",
+  );
 
   // Handler exits (from worker events) and kill times, to close runs that recorded no end.
   const exits = new Map<string, number>();
