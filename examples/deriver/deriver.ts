@@ -1,6 +1,8 @@
 // A small deriver on holdfast: "representation" tasks turn a session's new messages into
 // observations, in order, several messages per batch; "dream" tasks consolidate one peer's
-// observations, at most one waiting per peer and at least `dreamInterval` apart. Both write
+// observations: debounced after the peer's latest activity (bounded by a maximum wait), at
+// least `dreamInterval` apart per peer, and at most `maxDreams` at once across all workers. A
+// recurring "maintenance" task runs on a cron schedule, once per tick cluster-wide. All write
 // to their own tables inside a transaction guarded by the run's fence.
 import type pg from "pg";
 import type { Holdfast, Interval, Task, Worker } from "../../src/index.js";
@@ -20,8 +22,21 @@ export const representationKey = (m: Message) =>
   `representation:${m.workspace}:${m.session}:${m.observed}`;
 export const dreamKey = (d: DreamPayload) => `dream:${d.workspace}:${d.observer}:${d.observed}`;
 
-/** Creates the deriver's own tables and its two kinds (idempotent). */
-export async function setupDeriver(hf: Holdfast, opts: { dreamInterval: Interval }): Promise<void> {
+export interface DeriverSettings {
+  /** Per peer: a dream starts no sooner than this after the last one ended ("8 hours"). */
+  dreamInterval: Interval;
+  /** Dreams running at once across every worker process (LLM token budget). */
+  maxDreams: number;
+  /** A dream starts this long after the peer's latest activity ("10 minutes")… */
+  dreamDebounce: Interval;
+  /** …but no later than this after the first request it gathers ("2 hours"). */
+  dreamMaxWait: Interval;
+  /** When maintenance runs (cron, UTC), e.g. "0 3 * * *". */
+  maintenanceCron: string;
+}
+
+/** Creates the deriver's own tables, kinds and schedule (idempotent: every process may call it). */
+export async function setupDeriver(hf: Holdfast, opts: DeriverSettings): Promise<void> {
   await hf.pool.query(`
     create table if not exists deriver_observations (
       id bigserial primary key, workspace text, session text, observed text,
@@ -29,7 +44,10 @@ export async function setupDeriver(hf: Holdfast, opts: { dreamInterval: Interval
       unique (workspace, session, observed, message_id));
     create table if not exists deriver_dreams (
       id bigserial primary key, key text, observations int, fence bigint,
-      started_at timestamptz, finished_at timestamptz default clock_timestamp())`);
+      started_at timestamptz, finished_at timestamptz default clock_timestamp());
+    create table if not exists deriver_maintenance (
+      id bigserial primary key, tick timestamptz, fence bigint,
+      ran_at timestamptz default clock_timestamp())`);
   // Strict order (the default): a failed batch of messages is retried before the session's
   // later messages are derived, so message N+1 never lands before message N.
   await hf.defineKind("representation", { batch: { max: 10 } });
@@ -39,19 +57,38 @@ export async function setupDeriver(hf: Holdfast, opts: { dreamInterval: Interval
     minInterval: opts.dreamInterval,
     maxAttempts: 3,
     strictOrder: false,
+    maxRunning: opts.maxDreams,
+  });
+  await hf.defineKind("maintenance");
+  await hf.schedule("nightly-maintenance", {
+    cron: opts.maintenanceCron,
+    kind: "maintenance",
+    key: "maintenance",
   });
 }
 
 /** What the API does when a message arrives: one representation task, one dream request. */
-export async function onMessage(hf: Holdfast, m: Message): Promise<void> {
+export async function onMessage(
+  hf: Holdfast,
+  m: Message,
+  opts: Pick<DeriverSettings, "dreamDebounce" | "dreamMaxWait">,
+): Promise<void> {
   await hf.enqueue("representation", { key: representationKey(m), payload: m });
   const dream: DreamPayload = {
     workspace: m.workspace,
     observer: m.observer,
     observed: m.observed,
   };
-  // Deduped: a peer has at most one dream waiting; one requested during a dream runs after it.
-  await hf.enqueue("dream", { key: dreamKey(dream), dedupeKey: dreamKey(dream), payload: dream });
+  // Deduped and debounced: a peer has at most one dream waiting, starting dreamDebounce after
+  // the peer's latest message (never later than dreamMaxWait after the first); one requested
+  // during a dream runs after it. Durable: no timer in this process.
+  await hf.enqueue("dream", {
+    key: dreamKey(dream),
+    dedupeKey: dreamKey(dream),
+    payload: dream,
+    debounce: opts.dreamDebounce,
+    maxWait: opts.dreamMaxWait,
+  });
 }
 
 /** Runs `work` in a transaction that commits only while this run still holds its key. */
@@ -79,7 +116,6 @@ export function deriverWorker(
   opts: {
     name?: string;
     concurrency?: number;
-    dreamInterval: Interval;
     /** Simulated model time per representation batch and per dream. */
     representationMs?: number;
     dreamMs?: number;
@@ -105,9 +141,8 @@ export function deriverWorker(
           });
         },
       },
+      // Kind settings (interval, cap) are setupDeriver's: a worker keeps what is stored.
       dream: {
-        minInterval: opts.dreamInterval,
-        maxAttempts: 3,
         // The long LLM pass; stops at once if the lock is lost or the dream is cancelled.
         handler: async (task: Task<DreamPayload>, ctx) => {
           const startedAt = new Date();
@@ -123,6 +158,15 @@ export function deriverWorker(
             );
           });
         },
+      },
+      // One run per tick of the schedule, whichever worker leads.
+      maintenance: async (task: Task, ctx) => {
+        await fenced(hf.pool, ctx, async (c) => {
+          await c.query("insert into deriver_maintenance (tick, fence) values ($1, $2)", [
+            task.runAt,
+            task.fence,
+          ]);
+        });
       },
     },
   });
