@@ -16,6 +16,7 @@ import {
   longTasks,
   type TakeoverResult,
 } from "./faults.js";
+import { type FeatureCostResult, featureCost } from "./feature-cost.js";
 import {
   notifyFloor,
   type ThroughputResult,
@@ -48,6 +49,7 @@ const cfg = quick
       takeovers: 2,
       claimLevels: [1_000, 100_000],
       claimSamples: 50,
+      featureSamples: 100,
       idleMs: 6_000,
       longMs: 2_000,
     }
@@ -59,6 +61,7 @@ const cfg = quick
       takeovers: 10,
       claimLevels: [1_000, 100_000, 1_000_000],
       claimSamples: 200,
+      featureSamples: 500,
       idleMs: 10_000,
       longMs: 3_000,
     };
@@ -175,6 +178,10 @@ async function main(): Promise<void> {
       section("claim latency vs backlog…");
       results.claimScale = await claimScale(server.url, cfg.claimLevels, cfg.claimSamples);
     }
+    if (want("features")) {
+      section("cost of a cap and a debounce…");
+      results.featureCost = await featureCost(server.url, cfg.featureSamples);
+    }
     if (want("idle")) {
       section("idle resources…");
       results.resources = await idleResources(
@@ -215,6 +222,7 @@ interface Results {
   takeover?: TakeoverResult[];
   longTasks?: Array<Partial<LongTaskResult> & { system: string; note: string }>;
   claimScale?: ClaimScaleResult[];
+  featureCost?: FeatureCostResult[];
   resources?: ResourceResult[];
 }
 
@@ -297,6 +305,22 @@ function render(r: Results): string {
         ["pending", "n", "p50", "p95", "p99"],
         ...r.claimScale.map((c) => [
           String(c.pending),
+          String(c.n),
+          fmt(c.p50),
+          fmt(c.p95),
+          fmt(c.p99),
+        ]),
+      ]),
+    );
+  }
+  if (r.featureCost) {
+    out.push("", "Cost of a cap and a debounce: one session, round trip included (ms)");
+    out.push(
+      table([
+        ["call", "variant", "n", "p50", "p95", "p99"],
+        ...r.featureCost.map((c) => [
+          c.op,
+          c.variant,
           String(c.n),
           fmt(c.p50),
           fmt(c.p95),
