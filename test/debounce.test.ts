@@ -124,3 +124,18 @@ it("debounce needs a dedupe key; maxWait needs debounce", async () => {
     db.pool.query("select holdfast.enqueue('dream', 'k', debounce => '1 second')"),
   ).rejects.toMatchObject({ code: "HF002" });
 });
+
+it("a pushed task moves its place in its key's order, as a delayed enqueue would", async () => {
+  const a = await hf.enqueue("dream", { key: "place", dedupeKey: "a", debounce: "10 minutes" });
+  const b = await hf.enqueue("dream", { key: "place", runAt: new Date(Date.now() + 15 * 60_000) });
+  const head = async () =>
+    Number(
+      (await db.pool.query("select head_id from holdfast.keys where key = 'place'")).rows[0]
+        .head_id,
+    );
+  expect(await head()).toBe(a.id);
+  // Pushed past b's start: b comes first now.
+  const again = await hf.enqueue("dream", { key: "place", dedupeKey: "a", debounce: "20 minutes" });
+  expect(again).toEqual({ id: a.id, deduped: true });
+  expect(await head()).toBe(b.id);
+});
