@@ -32,6 +32,9 @@ begin
   if payload is null then
     perform holdfast._raise('HF002', 'holdfast: payload must be a JSON value, not null');
   end if;
+  if octet_length(payload::text) > 1048576 then
+    perform holdfast._raise('HF002', 'holdfast: payload is larger than 1 MiB');
+  end if;
   if timezone = '' or (timezone is not null
       and not exists (select 1 from pg_timezone_names z where z.name = schedule.timezone)) then
     perform holdfast._raise('HF002', format('holdfast: unknown time zone %L', schedule.timezone));

@@ -1,5 +1,6 @@
 import type { Cron } from "croner";
 import type { Logger } from "pino";
+import { LockLostError } from "../errors.js";
 import { parseCron, planTicks, type ScheduleRow, scheduleSql } from "../schedules.js";
 import type { LockSession } from "./lock-session.js";
 
@@ -53,13 +54,26 @@ export class ScheduleTicker {
     for (const s of this.loaded) {
       if (s.due === null || s.due > now) continue;
       const plan = planTicks(s.cron, s.coveredUntil, s.backfill, now);
-      const [row] = await session.query<{ fired: number }>(scheduleSql.fire, [
-        s.name,
-        s.revision,
-        plan.ticks,
-        plan.covered,
-        plan.next,
-      ]);
+      let row: { fired: number } | undefined;
+      try {
+        [row] = await session.query<{ fired: number }>(scheduleSql.fire, [
+          s.name,
+          s.revision,
+          plan.ticks,
+          plan.covered,
+          plan.next,
+        ]);
+      } catch (err) {
+        if (err instanceof LockLostError || session.isLost) throw err;
+        // The server refused this schedule's enqueue: the others still run, and this one
+        // tries again at its next tick.
+        this.logger.error(
+          { event: "schedule_failed", schedule: s.name, ticks: plan.ticks, err },
+          "holdfast: a schedule's tick could not be enqueued",
+        );
+        s.due = plan.next;
+        continue;
+      }
       if (row?.fired === -1) {
         this.loaded = undefined; // changed or removed meanwhile: read again
         this.due();
