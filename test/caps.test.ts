@@ -178,3 +178,41 @@ describe("from SQL", () => {
     );
   });
 });
+
+describe("a worker waiting for a full kind", () => {
+  const t = useHoldfast({ solo: { maxRunning: 1 } });
+
+  it("sleeps without a timer and starts when a completion frees the slot (NOTIFY, no poll)", async () => {
+    const { db, hf } = t;
+    // A plain SQL session holds the kind's one slot.
+    const holder = new pg.Client({ connectionString: db.url });
+    await holder.connect();
+    await hf.enqueue("solo", { key: "solo:1" });
+    const { rows } = await holder.query<{ id: string; fence: string }>(
+      "select id, fence from holdfast.claim(array['solo'], 'holder')",
+    );
+    expect(rows).toHaveLength(1);
+    const started: number[] = [];
+    const worker = hf.worker({
+      name: "waiter",
+      rescanIntervalMs: 600_000, // only a NOTIFY can wake it within the test
+      handlers: { solo: async (task) => void started.push(task.id) },
+    });
+    const idle: Array<Date | null> = [];
+    worker.on("idle", ({ nextRunAt }) => idle.push(nextRunAt));
+    await worker.start();
+    try {
+      await until(() => idle.length > 0, 10_000, "the first scan");
+      const second = await hf.enqueue("solo", { key: "solo:2" });
+      // Woken by the enqueue, the worker finds the kind full and sleeps with no timer.
+      await until(() => idle.length > 1, 10_000, "a claim after the enqueue");
+      expect(idle.every((at) => at === null)).toBe(true);
+      expect(started).toEqual([]);
+      await holder.query("select holdfast.complete($1, $2)", [rows[0]?.id, rows[0]?.fence]);
+      await until(() => started.includes(second.id), 5_000, "the waiting task started");
+    } finally {
+      await holder.end();
+      await worker.stop();
+    }
+  });
+});

@@ -15,6 +15,9 @@ export interface WorkerEvents {
   "lock:lost": [LockLostError];
   /** A new lock session is connected after a loss. */
   "lock:reconnected": [];
+  /** A claim left a slot free: the worker waits for a NOTIFY, or until nextRunAt (its timer;
+   *  null: no delayed task of its kinds, and full capped kinds are not waited for). */
+  idle: [{ nextRunAt: Date | null }];
   /** This worker was elected to sweep orphans. */
   leader: [];
   /** The sweep returned orphaned tasks to the queue; `previous`: their dead holders. */

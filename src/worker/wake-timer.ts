@@ -21,10 +21,11 @@ export class WakeTimer {
     this.readyRetryMs = 0;
   }
 
-  async arm(session: LockSession): Promise<void> {
+  /** Returns when the earliest delayed task is due (null: none, nothing to wake for). */
+  async arm(session: LockSession): Promise<Date | null> {
     const [row] = await session.query<{ at: Date | null }>(sql.nextRunAt, [this.kinds]);
     this.clear();
-    if (!row?.at) return;
+    if (!row?.at) return null;
     let delay = row.at.getTime() - Date.now();
     if (delay <= 0) {
       // A key is ready but was not ours to take: its lock or row is held elsewhere (a claim in
@@ -35,6 +36,7 @@ export class WakeTimer {
     }
     this.timer = setTimeout(this.wake, Math.min(delay, this.maxDelayMs) + 1);
     this.timer.unref();
+    return row.at;
   }
 
   clear(): void {

@@ -332,7 +332,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
       this.wantClaim = true; // there may be more
     } else {
       // Some slot is idle: wake at the earliest delayed task (a timer, not a poll).
-      await this.wakeTimer.arm(session);
+      const nextRunAt = await this.wakeTimer.arm(session);
+      this.emit("idle", { nextRunAt });
     }
   }
 
