@@ -6,8 +6,9 @@
 -- lease, no timeout. A held slot is exclusive, so at most max_running runs hold one at once.
 -- Claim (40_claim), finish (50_finish) and sweep (60_sweep) call these in steps marked "Caps".
 
--- The first int of a kind's slot locks. The two-int space holds only holdfast's own locks
--- (migration and leadership use class 1752132708), so a kind never maps there.
+-- The first int of a kind's slot locks. Never holdfast's migration and leadership class
+-- (1752132708). A collision (another kind, or another user of the two-int space) only makes
+-- a slot look taken: fewer runs at once, never more.
 create function holdfast._slot_class(kind text) returns int
   language sql immutable strict parallel safe as $$
   select case when h = 1752132708 then h + 1 else h end

@@ -1,7 +1,6 @@
 -- Recurring schedules (holdfast.schedules, schedule_ticks) and concurrency caps per kind
 -- (kinds.max_running, tasks.slot). Their functions: sql/api/35_caps.sql, sql/api/80_schedules.sql.
 
-
 -- covered_until: every tick at or before it has been enqueued or skipped (a tick older than
 -- the latest `backfill` due ticks is skipped). It moves forward only, under the row lock.
 -- revision grows when cron or timezone change, so a leader holding an old definition is told.
