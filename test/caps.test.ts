@@ -32,8 +32,9 @@ describe("worker processes", () => {
     const procs: WorkerProcess[] = await Promise.all(
       ["a", "b", "c", "d"].map((n) => t.start(n, { HF_CONCURRENCY: "3" })),
     );
-    const n = 24;
-    for (let i = 0; i < n; i++) await hf.enqueue("job", { key: `k${i}`, payload: { ms: 300 } });
+    // 15 s of work at 2 at once: runs are still going after a replacement's slow start.
+    const n = 30;
+    for (let i = 0; i < n; i++) await hf.enqueue("job", { key: `k${i}`, payload: { ms: 1_000 } });
 
     // Kill two processes while they run a task; start replacements.
     const killedAt = new Map<string, number>();
@@ -127,7 +128,8 @@ describe("from SQL", () => {
         (await db.pool.query("select holdfast.next_run_at(array['capped']) as at")).rows[0].at,
       ).toBeNull();
       const { rows: slots } = await db.pool.query(
-        "select count(*)::int as n from pg_locks where locktype = 'advisory' and objsubid = 2 and granted",
+        `select count(*)::int as n from pg_locks where locktype = 'advisory' and objsubid = 2
+           and granted and database = (select oid from pg_database where datname = current_database())`,
       );
       expect(slots[0].n).toBe(1);
       await s1.end(); // the holder's session ends: its slot (and key) with it
