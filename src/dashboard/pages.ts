@@ -117,12 +117,12 @@ const queue: Section<Overview> = {
   render: (o) => {
     if (o.snapshot.queue.length === 0) return empty("No kind is defined yet.");
     const runs = new Map(o.activity.kinds.map((k) => [k.kind, k]));
-    return html`<table><thead><tr><th>Kind</th><th class="num">Ready</th><th class="num">Running</th><th class="num">Delayed</th><th class="num">Dead</th><th class="num">Oldest ready</th><th class="num">Runs (1 h)</th><th class="num">Run p50</th><th class="num">Run p95</th></tr></thead><tbody>${o.snapshot.queue.map(
+    return html`<table><thead><tr><th>Kind</th><th class="num">Ready</th><th class="num">Running</th><th class="num">Slots</th><th class="num">Delayed</th><th class="num">Dead</th><th class="num">Oldest ready</th><th class="num">Runs (1 h)</th><th class="num">Run p50</th><th class="num">Run p95</th></tr></thead><tbody>${o.snapshot.queue.map(
       (q) => {
         const a = runs.get(q.kind);
-        return html`<tr><td>${q.kind}</td><td class="num">${int(q.pending)}</td><td class="num">${int(q.running)}</td><td class="num">${int(q.delayed)}</td><td class="num">${int(q.deadLettered)}</td><td class="num">${formatDuration(q.oldestPendingMs)}</td><td class="num">${int(a?.runs ?? 0)}</td><td class="num">${formatDuration(a?.p50Ms ?? null)}</td><td class="num">${formatDuration(a?.p95Ms ?? null)}</td></tr>`;
+        return html`<tr><td>${q.kind}</td><td class="num">${int(q.pending)}</td><td class="num">${int(q.running)}</td><td class="num">${q.slots === null ? "-" : `${q.slots.used}/${q.slots.max}`}</td><td class="num">${int(q.delayed)}</td><td class="num">${int(q.deadLettered)}</td><td class="num">${formatDuration(q.oldestPendingMs)}</td><td class="num">${int(a?.runs ?? 0)}</td><td class="num">${formatDuration(a?.p50Ms ?? null)}</td><td class="num">${formatDuration(a?.p95Ms ?? null)}</td></tr>`;
       },
-    )}</tbody></table><p class="note">Delayed: waiting for their run time or a retry's backoff. Run times: attempts that succeeded or failed in the last hour.</p>`;
+    )}</tbody></table><p class="note">Slots: runs holding one of a capped kind's slots / its maxRunning. Delayed: waiting for their run time or a retry's backoff. Run times: attempts that succeeded or failed in the last hour.</p>`;
   },
 };
 
