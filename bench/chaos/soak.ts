@@ -158,7 +158,9 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   })();
 
   const counts: Record<Fault, number> = { kill: 0, partition: 0, restart: 0 };
-  const deadline = started + opts.durationMs;
+  // The soak's duration counts from when its workers are up: on a loaded machine their start
+  // alone could eat a short soak (one run enqueued a single task).
+  const deadline = Date.now() + opts.durationMs;
   const order: Fault[] = [];
   while (opts.faults.length > 0 && Date.now() < deadline) {
     await sleep(rand(opts.faultEveryMs * 0.5, opts.faultEveryMs * 1.5));
