@@ -4,6 +4,12 @@ import pg from "pg";
 import type { Logger } from "pino";
 import { asConnectionError } from "../errors.js";
 import { retryWithBackoff } from "./backoff.js";
+import {
+  type LockSessionSettings,
+  lockSessionDefaults,
+  sessionBoundsSql,
+  sessionBoundsValues,
+} from "./lock-session.js";
 
 export interface ListenerHandlers {
   /** A task of this kind may be ready. */
@@ -23,6 +29,12 @@ export const listenerPing = { intervalMs: 5_000, timeoutMs: 5_000 };
  * again, one statement at a time (a client runs one query at a time). A half-open connection
  * never ends by itself, so the session NOTIFYs its ping channel periodically and destroys its
  * socket when the notification does not come back in time.
+ *
+ * The server gets the lock session's TCP bounds (keepalives, tcp_user_timeout) for this
+ * session too: after a partition the worker opens a new LISTEN session, and the old backend
+ * must not wait for the kernel's default timeouts (hours) to free its connection slot.
+ * idle_session_timeout is off here whatever the lock session uses: a LISTEN session is idle
+ * by design.
  */
 export class Listener {
   private client: pg.Client | undefined;
@@ -39,6 +51,7 @@ export class Listener {
     private readonly handlers: ListenerHandlers,
     private readonly logger: Logger,
     private readonly ping = listenerPing,
+    private readonly bounds: LockSessionSettings = lockSessionDefaults,
   ) {
     this.channels = ["holdfast", "holdfast_cancel", this.pingChannel];
   }
@@ -71,6 +84,7 @@ export class Listener {
         }),
       application_name: this.applicationName,
       keepAlive: true,
+      keepAliveInitialDelayMillis: this.bounds.tcpKeepalivesIdleSec * 1000,
       connectionTimeoutMillis: this.config.connectionTimeoutMillis ?? 10_000,
     });
     // Both fire on a lost connection; the first one starts the reconnect.
@@ -79,6 +93,7 @@ export class Listener {
     client.on("notification", (n) => this.dispatch(n.channel, n.payload ?? ""));
     try {
       await client.connect();
+      await client.query(sessionBoundsSql, sessionBoundsValues(this.bounds, 0));
       for (const channel of this.channels) await client.query(`listen "${channel}"`);
     } catch (err) {
       await client.end().catch(() => {});

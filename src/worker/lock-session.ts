@@ -59,6 +59,32 @@ export function serverReleaseMs(s: LockSessionSettings): number {
   return bound;
 }
 
+/**
+ * Sets a holdfast session's server-side bounds in one round trip: TCP keepalives and
+ * tcp_user_timeout, so the server frees the backend of a client that went silent (a partition
+ * leaves no FIN), and `idle_session_timeout`, which holdfast turns off unless asked (it would
+ * end an idle LISTEN or lock session). Settings the server does not know (PG 13 has no
+ * idle_session_timeout) are skipped. Returns the backend pid. Values: sessionBoundsValues.
+ */
+export const sessionBoundsSql = `select pg_backend_pid() as pid, (select count(set_config(v.name, v.setting, false))
+  from (values ('idle_session_timeout', $5), ('idle_in_transaction_session_timeout', '60000'),
+               ('statement_timeout', '0'), ('tcp_keepalives_idle', $1), ('tcp_keepalives_interval', $2),
+               ('tcp_keepalives_count', $3), ('tcp_user_timeout', $4)) v(name, setting)
+  where exists (select 1 from pg_settings p where p.name = v.name)) as applied`;
+
+export function sessionBoundsValues(
+  s: LockSessionSettings,
+  idleSessionTimeoutMs: number,
+): string[] {
+  return [
+    String(s.tcpKeepalivesIdleSec),
+    String(s.tcpKeepalivesIntervalSec),
+    String(s.tcpKeepalivesCount),
+    String(s.tcpUserTimeoutMs),
+    String(idleSessionTimeoutMs),
+  ];
+}
+
 interface LockSessionEvents {
   lost: [LockLostError];
 }
@@ -113,21 +139,10 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
   async connect(): Promise<void> {
     try {
       await this.client.connect();
-      const s = this.settings;
       // Through query(): a connection that goes half-open right away hits the deadline too.
       const rows = await this.query<{ pid: number }>(
-        `select pg_backend_pid() as pid, (select count(set_config(v.name, v.setting, false))
-           from (values ('idle_session_timeout', $5), ('idle_in_transaction_session_timeout', '60000'),
-                        ('statement_timeout', '0'), ('tcp_keepalives_idle', $1), ('tcp_keepalives_interval', $2),
-                        ('tcp_keepalives_count', $3), ('tcp_user_timeout', $4)) v(name, setting)
-           where exists (select 1 from pg_settings p where p.name = v.name)) as applied`,
-        [
-          String(s.tcpKeepalivesIdleSec),
-          String(s.tcpKeepalivesIntervalSec),
-          String(s.tcpKeepalivesCount),
-          String(s.tcpUserTimeoutMs),
-          String(s.idleSessionTimeoutMs),
-        ],
+        sessionBoundsSql,
+        sessionBoundsValues(this.settings, this.settings.idleSessionTimeoutMs),
       );
       this.resolvePid(rows[0]?.pid ?? 0);
     } catch (err) {

@@ -98,6 +98,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
           reconnected: () => this.requestClaim(),
         },
         this.logger,
+        undefined,
+        this.opts.lockSession,
       );
       await this.listener.start();
       await this.openSession();
