@@ -29,6 +29,9 @@ export function toTask(row: TaskRow): Task {
   };
 }
 
+/** The leader's heartbeat channel: each sweep NOTIFYs it (see Sweeper). */
+export const leaderChannel = "holdfast_leader";
+
 export const sql = {
   defineKind: "select holdfast.define_kind($1, $2, $3::interval, $4, $5)",
   enqueue: "select id, deduped from holdfast.enqueue_task($1, $2, $3::jsonb, $4, $5, $6, $7, $8)",
@@ -48,11 +51,13 @@ export const sql = {
   tryLead: "select holdfast.try_lead() as leader",
   // The previous holders come from the statement's snapshot, taken before sweep() changed
   // anything (a volatile function's writes are invisible to its calling statement), and are
-  // read only when something was requeued: the idle sweep costs nothing more.
+  // read only when something was requeued: the idle sweep costs nothing more. The NOTIFY is
+  // the leader's heartbeat (see Sweeper), sent in the sweep's transaction.
   sweep: `select s.requeued, case when s.requeued > 0 then (
       select json_agg(json_build_object('task', o.id, 'key', o.key, 'kind', o.kind,
         'attempt', o.attempt, 'worker', o.worker, 'pid', o.holder_pid) order by o.id)
-      from holdfast.orphans o where o.holder_pid <> pg_backend_pid()) end as previous
+      from holdfast.orphans o where o.holder_pid <> pg_backend_pid()) end as previous,
+      pg_notify('${leaderChannel}', '') is null as heartbeat
     from (select holdfast.sweep() as requeued) s`,
 } as const;
 

@@ -3,6 +3,7 @@ import net from "node:net";
 import pg from "pg";
 import type { Logger } from "pino";
 import { asConnectionError } from "../errors.js";
+import { leaderChannel } from "../queries/tasks.js";
 import { retryWithBackoff } from "./backoff.js";
 import {
   type LockSessionSettings,
@@ -18,6 +19,8 @@ export interface ListenerHandlers {
   cancel(taskId: number): void;
   /** The connection came back: notifications may have been missed, rescan. */
   reconnected(): void;
+  /** The sweep leader's heartbeat (it swept just now). */
+  leader(): void;
 }
 
 /** How often the LISTEN session proves it still receives notifications, and how long it may take. */
@@ -25,10 +28,12 @@ export const listenerPing = { intervalMs: 5_000, timeoutMs: 5_000 };
 
 /**
  * The worker's LISTEN session: one pg.Client that LISTENs on `holdfast`, `holdfast_cancel` and
- * a private ping channel. When the connection ends it reconnects with backoff and LISTENs
+ * a private ping channel, and the sweep leader's heartbeat channel. When the connection ends it reconnects with backoff and LISTENs
  * again, one statement at a time (a client runs one query at a time). A half-open connection
- * never ends by itself, so the session NOTIFYs its ping channel periodically and destroys its
- * socket when the notification does not come back in time.
+ * never ends by itself, so the session NOTIFYs its ping channel when nothing arrived for a
+ * ping interval and destroys its socket when the notification does not come back in time. Any
+ * notification proves the session alive as well as the ping's echo does, so while a leader
+ * sweeps (and NOTIFYs) the ping costs no transaction.
  *
  * The server gets the lock session's TCP bounds (keepalives, tcp_user_timeout) for this
  * session too: after a partition the worker opens a new LISTEN session, and the old backend
@@ -42,6 +47,8 @@ export class Listener {
   private closing = false;
   private pingTimer: NodeJS.Timeout | undefined;
   private pingAnswered: (() => void) | undefined;
+  /** When a notification (any channel) last arrived. */
+  private lastNotificationAt = 0;
   private readonly pingChannel = `holdfast_ping_${randomBytes(6).toString("hex")}`;
   private readonly channels: string[];
 
@@ -53,7 +60,7 @@ export class Listener {
     private readonly ping = listenerPing,
     private readonly bounds: LockSessionSettings = lockSessionDefaults,
   ) {
-    this.channels = ["holdfast", "holdfast_cancel", this.pingChannel];
+    this.channels = ["holdfast", "holdfast_cancel", leaderChannel, this.pingChannel];
   }
 
   async start(): Promise<void> {
@@ -103,7 +110,9 @@ export class Listener {
   }
 
   private dispatch(channel: string, payload: string): void {
+    this.lastNotificationAt = Date.now();
     if (channel === "holdfast") this.handlers.wake(payload);
+    else if (channel === leaderChannel) this.handlers.leader();
     else if (channel === "holdfast_cancel") this.handlers.cancel(Number(payload));
     else if (channel === this.pingChannel) this.pingAnswered?.();
   }
@@ -150,6 +159,7 @@ export class Listener {
   private async checkAlive(): Promise<void> {
     const client = this.client;
     if (!client || this.pingAnswered) return;
+    if (Date.now() - this.lastNotificationAt < this.ping.intervalMs) return; // heard from it
     const socket = this.socket;
     const answered = new Promise<boolean>((resolve) => {
       this.pingAnswered = () => resolve(true);

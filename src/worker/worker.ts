@@ -69,7 +69,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.kinds = [...opts.kinds.keys()];
     this.maxBatch = Math.max(...[...opts.kinds.values()].map((k) => k.batchMax));
     this.logger = deps.logger.child({ worker: opts.name });
-    this.sweeper = new Sweeper(this.logger);
+    // A follower tries to lead once the leader missed two sweeps.
+    this.sweeper = new Sweeper(this.logger, 2 * opts.sweepIntervalMs, () => {
+      this.sweepDue = true;
+      this.kick();
+    });
     this.wakeTimer = new WakeTimer(this.kinds, opts.rescanIntervalMs, () => this.requestClaim());
     // An unhandled 'error' event would crash the host process; errors are logged already.
     this.on("error", () => {});
@@ -96,6 +100,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
           },
           cancel: (id) => this.cancelRunning(id),
           reconnected: () => this.requestClaim(),
+          leader: () => this.sweeper.heartbeat(),
         },
         this.logger,
         undefined,
@@ -110,7 +115,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
     this.state = "running";
     this.timers.push(
+      // Only the leader sweeps on this timer; followers tick when its heartbeat is late.
       setInterval(() => {
+        if (!this.sweeper.isLeader) return;
         this.sweepDue = true;
         this.kick();
       }, this.opts.sweepIntervalMs),
@@ -140,6 +147,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.state = "stopping";
     for (const t of this.timers) clearInterval(t);
     this.wakeTimer.clear();
+    this.sweeper.clear();
     this.logger.info(
       { event: "worker_stopping", running: this.runs.live },
       "holdfast: worker stopping",
