@@ -15,6 +15,7 @@ export interface FleetOptions {
   takeovers: number;
   /** Tasks enqueued one at a time to time the claim under the fleet. */
   claims: number;
+  log?: (line: string) => void;
 }
 
 export interface FleetResult {
@@ -31,7 +32,7 @@ export interface FleetResult {
   /** Seconds from SIGKILL to attempt 2 starting elsewhere. */
   takeoverLeader: Summary;
   takeoverFollower: Summary;
-  /** Enqueue commit → handler start, ms, one task at a time on the idle fleet. */
+  /** Enqueue call → handler start, ms, one task at a time on the idle fleet. */
   claim: Summary;
   /** Transactions per task while claiming one at a time (every idle process is woken). */
   transactionsPerTask: number;
@@ -81,12 +82,16 @@ export async function fleet(adminUrl: string, opts: FleetOptions): Promise<Fleet
     return p;
   };
   const missed: string[] = [];
+  const t = Date.now();
+  const mark = (what: string) =>
+    opts.log?.(`  fleet: ${what} (${Math.round((Date.now() - t) / 1000)} s)`);
   try {
     // A few at a time: every start-up compiles TypeScript, and the machine is shared.
     while (procs.length < opts.processes) {
-      const batch = Math.min(4, opts.processes - procs.length);
+      const batch = Math.min(8, opts.processes - procs.length);
       await Promise.all(Array.from({ length: batch }, spawn));
     }
+    mark(`${procs.length} processes up`);
     // Backends flush their statistics lazily (up to 10 s when idle) and the fixture's pools
     // close their start-up clients after 10 s: count from a quiet fleet.
     await sleep(POOL_IDLE_MS + 2_000);
@@ -109,12 +114,13 @@ export async function fleet(adminUrl: string, opts: FleetOptions): Promise<Fleet
       backends: conns[0]?.all ?? 0,
     };
 
+    mark("idle measured");
     // Claim latency: one task at a time, every process idle and woken by its NOTIFY.
     const claimMs: number[] = [];
     const c0 = await transactions(pool);
     for (let i = 0; i < opts.claims; i++) {
-      const { id } = await hf.enqueue("job", { key: `claim${i}`, payload: { ms: 0 } });
       const enqueuedAt = Date.now();
+      const { id } = await hf.enqueue("job", { key: `claim${i}`, payload: { ms: 0 } });
       const start = await Promise.race(
         procs.map((p) => p.waitFor((e) => e.event === "start" && e.id === id, 10_000)),
       ).catch(() => undefined);
@@ -129,6 +135,7 @@ export async function fleet(adminUrl: string, opts: FleetOptions): Promise<Fleet
     await sleep(1_500); // let the backends flush their counters
     const transactionsPerTask = round(((await transactions(pool)) - c0) / opts.claims, 1);
 
+    mark("claims measured");
     // SIGKILL takeovers: the leader (with the task's holder when that is another process),
     // and a follower that holds the task while the leader lives.
     const leaderS: number[] = [];
@@ -168,6 +175,7 @@ export async function fleet(adminUrl: string, opts: FleetOptions): Promise<Fleet
       for (const v of victims) procs.splice(procs.indexOf(v), 1);
       await Promise.all([...victims].map(() => spawn()));
     }
+    mark("takeovers measured");
     return {
       processes: opts.processes,
       idle,

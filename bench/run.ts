@@ -190,7 +190,7 @@ async function main(): Promise<void> {
     }
     if (want("fleet")) {
       section(`fleet of ${cfg.fleet.processes} worker processes…`);
-      results.fleet = await fleet(server.url, cfg.fleet);
+      results.fleet = await fleet(server.url, { ...cfg.fleet, log });
       log(`  ${JSON.stringify(results.fleet)}`);
     }
   } finally {
@@ -349,7 +349,7 @@ function render(r: Results): string {
           `${fmt(f.takeoverFollower.p50)} / ${fmt(f.takeoverFollower.p99)} / ${f.takeoverFollower.n}`,
         ],
         [
-          "claim, enqueue → start (ms): p50 / p99 / n",
+          "claim, enqueue call → start (ms): p50 / p99 / n",
           `${fmt(f.claim.p50)} / ${fmt(f.claim.p99)} / ${f.claim.n}`,
         ],
         ["transactions per task claimed by the fleet", fmt(f.transactionsPerTask, 1)],
