@@ -88,7 +88,7 @@ export async function fleet(adminUrl: string, opts: FleetOptions): Promise<Fleet
   try {
     // A few at a time: every start-up compiles TypeScript, and the machine is shared.
     while (procs.length < opts.processes) {
-      const batch = Math.min(8, opts.processes - procs.length);
+      const batch = Math.min(4, opts.processes - procs.length);
       await Promise.all(Array.from({ length: batch }, spawn));
     }
     mark(`${procs.length} processes up`);

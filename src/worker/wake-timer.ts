@@ -23,9 +23,14 @@ export class WakeTimer {
 
   async arm(session: LockSession): Promise<void> {
     const [row] = await session.query<{ at: Date | null }>(sql.nextRunAt, [this.kinds]);
+    this.armAt(row?.at ?? null);
+  }
+
+  /** Arms the timer for `at`, the earliest head time of our kinds (null: none pending). */
+  armAt(at: Date | null): void {
     this.clear();
-    if (!row?.at) return;
-    let delay = row.at.getTime() - Date.now();
+    if (!at) return;
+    let delay = at.getTime() - Date.now();
     if (delay <= 0) {
       // A key is ready but was not ours to take: its lock or row is held elsewhere (a claim in
       // flight, a fenced write of a run that lost its lock). Nothing will notify us when that

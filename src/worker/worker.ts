@@ -288,7 +288,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
         },
         end,
       );
-      if (claim) await this.startClaimed(session, claimed, free, startKeys);
+      if (claim) await this.startClaimed(session, claimed.rows, free, startKeys, claimed.nextAt);
     } finally {
       // The session failed mid-report: whatever was not confirmed is not ours to claim.
       for (const [t, s] of unconfirmed) this.finish(s.run, t, "lost", s.error);
@@ -301,6 +301,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     rows: TaskRow[],
     free: number,
     startKeys: number,
+    nextAt: Date | null | undefined,
   ): Promise<void> {
     if (rows.length > 0)
       this.logger.debug(
@@ -317,7 +318,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
       this.wantClaim = true; // there may be more
     } else {
       // Some slot is idle: wake at the earliest delayed task (a timer, not a poll).
-      await this.wakeTimer.arm(session);
+      if (nextAt !== undefined) this.wakeTimer.armAt(nextAt);
+      else await this.wakeTimer.arm(session);
     }
   }
 
