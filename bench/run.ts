@@ -1,4 +1,4 @@
-// npm run bench [-- --quick] [-- --only wake,throughput,...]: holdfast side by side with
+// npm run bench [-- --quick] [-- --only wake,throughput,...] [-- --fleet N]: holdfast side by side with
 // graphile-worker, pg-boss and a model of the deriver's stale-timeout scheme, on one embedded
 // Postgres (fsync on). A full run writes bench/results.json and bench/chart.svg; --quick,
 // --only and --systems write them to bench/.runs/.
@@ -17,6 +17,7 @@ import {
   type TakeoverResult,
 } from "./faults.js";
 import { type FeatureCostResult, featureCost } from "./feature-cost.js";
+import { type FleetResult, fleet } from "./fleet.js";
 import {
   notifyFloor,
   type ThroughputResult,
@@ -39,6 +40,8 @@ const only = args.includes("--only") && onlyArg ? new Set(onlyArg.split(",")) : 
 const want = (s: string) => !only || only.has(s);
 const sysArg = args[args.indexOf("--systems") + 1];
 const pick = args.includes("--systems") && sysArg ? sysArg.split(",") : undefined;
+const fleetArg = Number(args[args.indexOf("--fleet") + 1]);
+const fleetSize = args.includes("--fleet") && fleetArg > 0 ? fleetArg : undefined;
 
 const cfg = quick
   ? {
@@ -52,6 +55,7 @@ const cfg = quick
       featureSamples: 100,
       idleMs: 6_000,
       longMs: 2_000,
+      fleet: { processes: fleetSize ?? 8, idleMs: 5_000, takeovers: 2, claims: 20 },
     }
   : {
       wake: 500,
@@ -64,6 +68,7 @@ const cfg = quick
       featureSamples: 500,
       idleMs: 10_000,
       longMs: 3_000,
+      fleet: { processes: fleetSize ?? 50, idleMs: 20_000, takeovers: 10, claims: 100 },
     };
 
 const systems: Array<() => QueueSystem> = [
@@ -190,6 +195,11 @@ async function main(): Promise<void> {
         cfg.idleMs,
       );
     }
+    if (want("fleet")) {
+      section(`fleet of ${cfg.fleet.processes} worker processes…`);
+      results.fleet = await fleet(server.url, { ...cfg.fleet, log });
+      log(`  ${JSON.stringify(results.fleet)}`);
+    }
   } finally {
     await server.stop();
   }
@@ -224,6 +234,7 @@ interface Results {
   claimScale?: ClaimScaleResult[];
   featureCost?: FeatureCostResult[];
   resources?: ResourceResult[];
+  fleet?: FleetResult;
 }
 
 function render(r: Results): string {
@@ -342,6 +353,33 @@ function render(r: Results): string {
         ]),
       ]),
     );
+  }
+  if (r.fleet) {
+    const f = r.fleet;
+    out.push("", `holdfast fleet: ${f.processes} idle worker processes on one database`);
+    out.push(
+      table([
+        ["measure", "value"],
+        ["transactions/s, idle, total", fmt(f.idle.transactionsPerSecond, 2)],
+        ["transactions/s, idle, per process", fmt(f.idle.perProcess, 3)],
+        ["holdfast sessions (lock + LISTEN)", String(f.idle.holdfastSessions)],
+        ["backends on the database", String(f.idle.backends)],
+        [
+          "SIGKILL takeover, leader killed (s): p50 / p99 / n",
+          `${fmt(f.takeoverLeader.p50)} / ${fmt(f.takeoverLeader.p99)} / ${f.takeoverLeader.n}`,
+        ],
+        [
+          "SIGKILL takeover, follower killed (s): p50 / p99 / n",
+          `${fmt(f.takeoverFollower.p50)} / ${fmt(f.takeoverFollower.p99)} / ${f.takeoverFollower.n}`,
+        ],
+        [
+          "claim, enqueue call → start (ms): p50 / p99 / n",
+          `${fmt(f.claim.p50)} / ${fmt(f.claim.p99)} / ${f.claim.n}`,
+        ],
+        ["transactions per task claimed by the fleet", fmt(f.transactionsPerTask, 1)],
+      ]),
+    );
+    for (const m of f.missed) out.push(`  missed: ${m}`);
   }
   out.push("", `total ${r.seconds} s`);
   return out.join("\n");

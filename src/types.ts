@@ -103,7 +103,11 @@ export interface WorkerOptions {
   prefetch?: number;
   /** Recorded as the holder of its tasks (default host:pid:random). */
   name?: string;
-  /** How often the elected worker looks for orphaned tasks (default 250 ms). */
+  /**
+   * How often the elected worker looks for orphaned tasks (default 250 ms). The other workers
+   * run nothing on this timer: they try to take over the sweep when the leader's heartbeat
+   * (a NOTIFY with each sweep) is twice this late.
+   */
   sweepIntervalMs?: number;
   /** Safety rescan in case a notification was missed (default 30 s). */
   rescanIntervalMs?: number;

@@ -1,6 +1,8 @@
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { check } from "../bench/chaos/check.js";
+import { check, watchSessions } from "../bench/chaos/check.js";
 import { freshDatabase, type TestDatabase } from "./support/db.js";
+import { until } from "./support/wait.js";
 
 // The chaos checker must be able to fail: feed it logs that break each property.
 let db: TestDatabase;
@@ -72,6 +74,28 @@ describe("chaos checker", () => {
     );
     const over = await check(db.pool, () => undefined);
     expect(over.violations.filter((v) => v.kind === "over-cap")).toHaveLength(1);
+  });
+
+  it("reports a worker with two sessions of one kind for longer than the server's bound", async () => {
+    const open = async () => {
+      const c = new pg.Client({ connectionString: db.url, application_name: "holdfast:lock:w9.1" });
+      await c.connect();
+      return c;
+    };
+    const [a, b] = [await open(), await open()];
+    try {
+      // A second session that the server frees within the bound is allowed.
+      const patient = watchSessions(db.pool, 60_000, 50);
+      const strict = watchSessions(db.pool, 200, 50);
+      const [violation] = await until(() => strict.seen().length > 0 && strict.seen());
+      expect(violation?.detail).toMatch(/^2 sessions named holdfast:lock:w9\.1 for \d+ ms/);
+      await b.end();
+      expect(await patient.stop()).toEqual([]);
+      expect(await strict.stop()).toHaveLength(1);
+    } finally {
+      await a.end();
+      await b.end().catch(() => {});
+    }
   });
 });
 

@@ -216,9 +216,61 @@ function peakOpen(runs: LogRun[], end: (r: LogRun) => number): { open: number; a
  * session behind shows here.
  */
 export async function extraSessions(pool: pg.Pool): Promise<Violation[]> {
+  const rows = await sessionsOverOne(pool);
+  return rows.map((r) => ({ kind: "extra-session", detail: `${r.n} sessions named ${r.app}` }));
+}
+
+async function sessionsOverOne(pool: pg.Pool): Promise<{ app: string; n: number }[]> {
   const { rows } = await pool.query<{ app: string; n: number }>(
     `select application_name as app, count(*)::int as n from pg_stat_activity
      where application_name like 'holdfast:%' group by 1 having count(*) > 1 order by 1`,
   );
-  return rows.map((r) => ({ kind: "extra-session", detail: `${r.n} sessions named ${r.app}` }));
+  return rows;
+}
+
+/**
+ * Samples the sessions per worker during the soak: a worker may briefly have two sessions of
+ * one kind (a partitioned worker opens a new one while the server still keeps the old backend),
+ * but never for longer than the server's release bound (`boundMs`, from the TCP settings every
+ * holdfast session gets), plus one sampling step. `stop()` returns the violations seen.
+ */
+export function watchSessions(
+  pool: pg.Pool,
+  boundMs: number,
+  everyMs = 1_000,
+): { seen(): Violation[]; stop(): Promise<Violation[]> } {
+  const since = new Map<string, number>(); // session name -> first sample with more than one
+  const reported = new Set<string>();
+  const violations: Violation[] = [];
+  let running = true;
+  const loop = (async () => {
+    while (running) {
+      const now = Date.now();
+      const over = await sessionsOverOne(pool).catch(() => undefined); // Postgres restarting
+      if (over) {
+        const names = new Set(over.map((r) => r.app));
+        for (const name of since.keys()) if (!names.has(name)) since.delete(name);
+        for (const r of over) {
+          const first = since.get(r.app) ?? now;
+          since.set(r.app, first);
+          if (now - first > boundMs + everyMs && !reported.has(r.app)) {
+            reported.add(r.app);
+            violations.push({
+              kind: "extra-session",
+              detail: `${r.n} sessions named ${r.app} for ${now - first} ms (bound ${boundMs} ms)`,
+            });
+          }
+        }
+      }
+      await new Promise((r) => setTimeout(r, everyMs));
+    }
+  })();
+  return {
+    seen: () => [...violations],
+    stop: async () => {
+      running = false;
+      await loop;
+      return violations;
+    },
+  };
 }

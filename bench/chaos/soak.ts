@@ -4,10 +4,11 @@ import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { pino } from "pino";
 import { Holdfast } from "../../src/index.js";
+import { lockSessionDefaults, serverReleaseMs } from "../../src/worker/lock-session.js";
 import { type EmbeddedServer, startEmbedded } from "../../test/support/postgres.js";
 import { startProxy, type TcpProxy } from "../../test/support/tcp-proxy.js";
 import { createDatabase } from "../db.js";
-import { type CheckResult, check, extraSessions, type LogRun } from "./check.js";
+import { type CheckResult, check, extraSessions, type LogRun, watchSessions } from "./check.js";
 
 export type Fault = "kill" | "partition" | "restart";
 
@@ -132,6 +133,7 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   for (let i = 0; i < opts.workers; i++) proxies.push(await startProxy(server.url));
   for (let i = 0; i < opts.workers; i++) await spawnWorker(i);
   log(`chaos: ${opts.workers} workers up, faults: ${opts.faults.join(", ") || "none"}`);
+  const watch = watchSessions(pool, serverReleaseMs(lockSessionDefaults));
 
   let enqueued = 0;
   let stop = false;
@@ -214,7 +216,7 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   const crashes = all.filter((i) => i.exitedAt !== undefined && i.killedAt === undefined).length;
   const runEnd = (r: LogRun) => exits.get(`${r.task_id}:${r.fence}`) ?? deaths.get(r.worker);
   const result = await check(pool, runEnd);
-  result.violations.push(...(await extraSessions(pool)));
+  result.violations.push(...(await watch.stop()), ...(await extraSessions(pool)));
 
   shuttingDown = true;
   for (const inst of instances.values()) {

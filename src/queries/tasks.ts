@@ -29,11 +29,20 @@ export function toTask(row: TaskRow): Task {
   };
 }
 
+/** The leader's heartbeat channel: each sweep NOTIFYs it (see Sweeper). */
+export const leaderChannel = "holdfast_leader";
+
 export const sql = {
   defineKind: "select holdfast.define_kind($1, $2, $3::interval, $4, $5, $6)",
   enqueue:
     "select id, deduped from holdfast.enqueue_task($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9::interval, $10::interval)",
-  claim: "select * from holdfast.claim($1::text[], $2, $3, $4, $5)",
+  // A claim that gets nothing also says when the next task of these kinds is due, in the same
+  // statement: every idle worker is woken by an enqueue and all but one come back empty, so
+  // this saves each of them the next_run_at round trip (and its transaction). Only then: after
+  // a claim that took keys, the statement's snapshot would still show them ready.
+  claim: `select c.*, n.next_at from (select 1) one
+    left join holdfast.claim($1::text[], $2, $3, $4, $5) c on true
+    left join lateral (select holdfast.next_run_at($1::text[]) as next_at where c.id is null) n on true`,
   /** Completions and the next claim in one round trip (rows: rejected id, or a claimed task). */
   settle:
     "select s.rejected, (s.task).* from holdfast.settle($1::bigint[], $2::bigint[], $3::text[], $4, $5, $6, $7, $8::bigint[], $9::bigint[]) s",
@@ -49,11 +58,13 @@ export const sql = {
   tryLead: "select holdfast.try_lead() as leader",
   // The previous holders come from the statement's snapshot, taken before sweep() changed
   // anything (a volatile function's writes are invisible to its calling statement), and are
-  // read only when something was requeued: the idle sweep costs nothing more.
+  // read only when something was requeued: the idle sweep costs nothing more. The NOTIFY is
+  // the leader's heartbeat (see Sweeper), sent in the sweep's transaction.
   sweep: `select s.requeued, case when s.requeued > 0 then (
       select json_agg(json_build_object('task', o.id, 'key', o.key, 'kind', o.kind,
         'attempt', o.attempt, 'worker', o.worker, 'pid', o.holder_pid) order by o.id)
-      from holdfast.orphans o where o.holder_pid <> pg_backend_pid()) end as previous
+      from holdfast.orphans o where o.holder_pid <> pg_backend_pid()) end as previous,
+      pg_notify('${leaderChannel}', '') is null as heartbeat
     from (select holdfast.sweep() as requeued) s`,
 } as const;
 

@@ -3,7 +3,14 @@ import net from "node:net";
 import pg from "pg";
 import type { Logger } from "pino";
 import { asConnectionError } from "../errors.js";
+import { leaderChannel } from "../queries/tasks.js";
 import { retryWithBackoff } from "./backoff.js";
+import {
+  type LockSessionSettings,
+  lockSessionDefaults,
+  sessionBoundsSql,
+  sessionBoundsValues,
+} from "./lock-session.js";
 
 export interface ListenerHandlers {
   /** A task of this kind may be ready. */
@@ -14,6 +21,8 @@ export interface ListenerHandlers {
   reconnected(): void;
   /** A recurring schedule was declared, changed or removed. */
   schedulesChanged(): void;
+  /** The sweep leader's heartbeat (it swept just now). */
+  leader(): void;
 }
 
 /** How often the LISTEN session proves it still receives notifications, and how long it may take. */
@@ -21,10 +30,19 @@ export const listenerPing = { intervalMs: 5_000, timeoutMs: 5_000 };
 
 /**
  * The worker's LISTEN session: one pg.Client that LISTENs on `holdfast`, `holdfast_cancel`,
- * `holdfast_schedules` and a private ping channel. When the connection ends it reconnects with backoff and LISTENs
+ * `holdfast_schedules`, the sweep leader's heartbeat channel and a private ping channel. When
+ * the connection ends it reconnects with backoff and LISTENs
  * again, one statement at a time (a client runs one query at a time). A half-open connection
- * never ends by itself, so the session NOTIFYs its ping channel periodically and destroys its
- * socket when the notification does not come back in time.
+ * never ends by itself, so the session NOTIFYs its ping channel when nothing arrived for a
+ * ping interval and destroys its socket when the notification does not come back in time. Any
+ * notification proves the session alive as well as the ping's echo does, so while a leader
+ * sweeps (and NOTIFYs) the ping costs no transaction.
+ *
+ * The server gets the lock session's TCP bounds (keepalives, tcp_user_timeout) for this
+ * session too: after a partition the worker opens a new LISTEN session, and the old backend
+ * must not wait for the kernel's default timeouts (hours) to free its connection slot.
+ * idle_session_timeout is off here whatever the lock session uses: a LISTEN session is idle
+ * by design.
  */
 export class Listener {
   private client: pg.Client | undefined;
@@ -32,6 +50,8 @@ export class Listener {
   private closing = false;
   private pingTimer: NodeJS.Timeout | undefined;
   private pingAnswered: (() => void) | undefined;
+  /** When a notification (any channel) last arrived. */
+  private lastNotificationAt = 0;
   private readonly pingChannel = `holdfast_ping_${randomBytes(6).toString("hex")}`;
   private readonly channels: string[];
 
@@ -41,8 +61,15 @@ export class Listener {
     private readonly handlers: ListenerHandlers,
     private readonly logger: Logger,
     private readonly ping = listenerPing,
+    private readonly bounds: LockSessionSettings = lockSessionDefaults,
   ) {
-    this.channels = ["holdfast", "holdfast_cancel", "holdfast_schedules", this.pingChannel];
+    this.channels = [
+      "holdfast",
+      "holdfast_cancel",
+      "holdfast_schedules",
+      leaderChannel,
+      this.pingChannel,
+    ];
   }
 
   async start(): Promise<void> {
@@ -73,6 +100,7 @@ export class Listener {
         }),
       application_name: this.applicationName,
       keepAlive: true,
+      keepAliveInitialDelayMillis: this.bounds.tcpKeepalivesIdleSec * 1000,
       connectionTimeoutMillis: this.config.connectionTimeoutMillis ?? 10_000,
     });
     // Both fire on a lost connection; the first one starts the reconnect.
@@ -81,6 +109,7 @@ export class Listener {
     client.on("notification", (n) => this.dispatch(n.channel, n.payload ?? ""));
     try {
       await client.connect();
+      await client.query(sessionBoundsSql, sessionBoundsValues(this.bounds, 0));
       for (const channel of this.channels) await client.query(`listen "${channel}"`);
     } catch (err) {
       await client.end().catch(() => {});
@@ -90,7 +119,9 @@ export class Listener {
   }
 
   private dispatch(channel: string, payload: string): void {
+    this.lastNotificationAt = Date.now();
     if (channel === "holdfast") this.handlers.wake(payload);
+    else if (channel === leaderChannel) this.handlers.leader();
     else if (channel === "holdfast_cancel") this.handlers.cancel(Number(payload));
     else if (channel === "holdfast_schedules") this.handlers.schedulesChanged();
     else if (channel === this.pingChannel) this.pingAnswered?.();
@@ -138,6 +169,7 @@ export class Listener {
   private async checkAlive(): Promise<void> {
     const client = this.client;
     if (!client || this.pingAnswered) return;
+    if (Date.now() - this.lastNotificationAt < this.ping.intervalMs) return; // heard from it
     const socket = this.socket;
     const answered = new Promise<boolean>((resolve) => {
       this.pingAnswered = () => resolve(true);

@@ -59,13 +59,46 @@ export function serverReleaseMs(s: LockSessionSettings): number {
   return bound;
 }
 
+/**
+ * Sets a holdfast session's server-side bounds in one round trip: TCP keepalives and
+ * tcp_user_timeout, so the server frees the backend of a client that went silent (a partition
+ * leaves no FIN), and `idle_session_timeout`, which holdfast turns off unless asked (it would
+ * end an idle LISTEN or lock session). Settings the server does not know (PG 13 has no
+ * idle_session_timeout) are skipped. Returns the backend pid. Values: sessionBoundsValues.
+ */
+export const sessionBoundsSql = `select pg_backend_pid() as pid, (select count(set_config(v.name, v.setting, false))
+  from (values ('idle_session_timeout', $5), ('idle_in_transaction_session_timeout', '60000'),
+               ('statement_timeout', '0'), ('tcp_keepalives_idle', $1), ('tcp_keepalives_interval', $2),
+               ('tcp_keepalives_count', $3), ('tcp_user_timeout', $4)) v(name, setting)
+  where exists (select 1 from pg_settings p where p.name = v.name)) as applied`;
+
+export function sessionBoundsValues(
+  s: LockSessionSettings,
+  idleSessionTimeoutMs: number,
+): string[] {
+  return [
+    String(s.tcpKeepalivesIdleSec),
+    String(s.tcpKeepalivesIntervalSec),
+    String(s.tcpKeepalivesCount),
+    String(s.tcpUserTimeoutMs),
+    String(idleSessionTimeoutMs),
+  ];
+}
+
 interface LockSessionEvents {
   lost: [LockLostError];
 }
 
 /** The socket under a pg.Client; pg does not expose it, and a doubtful one must be destroyed. */
 interface ClientInternals {
-  connection?: { stream?: { destroy(): void } };
+  connection?: {
+    stream?: { destroy(): void };
+    sync?(): void;
+    once?(event: string, listener: () => void): void;
+    off?(event: string, listener: () => void): void;
+  };
+  _activeQuery?: unknown;
+  _queryQueue?: unknown[];
 }
 
 /**
@@ -113,21 +146,10 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
   async connect(): Promise<void> {
     try {
       await this.client.connect();
-      const s = this.settings;
       // Through query(): a connection that goes half-open right away hits the deadline too.
       const rows = await this.query<{ pid: number }>(
-        `select pg_backend_pid() as pid, (select count(set_config(v.name, v.setting, false))
-           from (values ('idle_session_timeout', $5), ('idle_in_transaction_session_timeout', '60000'),
-                        ('statement_timeout', '0'), ('tcp_keepalives_idle', $1), ('tcp_keepalives_interval', $2),
-                        ('tcp_keepalives_count', $3), ('tcp_user_timeout', $4)) v(name, setting)
-           where exists (select 1 from pg_settings p where p.name = v.name)) as applied`,
-        [
-          String(s.tcpKeepalivesIdleSec),
-          String(s.tcpKeepalivesIntervalSec),
-          String(s.tcpKeepalivesCount),
-          String(s.tcpUserTimeoutMs),
-          String(s.idleSessionTimeoutMs),
-        ],
+        sessionBoundsSql,
+        sessionBoundsValues(this.settings, this.settings.idleSessionTimeoutMs),
       );
       this.resolvePid(rows[0]?.pid ?? 0);
     } catch (err) {
@@ -143,8 +165,16 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
   }
 
   async query<R extends pg.QueryResultRow>(text: string, values?: unknown[]): Promise<R[]> {
+    return await this.serialized(text, async () => {
+      const { rows } = await this.client.query<R>({ name: statementName(text), text, values });
+      return rows;
+    });
+  }
+
+  /** Runs `send` after every call queued before it, under the deadline. */
+  private async serialized<T>(what: string, send: () => Promise<T>): Promise<T> {
     this.pending++;
-    const result = this.tail.then(() => this.dispatch<R>(text, values));
+    const result = this.tail.then(() => this.dispatch(what, send));
     this.tail = result.then(
       () => {},
       () => {},
@@ -157,13 +187,10 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
     }
   }
 
-  private async dispatch<R extends pg.QueryResultRow>(
-    text: string,
-    values?: unknown[],
-  ): Promise<R[]> {
+  private async dispatch<T>(what: string, send: () => Promise<T>): Promise<T> {
     if (this.ended) throw new LockLostError("holdfast: the lock session is closed");
     const limit = this.settings.healthCheckTimeoutMs;
-    const token = Symbol(text);
+    const token = Symbol(what);
     this.inflight = token;
     // Timers run before pending I/O: after a stalled event loop, let an answer that already
     // arrived be read (setImmediate runs after the poll phase) before calling the session lost.
@@ -175,9 +202,9 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
     }, limit);
     this.deadlineTimer.unref();
     try {
-      const { rows } = await this.client.query<R>({ name: statementName(text), text, values });
+      const result = await send();
       this.answered();
-      return rows;
+      return result;
     } catch (err) {
       if (this.ended)
         throw new LockLostError("holdfast: the lock session was lost", { cause: err });
@@ -188,6 +215,37 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
       this.deadlineTimer = undefined;
       this.inflight = undefined;
     }
+  }
+
+  /**
+   * The health probe: a bare protocol Sync, which the server answers with ReadyForQuery
+   * without starting a transaction (a `select 1` would be one transaction per probe, per
+   * worker process, every second). Sent only while pg's client has no query in flight or
+   * queued (dispatch runs one call at a time), so the answer cannot be mistaken for the end of
+   * a query; otherwise, or without the internals this relies on, it falls back to `select 1`.
+   */
+  private sync(): Promise<void> {
+    const client = this.client as unknown as ClientInternals;
+    const conn = client.connection;
+    const busy = client._activeQuery != null || (client._queryQueue?.length ?? 1) > 0;
+    if (!conn?.sync || !conn.once || busy) return this.client.query("select 1").then(() => {});
+    return new Promise((resolve, reject) => {
+      const done = () => {
+        conn.off?.("readyForQuery", ready);
+        conn.off?.("end", ended);
+      };
+      const ready = () => {
+        done();
+        resolve();
+      };
+      const ended = () => {
+        done();
+        reject(new LockLostError("holdfast: the lock session closed during a health check"));
+      };
+      conn.once?.("readyForQuery", ready);
+      conn.once?.("end", ended);
+      conn.sync?.();
+    });
   }
 
   private answered(): void {
@@ -201,7 +259,9 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
     if (this.ended) return;
     this.probeTimer = setTimeout(() => {
       if (this.ended || this.pending > 0) return;
-      this.query("select 1").catch((err) => this.markLost("lock session health check failed", err));
+      this.serialized("health check", () => this.sync()).catch((err) =>
+        this.markLost("lock session health check failed", err),
+      );
     }, this.settings.healthCheckIntervalMs);
     this.probeTimer.unref();
   }

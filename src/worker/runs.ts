@@ -101,6 +101,12 @@ export interface ClaimRequest {
   startKeys: number;
 }
 
+/** Claimed rows; `nextAt` when the claim got nothing and said when the next task is due. */
+export interface Claimed {
+  rows: TaskRow[];
+  nextAt?: Date | null;
+}
+
 /**
  * Records the start of runs claimed ahead (`started`), completes the succeeded runs and claims
  * (when maxKeys > 0) in one round trip and one commit; with nothing else to do, claims directly
@@ -112,17 +118,19 @@ export async function settle(
   started: Task[],
   claim: ClaimRequest,
   finish: Finish,
-): Promise<TaskRow[]> {
+): Promise<Claimed> {
   const done = succeeded.flatMap((s) => s.run.tasks.map((t) => ({ run: s.run, t })));
   if (done.length === 0 && started.length === 0) {
-    if (claim.maxKeys <= 0) return [];
-    return await session.query<TaskRow>(sql.claim, [
+    if (claim.maxKeys <= 0) return { rows: [] };
+    const rows = await session.query<TaskRow & { next_at: Date | null }>(sql.claim, [
       claim.kinds,
       claim.worker,
       claim.maxTasks,
       claim.maxKeys,
       claim.startKeys,
     ]);
+    const claimed = rows.filter((r) => r.id !== null);
+    return claimed.length > 0 ? { rows: claimed } : { rows: [], nextAt: rows[0]?.next_at ?? null };
   }
   const rows = await session.query<TaskRow & { rejected: string | null }>(sql.settle, [
     done.map((d) => d.t.id),
@@ -137,7 +145,7 @@ export async function settle(
   ]);
   const rejected = new Set(rows.filter((r) => r.rejected !== null).map((r) => Number(r.rejected)));
   for (const { run, t } of done) finish(run, t, rejected.has(t.id) ? "rejected" : "succeeded");
-  return rows.filter((r) => r.rejected === null && r.id !== null);
+  return { rows: rows.filter((r) => r.rejected === null && r.id !== null) };
 }
 
 export function logOutcome(run: Run, task: Task, outcome: Outcome, error?: unknown): void {

@@ -24,9 +24,15 @@ export class WakeTimer {
   /** Returns when the earliest delayed task is due (null: none, nothing to wake for). */
   async arm(session: LockSession): Promise<Date | null> {
     const [row] = await session.query<{ at: Date | null }>(sql.nextRunAt, [this.kinds]);
+    return this.armAt(row?.at ?? null);
+  }
+
+  /** Arms the timer for `at`, the earliest head time of our kinds (null: none pending), and
+   *  returns it. */
+  armAt(at: Date | null): Date | null {
     this.clear();
-    if (!row?.at) return null;
-    let delay = row.at.getTime() - Date.now();
+    if (!at) return null;
+    let delay = at.getTime() - Date.now();
     if (delay <= 0) {
       // A key is ready but was not ours to take: its lock or row is held elsewhere (a claim in
       // flight, a fenced write of a run that lost its lock). Nothing will notify us when that
@@ -36,7 +42,7 @@ export class WakeTimer {
     }
     this.timer = setTimeout(this.wake, Math.min(delay, this.maxDelayMs) + 1);
     this.timer.unref();
-    return row.at;
+    return at;
   }
 
   clear(): void {

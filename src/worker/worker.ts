@@ -72,7 +72,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.kinds = [...opts.kinds.keys()];
     this.maxBatch = Math.max(...[...opts.kinds.values()].map((k) => k.batchMax));
     this.logger = deps.logger.child({ worker: opts.name });
-    this.sweeper = new Sweeper(this.logger);
+    // A follower tries to lead once the leader missed two sweeps.
+    this.sweeper = new Sweeper(this.logger, 2 * opts.sweepIntervalMs, () => {
+      this.sweepDue = true;
+      this.kick();
+    });
     this.ticker = new ScheduleTicker(this.logger, () => this.requestSchedules());
     this.wakeTimer = new WakeTimer(this.kinds, opts.rescanIntervalMs, () => this.requestClaim());
     // An unhandled 'error' event would crash the host process; errors are logged already.
@@ -108,8 +112,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
             this.ticker.invalidate();
             this.requestSchedules();
           },
+          leader: () => this.sweeper.heartbeat(),
         },
         this.logger,
+        undefined,
+        this.opts.lockSession,
       );
       await this.listener.start();
       await this.openSession();
@@ -120,7 +127,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
     this.state = "running";
     this.timers.push(
+      // Only the leader sweeps on this timer; followers tick when its heartbeat is late.
       setInterval(() => {
+        if (!this.sweeper.isLeader) return;
         this.sweepDue = true;
         this.kick();
       }, this.opts.sweepIntervalMs),
@@ -151,6 +160,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     for (const t of this.timers) clearInterval(t);
     this.wakeTimer.clear();
     this.ticker.stop();
+    this.sweeper.clear();
     this.logger.info(
       { event: "worker_stopping", running: this.runs.live },
       "holdfast: worker stopping",
@@ -303,7 +313,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
         },
         end,
       );
-      if (claim) await this.startClaimed(session, claimed, free, startKeys);
+      if (claim) await this.startClaimed(session, claimed.rows, free, startKeys, claimed.nextAt);
     } finally {
       // The session failed mid-report: whatever was not confirmed is not ours to claim.
       for (const [t, s] of unconfirmed) this.finish(s.run, t, "lost", s.error);
@@ -316,6 +326,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     rows: TaskRow[],
     free: number,
     startKeys: number,
+    nextAt: Date | null | undefined,
   ): Promise<void> {
     if (rows.length > 0)
       this.logger.debug(
@@ -332,7 +343,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
       this.wantClaim = true; // there may be more
     } else {
       // Some slot is idle: wake at the earliest delayed task (a timer, not a poll).
-      const nextRunAt = await this.wakeTimer.arm(session);
+      const nextRunAt =
+        nextAt !== undefined ? this.wakeTimer.armAt(nextAt) : await this.wakeTimer.arm(session);
       this.emit("idle", { nextRunAt });
     }
   }

@@ -51,6 +51,7 @@ it("a LISTEN session cut without FIN or RST reconnects after the cut heals and r
       cancel: () => {},
       reconnected: () => reconnected.open(),
       schedulesChanged: () => {},
+      leader: () => {},
     },
     logger,
     { intervalMs: 200, timeoutMs: 500 },

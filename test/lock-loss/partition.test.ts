@@ -5,7 +5,7 @@ import { afterAll, beforeAll, expect, it } from "vitest";
 import { Holdfast, LockLostError, type LockSessionOptions } from "../../src/index.js";
 import { freshDatabase, silent, type TestDatabase } from "../support/db.js";
 import { startProxy, type TcpProxy } from "../support/tcp-proxy.js";
-import { aborted, lockHolder, type RunLog, waitEvent } from "./support.js";
+import { aborted, lockHolder, type RunLog, until, waitEvent } from "./support.js";
 
 let db: TestDatabase;
 let proxy: TcpProxy;
@@ -131,10 +131,31 @@ it("a partitioned worker aborts its handler before the server frees the lock; th
     expect.objectContaining({ attempt: 2, outcome: "succeeded", worker: "b" }),
   ]);
 
-  // After the partition heals, the same worker reconnects by itself.
+  // After the partition heals, the same worker reconnects by itself, and once the server's
+  // bound has passed it has one lock and one LISTEN backend: the ones it abandoned are gone.
   const back = waitEvent(a, "lock:reconnected", () => true, 20_000);
   proxy.heal();
   await back;
+  const sessions = async () =>
+    (
+      await db.pool.query<{ app: string; n: number }>(
+        `select application_name as app, count(*)::int as n from pg_stat_activity
+         where application_name like 'holdfast:%:a' group by 1 order by 1`,
+      )
+    ).rows;
+  await until(
+    async () => {
+      const s = await sessions();
+      return s.length === 2 && s.every((r) => r.n === 1);
+    },
+    fast.tcpUserTimeoutMs ?? 3_000,
+    "one lock and one LISTEN backend for worker a",
+    100,
+  );
+  expect(await sessions()).toEqual([
+    { app: "holdfast:listen:a", n: 1 },
+    { app: "holdfast:lock:a", n: 1 },
+  ]);
 });
 
 it("a quiet lock session is kept alive by its health check under a short idle_session_timeout", async () => {

@@ -46,7 +46,12 @@ export async function startWorkerProcess(
       await exited;
     },
   };
-  await waitFor((e) => e.event === "ready", 60_000);
+  try {
+    await waitFor((e) => e.event === "ready", 120_000);
+  } catch (err) {
+    await proc.kill(); // a child that never got ready must not outlive its caller
+    throw err;
+  }
   return proc;
 }
 
