@@ -1,3 +1,4 @@
+import pg from "pg";
 import type { TestProject } from "vitest/node";
 import { startServer } from "./support/postgres.js";
 
@@ -7,8 +8,31 @@ declare module "vitest" {
   }
 }
 
+/** The server's major version, e.g. 13 (server_version_num 130023). */
+async function serverMajor(url: string): Promise<number> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ v: string }>(
+      "select current_setting('server_version_num') as v",
+    );
+    return Math.floor(Number(rows[0]?.v) / 10_000);
+  } finally {
+    await client.end();
+  }
+}
+
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const server = await startServer();
+  const wanted = process.env.HOLDFAST_PG_MAJOR;
+  if (wanted) {
+    // The version matrix must test the major it names, not whatever DATABASE_URL points at.
+    const major = await serverMajor(server.url);
+    if (String(major) !== wanted.trim()) {
+      await server.stop();
+      throw new Error(`HOLDFAST_PG_MAJOR=${wanted} but the test server is PostgreSQL ${major}`);
+    }
+  }
   project.provide("adminUrl", server.url);
   return async () => {
     await server.stop();
