@@ -5,6 +5,8 @@ import { startServer } from "./support/postgres.js";
 declare module "vitest" {
   export interface ProvidedContext {
     adminUrl: string;
+    /** The test server's major version, for tests of features newer than PostgreSQL 13. */
+    serverMajor: number;
   }
 }
 
@@ -24,16 +26,15 @@ async function serverMajor(url: string): Promise<number> {
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const server = await startServer();
+  const major = await serverMajor(server.url);
   const wanted = process.env.HOLDFAST_PG_MAJOR;
-  if (wanted) {
-    // The version matrix must test the major it names, not whatever DATABASE_URL points at.
-    const major = await serverMajor(server.url);
-    if (String(major) !== wanted.trim()) {
-      await server.stop();
-      throw new Error(`HOLDFAST_PG_MAJOR=${wanted} but the test server is PostgreSQL ${major}`);
-    }
+  // The version matrix must test the major it names, not whatever DATABASE_URL points at.
+  if (wanted && String(major) !== wanted.trim()) {
+    await server.stop();
+    throw new Error(`HOLDFAST_PG_MAJOR=${wanted} but the test server is PostgreSQL ${major}`);
   }
   project.provide("adminUrl", server.url);
+  project.provide("serverMajor", major);
   return async () => {
     await server.stop();
   };
