@@ -16,10 +16,11 @@ const repoRoot = fileURLToPath(new URL("..", import.meta.url));
 
 /**
  * What may differ between majors: the schema and its migrations (fresh and upgraded), every
- * SQL API call and its grants, per-key order through faults, the claim's plan, and the lock
- * mechanics the guarantees rest on (crash takeover, pg_terminate_backend, fences, the server's
- * release of a silent session). A file not in the tree is listed as skipped. Any other file
- * runs against one major with HOLDFAST_PG_MAJOR=13 npx vitest run test/x.test.ts.
+ * SQL API call and its grants, retries and dead letters (also of a holder that keeps dying),
+ * per-key order through faults, the claim's plan, and the lock mechanics the guarantees rest
+ * on (crash takeover, pg_terminate_backend, fences, the server's release of a silent session).
+ * A file not in the tree is listed as skipped. Any other file runs against one major with
+ * HOLDFAST_PG_MAJOR=13 npx vitest run test/x.test.ts.
  */
 const files = [
   "test/migrate.test.ts",
@@ -28,10 +29,10 @@ const files = [
   "test/sql-api.test.ts",
   "test/sql-worker.test.ts",
   "test/order-faults.test.ts",
+  "test/retries.test.ts",
   "test/roles.test.ts",
   "test/claim-kinds.test.ts",
   "test/crash.test.ts",
-  "test/crash-loop.test.ts",
   "test/lock-loss/terminate.test.ts",
   "test/lock-loss/fence-race.test.ts",
   "test/lock-loss/partition.test.ts",
