@@ -20,6 +20,7 @@ declare
   v_fences bigint[];
   v_kinds text[];
   v_slots int[];
+  v_capped boolean;
 begin
   if max_tasks is null or max_tasks < 1 or (max_keys is not null and max_keys < 1) then
     return;
@@ -37,7 +38,8 @@ begin
   -- never read: a worker's claim costs the same with none or a million of them. A key appears
   -- once: kinds are deduplicated, and a key has one head kind.
   with c as materialized (
-    select k.key, k.lock_id, k.fence, k.head_kind, k.head_priority, k.head_run_at, k.head_id
+    select k.key, k.lock_id, k.fence, k.head_kind, k.head_priority, k.head_run_at, k.head_id,
+      kd.room is not null as capped
     from holdfast._claimable(kinds) as kd (kind, room)
     cross join lateral (
       select k.key, k.lock_id, k.fence, k.head_kind, k.head_priority, k.head_run_at, k.head_id
@@ -53,8 +55,9 @@ begin
   )
   select array_agg(c.key order by c.head_priority, c.head_run_at, c.head_id),
          array_agg(holdfast._next_fence(c.fence) order by c.head_priority, c.head_run_at, c.head_id),
-         array_agg(c.head_kind order by c.head_priority, c.head_run_at, c.head_id)
-  into v_keys, v_fences, v_kinds
+         array_agg(c.head_kind order by c.head_priority, c.head_run_at, c.head_id),
+         bool_or(c.capped)
+  into v_keys, v_fences, v_kinds, v_capped
   from c where pg_try_advisory_lock(c.lock_id);
   if v_keys is null then
     return;
@@ -62,7 +65,10 @@ begin
 
   -- Caps: a key of a capped kind also needs one of its kind's slots (see _take_slots); a key
   -- left without one (the kind filled up since _claimable looked) is unlocked and skipped.
-  v_slots := holdfast._claim_slots(v_keys, v_kinds);
+  -- (Only when a capped kind is among them: the wake path of uncapped kinds skips the call.)
+  if v_capped then
+    v_slots := holdfast._claim_slots(v_keys, v_kinds);
+  end if;
   if v_slots is not null then
     perform pg_advisory_unlock(k.lock_id) from holdfast.keys k
     join unnest(v_keys, v_slots) s (key, slot) on k.key = s.key where s.slot = 0;

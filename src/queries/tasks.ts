@@ -40,9 +40,10 @@ export const sql = {
   // statement: every idle worker is woken by an enqueue and all but one come back empty, so
   // this saves each of them the next_run_at round trip (and its transaction). Only then: after
   // a claim that took keys, the statement's snapshot would still show them ready.
-  claim: `select c.*, n.next_at from (select 1) one
-    left join holdfast.claim($1::text[], $2, $3, $4, $5) c on true
-    left join lateral (select holdfast.next_run_at($1::text[]) as next_at where c.id is null) n on true`,
+  claim: `with c as (select * from holdfast.claim($1::text[], $2, $3, $4, $5))
+    select c.*, null::timestamptz as next_at from c
+    union all
+    select (null::holdfast.tasks).*, holdfast.next_run_at($1::text[]) where not exists (select from c)`,
   /** Completions and the next claim in one round trip (rows: rejected id, or a claimed task). */
   settle:
     "select s.rejected, (s.task).* from holdfast.settle($1::bigint[], $2::bigint[], $3::text[], $4, $5, $6, $7, $8::bigint[], $9::bigint[]) s",
