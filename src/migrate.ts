@@ -14,7 +14,7 @@ const migrationLock = [1752132708, 0] as const;
  * The files of holdfast 0.1.0, which kept functions inside migrations. A database with all of
  * them has exactly the tables of migrations/0001_baseline.sql.
  */
-const legacyFiles = [
+export const legacyFiles = [
   "0001_schema.sql",
   "0002_enqueue.sql",
   "0003_claim.sql",

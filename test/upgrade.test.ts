@@ -4,6 +4,7 @@ import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { Holdfast } from "../src/index.js";
+import { legacyFiles } from "../src/migrate.js";
 import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
 import { describeSchema } from "./support/schema.js";
 
@@ -11,16 +12,6 @@ import { describeSchema } from "./support/schema.js";
 // to the sql/migrations + sql/api layout in place. The 0.1.0 files are read from this repo's
 // history, so the test needs a clone with history (CI's clone has it).
 const release010 = "b47662a";
-const legacyFiles = [
-  "0001_schema.sql",
-  "0002_enqueue.sql",
-  "0003_claim.sql",
-  "0004_finish.sql",
-  "0005_sweep.sql",
-  "0006_roles.sql",
-  "0007_settle.sql",
-  "0008_set_based.sql",
-];
 const repo = fileURLToPath(new URL("..", import.meta.url));
 
 let fresh: TestDatabase;
