@@ -228,9 +228,14 @@ export class Worker extends EventEmitter<WorkerEvents> {
       this.settled.length > 0 ||
       this.unmarked.length > 0 ||
       this.sweepDue ||
-      (this.scheduleDue && this.sweeper.isLeader && this.state === "running") ||
+      this.schedulesReady() ||
       (this.canClaim() && this.wantClaim)
     );
+  }
+
+  /** Schedules are due and this worker, the leader, is running. */
+  private schedulesReady(): boolean {
+    return this.scheduleDue && this.sweeper.isLeader && this.state === "running";
   }
 
   private canClaim(): boolean {
@@ -253,7 +258,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
           this.sweepDue = false;
           await this.sweep(session);
         }
-        if (this.scheduleDue && this.sweeper.isLeader && this.state === "running") {
+        if (this.schedulesReady()) {
           this.scheduleDue = false;
           await this.ticker.run(session);
         }
@@ -443,6 +448,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
       return;
     }
     this.session = session;
+    this.dropLeadership();
+  }
+
+  /** Leadership is a lock of the session it was won on: gone with that session. */
+  private dropLeadership(): void {
     this.sweeper.reset();
     this.ticker.stop();
   }
@@ -453,8 +463,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     const aborted = this.runs.runs(session);
     for (const run of aborted) run.controller.abort(err);
     const dropped = this.prefetched.drop(session);
-    this.sweeper.reset();
-    this.ticker.stop();
+    this.dropLeadership();
     this.logger.error(
       {
         event: "lock_lost",
