@@ -2,25 +2,57 @@
 -- claimed the tasks, each checked against the task's fence. Role holdfast_worker.
 
 -- Ends attempts. outcome: 'succeeded' | 'failed' | 'released' (claimed but never started: back
--- to pending in its place, the attempt not counted). Returns the ids whose report was rejected,
--- changing nothing for them: the task is not running under this fence in this session (a
--- newer claim exists, or the caller lost its session), so a late report of a run that lost
--- its lock is never recorded.
+-- to pending in its place, the attempt not counted). Returns, per id not ended here, its status:
+-- 'rejected' when the task is not running under this fence in the holder session (a newer
+-- claim exists, or the holder lost its session), changing nothing for it, so a late report of
+-- a run that lost its lock is never recorded; 'own' (holder mode only) when it must be ended on
+-- the holder session itself (a capped kind's slot is a lock of that session).
+-- holder null: the caller's session holds the tasks, and their key locks are released here.
+-- holder = pid of another session of the caller's login role (a worker's lock session, while
+-- its LISTEN session reports): each task's key lock must be held by that session now (read
+-- from pg_locks), and the locks stay held: the holder releases them afterwards (settle's
+-- unlock_keys), so the key is never free before the report is committed. A success already
+-- recorded under the same fence and holder is accepted again (a report whose commit the
+-- caller could not confirm is sent again).
 create function holdfast._finish_many(
-  ids bigint[], fences bigint[], outcome text, error jsonb, retry_in interval
-) returns setof bigint
+  ids bigint[], fences bigint[], outcome text, error jsonb, retry_in interval,
+  holder int default null
+) returns table (id bigint, status text)
   language plpgsql set plan_cache_mode = force_generic_plan as $$
 #variable_conflict use_column
 declare
   v_keys text[];
   v_slots jsonb;
   v_rejected bigint[];
+  v_own bigint[];
   v_missing bigint;
-  v_pid int := pg_backend_pid();
-  v_started timestamptz := holdfast._session_started();
+  v_pid int := coalesce(holder, pg_backend_pid());
+  v_started timestamptz;
+  v_held bigint[];
 begin
+  if holder is null then
+    v_started := holdfast._session_started();
+  else
+    -- The holder must be a live session of the caller's login role; alive and the claimer of
+    -- a task (same backend start), it still holds the task's key lock (released only after
+    -- its report). Where backend_start is hidden from this function's owner, the locks the
+    -- holder holds now are read instead (pg_locks: about 1 ms).
+    select timestamptz 'epoch' + (extract(epoch from a.backend_start) * 1000000)::bigint
+             * interval '1 microsecond'
+    into v_started from pg_stat_get_activity(holder) a
+    where a.usesysid = (select r.oid from pg_roles r where r.rolname = session_user);
+    if not found then
+      v_held := '{}'; -- no such session, or another role's: nothing is ended
+    elsif v_started is null then
+      -- A bigint advisory lock is (classid, objid) = (high, low) 32 bits, objsubid 1.
+      select coalesce(array_agg((l.classid::bigint << 32) | l.objid::bigint), '{}') into v_held
+      from pg_locks l
+      where l.locktype = 'advisory' and l.pid = holder and l.granted and l.objsubid = 1;
+    end if;
+  end if;
+  -- (A holder's worker reports only tasks it claimed: an unknown id there is just rejected.)
   select i into v_missing from unnest(ids) i
-  where not exists (select 1 from holdfast.tasks t where t.id = i) limit 1;
+  where holder is null and not exists (select 1 from holdfast.tasks t where t.id = i) limit 1;
   if found then
     perform holdfast._raise('HF003', format('holdfast: no task with id %s', v_missing));
   end if;
@@ -47,13 +79,17 @@ begin
            order by o.priority, o.place_at, o.id limit kd.batch_max) o
          where o.fence = t.fence),
         now() + coalesce(retry_in, holdfast._backoff(t.attempt, t.fence))) end as retry_at
-    from d cross join lateral (select * from holdfast.tasks t where t.id = d.id) t
+    -- (offset 0 keeps it a lookup per id: flattened, the planner may scan every running task
+    -- of the kind instead, which grows with the fleet.)
+    from d cross join lateral (select * from holdfast.tasks t where t.id = d.id offset 0) t
     join holdfast.kinds kd on kd.kind = t.kind
     cross join lateral (select case when _finish_many.outcome = 'released' then 'pending'
       else holdfast._next_state(_finish_many.outcome, t.cancel_requested, t.attempt, t.max_attempts)
       end as next) n
     where t.fence = d.fence and t.state = 'running' and t.holder_pid = v_pid
-      and t.holder_started = v_started
+      and case when v_held is null then t.holder_started = v_started
+               else holdfast.lock_id(t.key) = any (v_held) end
+      and (holder is null or t.slot is null)
   ),
   upd as (
     update holdfast.tasks u set
@@ -87,15 +123,29 @@ begin
     on conflict (key, kind) do update set last_succeeded_at = excluded.last_succeeded_at
   )
   select (select array_agg(distinct t.key) from t),
-         (select array_agg(d.id) from d where not exists (select 1 from t where t.id = d.id)),
          (select jsonb_agg(distinct jsonb_build_array(t.key, t.kind, t.slot)) from t
-          where t.slot is not null)
-  into v_keys, v_rejected, v_slots;
+          where t.slot is not null),
+         z.rejected, z.own
+  into v_keys, v_slots, v_rejected, v_own
+  from (
+    select array_agg(s.id) filter (where s.status = 'rejected') as rejected,
+           array_agg(s.id) filter (where s.status = 'own') as own
+    from (
+      select d.id, case
+        when exists (select 1 from t where t.id = d.id) then 'ended'
+        when x.state = 'succeeded' and x.fence = d.fence and x.holder_pid = v_pid
+          and _finish_many.outcome = 'succeeded' then 'ended'
+        when holder is not null and x.state = 'running' and x.fence = d.fence
+          and x.slot is not null then 'own'
+        else 'rejected' end as status
+      from d left join holdfast.tasks x on x.id = d.id) s) z;
 
   if v_keys is not null then
     -- requeue: each key's next task waits behind keys that were ready before this run ended
     -- (a released task keeps its place).
     perform holdfast._refresh_keys(v_keys, _finish_many.outcome <> 'released');
+  end if;
+  if v_keys is not null and holder is null then
     -- A key stays locked while another task of it still runs here (the rest of a batch).
     perform pg_advisory_unlock(k.lock_id) from holdfast.keys k
     where k.key = any (v_keys) and not k.busy;
@@ -110,7 +160,8 @@ begin
     perform pg_notify('holdfast', k.head_kind) from holdfast.keys k
     where k.key = any (v_keys) and k.head_id is not null and not k.busy;
   end if;
-  return query select unnest(v_rejected);
+  return query select r, 'rejected' from unnest(v_rejected) r
+    union all select o, 'own' from unnest(v_own) o;
 end $$;
 
 create function holdfast._finish(
@@ -131,9 +182,22 @@ select holdfast._grant('execute', 'function holdfast.complete(bigint, bigint)', 
 create function holdfast.complete_many(ids bigint[], fences bigint[])
 returns setof bigint
   language sql security definer set search_path = pg_catalog, pg_temp as $$
-  select holdfast._finish_many(ids, fences, 'succeeded', null, null)
+  select f.id from holdfast._finish_many(ids, fences, 'succeeded', null, null) f
 $$;
 select holdfast._grant('execute', 'function holdfast.complete_many(bigint[], bigint[])', 'holdfast_worker');
+
+-- Completes tasks held by another session of the caller's login role: a worker's LISTEN
+-- session reports for its lock session (holder: that session's pid), so the lock session
+-- only claims and unlocks. Rows: each id not completed here, with 'rejected' (as complete_many)
+-- or 'own' (a capped kind's task: complete it on the holder session). The key locks stay
+-- held; the holder releases them with settle(unlock_keys) once this has committed.
+create function holdfast.complete_held(ids bigint[], fences bigint[], holder int)
+returns table (id bigint, status text)
+  language sql security definer set search_path = pg_catalog, pg_temp as $$
+  select f.id, f.status from holdfast._finish_many(ids, fences, 'succeeded', null, null, holder) f
+$$;
+select holdfast._grant('execute', 'function holdfast.complete_held(bigint[], bigint[], int)',
+  'holdfast_worker');
 
 -- Records a failed attempt: retried after retry_in (default: backoff), dead-lettered
 -- (state 'failed') once max_attempts attempts are used, 'cancelled' if a cancel was requested.
@@ -151,7 +215,7 @@ select holdfast._grant('execute', 'function holdfast.fail(bigint, bigint, text, 
 -- Returns the ids that were not running under this fence in this session.
 create function holdfast.release(ids bigint[], fences bigint[]) returns setof bigint
   language sql security definer set search_path = pg_catalog, pg_temp as $$
-  select holdfast._finish_many(ids, fences, 'released', null, null)
+  select f.id from holdfast._finish_many(ids, fences, 'released', null, null) f
 $$;
 select holdfast._grant('execute', 'function holdfast.release(bigint[], bigint[])', 'holdfast_worker');
 
@@ -166,7 +230,8 @@ begin
     and t.holder_pid = pg_backend_pid() and t.holder_started = holdfast._session_started();
 end $$;
 
--- Marks started_ids as started (_mark_started), completes done_ids (same checks as
+-- Releases unlock_keys (the key locks of runs complete_held ended; their next tasks' workers
+-- are told), marks started_ids as started (_mark_started), completes done_ids (same checks as
 -- complete_many) and then claims (same as claim). Rows: (rejected id, null) for each rejected
 -- completion, then (null, task) for each claimed task. claim() turns synchronous_commit off for
 -- the transaction (cheap wake path); completions must be durable, so it is turned back on when
@@ -174,13 +239,19 @@ end $$;
 create function holdfast.settle(
   done_ids bigint[], done_fences bigint[], kinds text[], worker text, max_tasks int,
   max_keys int default null, start_keys int default null, started_ids bigint[] default null,
-  started_fences bigint[] default null
+  started_fences bigint[] default null, unlock_keys text[] default null
 ) returns table (rejected bigint, task holdfast.tasks)
   language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
 declare
   v_done boolean := coalesce(cardinality(done_ids), 0) > 0;
 begin
+  if coalesce(cardinality(unlock_keys), 0) > 0 then
+    -- Before the claim below, which may then take these keys again.
+    perform pg_advisory_unlock(holdfast.lock_id(u)) from unnest(unlock_keys) u;
+    perform pg_notify('holdfast', k.head_kind) from holdfast.keys k
+    where k.key = any (unlock_keys) and k.head_id is not null and not k.busy;
+  end if;
   if coalesce(cardinality(started_ids), 0) > 0 then
     perform holdfast._mark_started(started_ids, started_fences);
   end if;
@@ -196,7 +267,7 @@ begin
   end if;
 end $$;
 select holdfast._grant('execute',
-  'function holdfast.settle(bigint[], bigint[], text[], text, int, int, int, bigint[], bigint[])',
+  'function holdfast.settle(bigint[], bigint[], text[], text, int, int, int, bigint[], bigint[], text[])',
   'holdfast_worker');
 
 -- Guards a handler's own writes: call inside the handler's transaction. Raises HF004 once a

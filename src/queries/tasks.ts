@@ -46,7 +46,10 @@ export const sql = {
     select (null::holdfast.tasks).*, holdfast.next_run_at($1::text[]) where not exists (select from c)`,
   /** Completions and the next claim in one round trip (rows: rejected id, or a claimed task). */
   settle:
-    "select s.rejected, (s.task).* from holdfast.settle($1::bigint[], $2::bigint[], $3::text[], $4, $5, $6, $7, $8::bigint[], $9::bigint[]) s",
+    "select s.rejected, (s.task).* from holdfast.settle($1::bigint[], $2::bigint[], $3::text[], $4, $5, $6, $7, $8::bigint[], $9::bigint[], $10::text[]) s",
+  /** Completions sent by the LISTEN session for the lock session (pid $3): see Completer. */
+  completeHeld:
+    "select id, status from holdfast.complete_held($1::bigint[], $2::bigint[], $3::int)",
   nextRunAt: "select holdfast.next_run_at($1::text[]) as at",
   completeMany: "select holdfast.complete_many($1::bigint[], $2::bigint[]) as rejected",
   release: "select holdfast.release($1::bigint[], $2::bigint[]) as rejected",

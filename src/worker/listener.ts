@@ -5,11 +5,13 @@ import type { Logger } from "pino";
 import { asConnectionError } from "../errors.js";
 import { leaderChannel } from "../queries/tasks.js";
 import { retryWithBackoff } from "./backoff.js";
+import type { Reporter } from "./completer.js";
 import {
   type LockSessionSettings,
   lockSessionDefaults,
   sessionBoundsSql,
   sessionBoundsValues,
+  statementName,
 } from "./lock-session.js";
 
 export interface ListenerHandlers {
@@ -116,6 +118,16 @@ export class Listener {
       throw err;
     }
     this.client = client; // from here on, its events mean a lost connection
+  }
+
+  /** Runs statements on this session while it is connected (a worker's reports: Completer). */
+  reporter(): Reporter | undefined {
+    const client = this.client;
+    if (!client) return undefined;
+    return {
+      query: async <R extends Record<string, unknown>>(text: string, values?: unknown[]) =>
+        (await client.query<R>({ name: statementName(text), text, values })).rows,
+    };
   }
 
   private dispatch(channel: string, payload: string): void {

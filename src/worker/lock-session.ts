@@ -309,7 +309,7 @@ const statementNames = new Map<string, string>();
  * The lock session runs a handful of fixed statements, each many times: as named prepared
  * statements they are parsed and planned once per session, not on every call (the wake path).
  */
-function statementName(text: string): string {
+export function statementName(text: string): string {
   let name = statementNames.get(text);
   if (!name) {
     name = `holdfast_${createHash("sha1").update(text).digest("hex").slice(0, 16)}`;

@@ -108,7 +108,8 @@ export interface Claimed {
 }
 
 /**
- * Records the start of runs claimed ahead (`started`), completes the succeeded runs and claims
+ * Releases the key locks of runs the completer reported (`unlockKeys`), records the start of
+ * runs claimed ahead (`started`), completes the succeeded runs and claims
  * (when maxKeys > 0) in one round trip and one commit; with nothing else to do, claims directly
  * (the wake path). Returns the claimed rows.
  */
@@ -116,11 +117,12 @@ export async function settle(
   session: LockSession,
   succeeded: Settlement[],
   started: Task[],
+  unlockKeys: string[],
   claim: ClaimRequest,
   finish: Finish,
 ): Promise<Claimed> {
   const done = succeeded.flatMap((s) => s.run.tasks.map((t) => ({ run: s.run, t })));
-  if (done.length === 0 && started.length === 0) {
+  if (done.length === 0 && started.length === 0 && unlockKeys.length === 0) {
     if (claim.maxKeys <= 0) return { rows: [] };
     const rows = await session.query<TaskRow & { next_at: Date | null }>(sql.claim, [
       claim.kinds,
@@ -142,6 +144,7 @@ export async function settle(
     claim.startKeys,
     started.map((t) => t.id),
     started.map((t) => t.fence),
+    unlockKeys,
   ]);
   const rejected = new Set(rows.filter((r) => r.rejected !== null).map((r) => Number(r.rejected)));
   for (const { run, t } of done) finish(run, t, rejected.has(t.id) ? "rejected" : "succeeded");

@@ -7,6 +7,7 @@ import type { ResolvedWorkerOptions } from "../options.js";
 import type { TaskRow } from "../queries/tasks.js";
 import type { Task } from "../types.js";
 import { retryWithBackoff } from "./backoff.js";
+import { Completer } from "./completer.js";
 import type { WorkerEvents } from "./events.js";
 import { Listener } from "./listener.js";
 import { LockSession } from "./lock-session.js";
@@ -47,7 +48,12 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private readonly runs = new RunTable();
   private readonly prefetched = new PrefetchQueue();
   private readonly maxBatch: number;
+  /** Runs to report on the lock session (failures, capped kinds, fallbacks). */
   private settled: Settlement[] = [];
+  /** Succeeded runs are reported from the LISTEN session (see Completer). */
+  private readonly completer: Completer;
+  /** Keys of runs the completer reported: their locks are released with the next round trip. */
+  private unlocks: Array<{ session: LockSession; key: string }> = [];
   /** Tasks started from a claim ahead whose start is not recorded yet (sent with the next
    *  round trip: until then, losing the session would not count their attempt). */
   private unmarked: Array<{ session: LockSession; task: Task }> = [];
@@ -79,6 +85,21 @@ export class Worker extends EventEmitter<WorkerEvents> {
     });
     this.ticker = new ScheduleTicker(this.logger, () => this.requestSchedules());
     this.wakeTimer = new WakeTimer(this.kinds, opts.rescanIntervalMs, () => this.requestClaim());
+    this.completer = new Completer({
+      reporter: () => this.listener?.reporter(),
+      finish: (run, task, outcome) => this.finish(run, task, outcome),
+      completed: (run) => {
+        if (run.session === this.session && !run.session.isLost) {
+          this.unlocks.push({ session: run.session, key: run.task.key });
+          this.kick();
+        }
+      },
+      own: (s) => {
+        this.settled.push(s);
+        this.kick();
+      },
+      logger: this.logger,
+    });
     // An unhandled 'error' event would crash the host process; errors are logged already.
     this.on("error", () => {});
   }
@@ -182,6 +203,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       }
       await drained;
     }
+    await this.completer.idle(); // reports commit before the session (and its locks) ends
     this.kick();
     await this.pumping;
     await this.releasePrefetched(); // claimed by a claim that was in flight
@@ -227,6 +249,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     return (
       this.settled.length > 0 ||
       this.unmarked.length > 0 ||
+      this.unlocks.length > 0 ||
       this.sweepDue ||
       this.schedulesReady() ||
       (this.canClaim() && this.wantClaim)
@@ -240,7 +263,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
 
   private canClaim(): boolean {
     const held = this.activeCount + this.prefetched.size;
-    return this.state === "running" && held < this.opts.concurrency + this.opts.prefetch;
+    const room = this.opts.concurrency + this.opts.prefetch - held;
+    // While prefetched runs wait here, refill once half the prefetch is used: a claim costs
+    // about the same for one key as for fifty, and the slots have work meanwhile.
+    const min = this.prefetched.size > 0 ? Math.ceil(this.opts.prefetch / 2) : 1;
+    return this.state === "running" && room >= min;
   }
 
   private async pump(): Promise<void> {
@@ -251,7 +278,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
         const batch = this.settled.splice(0);
         const claim = this.canClaim() && this.wantClaim;
         if (claim) this.wantClaim = false;
-        if (batch.length > 0 || claim || this.unmarked.length > 0) {
+        if (batch.length > 0 || claim || this.unmarked.length > 0 || this.unlocks.length > 0) {
           await this.reportAndClaim(session, batch, claim);
         }
         if (this.sweepDue) {
@@ -305,10 +332,12 @@ export class Worker extends EventEmitter<WorkerEvents> {
       // next round trip says so.
       const startKeys = Math.max(0, this.opts.concurrency - this.activeCount);
       const started = this.unmarked.splice(0).filter((u) => u.session === session);
+      const unlocks = this.unlocks.splice(0).filter((u) => u.session === session);
       const claimed = await settle(
         session,
         live.filter((s) => s.error === undefined),
         started.map((u) => u.task),
+        unlocks.map((u) => u.key),
         {
           kinds: this.kinds,
           worker: this.name,
@@ -390,10 +419,18 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private settle(run: Run, error: unknown): void {
     // A run aborted by a lock loss may return after the same task was claimed again.
     this.runs.remove(run);
+    // Its report records its start: a mark too would only contend with it for the task rows.
+    if (this.unmarked.length > 0)
+      this.unmarked = this.unmarked.filter((u) => !run.tasks.includes(u.task));
     this.startPrefetched();
     if (run.session.isLost || run.controller.signal.reason instanceof LockLostError) {
       // The lock is gone: another worker may already run this task. Report nothing.
       for (const t of run.tasks) this.finish(run, t, "lost", error);
+    } else if (
+      error === undefined &&
+      !((this.opts.kinds.get(run.task.kind)?.params.maxRunning ?? 0) > 0)
+    ) {
+      this.completer.push({ run }); // a capped kind's slot is released by its own session
     } else {
       this.settled.push(error === undefined ? { run } : { run, error });
     }
