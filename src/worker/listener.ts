@@ -21,8 +21,8 @@ export interface ListenerHandlers {
   reconnected(): void;
   /** A recurring schedule was declared, changed or removed. */
   schedulesChanged(): void;
-  /** The sweep leader's heartbeat (it swept just now). */
-  leader(): void;
+  /** The sweep leader's heartbeat (it swept just now); payload: its quiet deadline (Sweeper). */
+  leader(payload: string): void;
 }
 
 /** How often the LISTEN session proves it still receives notifications, and how long it may take. */
@@ -121,7 +121,7 @@ export class Listener {
   private dispatch(channel: string, payload: string): void {
     this.lastNotificationAt = Date.now();
     if (channel === "holdfast") this.handlers.wake(payload);
-    else if (channel === leaderChannel) this.handlers.leader();
+    else if (channel === leaderChannel) this.handlers.leader(payload);
     else if (channel === "holdfast_cancel") this.handlers.cancel(Number(payload));
     else if (channel === "holdfast_schedules") this.handlers.schedulesChanged();
     else if (channel === this.pingChannel) this.pingAnswered?.();
