@@ -99,15 +99,16 @@ interface ClientInternals {
   };
   _activeQuery?: unknown;
   _queryQueue?: unknown[];
+  readyForQuery?: boolean;
 }
 
 /**
  * A health probe: a bare protocol Sync, which the server answers with ReadyForQuery without
  * starting a transaction (a `select 1` would be one transaction per probe, per worker process,
- * every second). Sent only while pg's client has no query in flight or queued (the caller sends
- * one thing at a time), so the answer cannot be mistaken for the end of a query; otherwise, or
- * without the internals this relies on, it falls back to `select 1`. Rejects with `closed()`
- * when the connection ends first; never settles on a silent one (the caller bounds it).
+ * every second). Sent only while pg's client has no query in flight or queued, so the answer
+ * cannot be mistaken for the end of a query; otherwise, or without the internals this relies
+ * on, it falls back to `select 1`. Rejects with `closed()` when the connection ends first;
+ * never settles on a silent one (the caller bounds it).
  */
 export function protocolSync(client: pg.Client, closed: () => Error): Promise<void> {
   const internals = client as unknown as ClientInternals;
@@ -129,6 +130,10 @@ export function protocolSync(client: pg.Client, closed: () => Error): Promise<vo
     };
     conn.once?.("readyForQuery", ready);
     conn.once?.("end", ended);
+    // A query given to the client meanwhile waits for this answer (pg sends a query only when
+    // readyForQuery is true, and sets it again on the answer), so the answer cannot be taken
+    // for that query's end: a session shared with other callers (the LISTEN session) is safe.
+    internals.readyForQuery = false;
     conn.sync?.();
   });
 }
