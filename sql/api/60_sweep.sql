@@ -24,7 +24,8 @@ create function holdfast.quiet_until() returns timestamptz
       else coalesce((select min(x.at) from holdfast.kinds kd cross join lateral (
           select k.head_run_at as at from holdfast.keys k
           where k.head_kind = kd.kind and k.head_id is not null and not k.busy
-          order by k.head_run_at limit 1) x), 'infinity') end as at) q
+          order by k.head_run_at limit 1) x), 'infinity') end as at
+    offset 0) q -- not pulled up: the probes would run once per mention of q.at
 $$;
 select holdfast._grant('execute', 'function holdfast.quiet_until()', 'holdfast_worker');
 
