@@ -75,7 +75,8 @@ export class Sweeper {
   private heard = 0;
   /** Quiet sweeps in a row, all sent after the last wake (leader). */
   private quietSweeps = 0;
-  /** The leader skips its timer sweeps until then (ms epoch); 0: not quiet. */
+  /** The leader skips its timer sweeps until then (performance.now(), immune to wall-clock
+   *  steps); 0: not quiet. */
   private quietUntil = 0;
 
   constructor(
@@ -91,7 +92,7 @@ export class Sweeper {
 
   /** The leader may skip its timer sweep: nothing can need one before quiet_until. */
   get isQuiet(): boolean {
-    return this.leader && Date.now() < this.quietUntil;
+    return this.leader && performance.now() < this.quietUntil;
   }
 
   /** The session changed: leadership (a lock of the old session) is gone with it. */
@@ -217,7 +218,7 @@ export class Sweeper {
     this.quietSweeps++;
     if (this.quietSweeps < 2) return;
     const wasQuiet = this.quietUntil !== 0;
-    this.quietUntil = Date.now() + Math.min(quietMs, this.timing.maxQuietMs);
+    this.quietUntil = performance.now() + Math.min(quietMs, this.timing.maxQuietMs);
     if (!wasQuiet) {
       const until = Date.now() + quietMs;
       this.logger.debug({ event: "quiet", until }, "holdfast: quiet, sweeps paused");
