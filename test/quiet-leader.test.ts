@@ -1,6 +1,8 @@
 import { once } from "node:events";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Holdfast } from "../src/index.js";
+import { LockSession } from "../src/worker/lock-session.js";
+import { Sweeper } from "../src/worker/sweeper.js";
 import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
 import { useWorkerProcesses, type WorkerProcess } from "./support/processes.js";
 import { startProxy } from "./support/tcp-proxy.js";
@@ -75,6 +77,85 @@ describe("holdfast.quiet_until()", () => {
     } finally {
       listener.release();
     }
+  });
+});
+
+// A sweep's snapshot can predate a commit whose NOTIFY reaches a worker first: the sweep then
+// says "quiet" about a task it did not see. These pin the rules that keep such an answer from
+// putting anyone to sleep (src/worker/sweeper.ts), on real lock sessions.
+describe("Sweeper quiet rules", () => {
+  let db: TestDatabase;
+  const sessions: LockSession[] = [];
+  beforeAll(async () => {
+    db = await freshDatabase();
+  });
+  afterAll(async () => {
+    await Promise.all(sessions.map((s) => s.close()));
+    await db.drop();
+  });
+  const open = async () => {
+    const s = new LockSession({ connectionString: db.url }, "holdfast:lock:test");
+    await s.connect();
+    sessions.push(s);
+    return s;
+  };
+  const sweeper = () => {
+    const events = { due: 0, quiet: [] as Array<{ until: number; leader: boolean }> };
+    let dueNow: (() => void) | undefined;
+    const sw = new Sweeper(
+      silent,
+      { lateMs: 500, maxQuietMs: 30_000 },
+      {
+        due: () => {
+          events.due++;
+          dueNow?.();
+        },
+        quiet: (until, leader) => events.quiet.push({ until, leader }),
+      },
+    );
+    const nextDue = () => new Promise<void>((resolve) => (dueNow = resolve));
+    return { sw, events, nextDue };
+  };
+
+  it("the leader goes quiet after two quiet sweeps sent after the last wake, and a wake ends quiet at once", async () => {
+    const leader = sweeper();
+    const session = await open();
+    expect((await leader.sw.tick(session)).elected).toBe(true);
+    // A wake while the statement runs: its answer may not have seen what the wake announced.
+    const inFlight = leader.sw.tick(session);
+    leader.sw.wake();
+    await inFlight;
+    await leader.sw.tick(session);
+    expect(leader.sw.isQuiet).toBe(false); // one quiet sweep since the wake
+    await leader.sw.tick(session);
+    expect(leader.sw.isQuiet).toBe(true);
+    expect(leader.events.quiet).toEqual([{ until: Number.POSITIVE_INFINITY, leader: true }]);
+    const due = leader.events.due;
+    leader.sw.wake();
+    expect(leader.sw.isQuiet).toBe(false);
+    expect(leader.events.due).toBe(due + 1); // sweep now
+    leader.sw.clear();
+  });
+
+  it("a follower trusts a quiet heartbeat only after a second one since the last wake", async () => {
+    const follower = sweeper();
+    const session = await open(); // the leader above still holds leadership on its session
+    expect((await follower.sw.tick(session)).elected).toBe(false);
+    // try_lead failed and quiet_until() is infinity: no heartbeat is expected.
+    expect(follower.events.quiet).toEqual([{ until: Number.POSITIVE_INFINITY, leader: false }]);
+    const due = follower.nextDue();
+    follower.sw.wake(); // an enqueue: a heartbeat is expected within lateMs again
+    follower.sw.heartbeat("infinity"); // may come from a sweep that did not see the enqueue
+    expect(follower.events.quiet).toHaveLength(1); // not trusted
+    await due; // and the leader it was waiting for never sent another: try to lead
+    // The second since the wake: that sweep began after the first one committed, which was
+    // after the wake's commit (NOTIFYs arrive in commit order), so it saw what the wake announced.
+    follower.sw.heartbeat("infinity");
+    expect(follower.events.quiet).toEqual([
+      { until: Number.POSITIVE_INFINITY, leader: false },
+      { until: Number.POSITIVE_INFINITY, leader: false },
+    ]);
+    follower.sw.clear();
   });
 });
 
