@@ -106,7 +106,9 @@ export interface WorkerOptions {
   /**
    * How often the elected worker looks for orphaned tasks (default 250 ms). The other workers
    * run nothing on this timer: they try to take over the sweep when the leader's heartbeat
-   * (a NOTIFY with each sweep) is twice this late.
+   * (a NOTIFY with each sweep) is twice this late. While no task runs and none is due the
+   * leader skips these sweeps until the next enqueue or the earliest delayed task (README
+   * "Sweeping and idle cost").
    */
   sweepIntervalMs?: number;
   /** Safety rescan in case a notification was missed (default 30 s). */

@@ -208,6 +208,9 @@ begin
   if t.state = 'pending' then
     update holdfast.tasks set state = 'cancelled', finished_at = now() where id = t.id;
     perform holdfast._refresh_key(t.key);
+    -- The next task may be due now (it waited behind a delayed or backed-off head): tell idle
+    -- workers, and the quiet sweep leader, which sleeps until the earliest head's start.
+    perform holdfast._notify_if_ready(t.key);
     return true;
   elsif t.state = 'running' then
     update holdfast.tasks set cancel_requested = true where id = t.id;

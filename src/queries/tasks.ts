@@ -32,6 +32,12 @@ export function toTask(row: TaskRow): Task {
 /** The leader's heartbeat channel: each sweep NOTIFYs it (see Sweeper). */
 export const leaderChannel = "holdfast_leader";
 
+/** Milliseconds from now until q.until (holdfast.quiet_until()): null when not quiet,
+ *  Infinity for 'infinity'. Measured from the server's clock, so client clock skew cannot
+ *  stretch it. */
+const quietMs = `case when q.until = 'infinity' then 'Infinity'::float8
+    else (extract(epoch from q.until - clock_timestamp()) * 1000)::float8 end`;
+
 export const sql = {
   defineKind: "select holdfast.define_kind($1, $2, $3::interval, $4, $5, $6)",
   enqueue:
@@ -59,17 +65,26 @@ export const sql = {
   deadLetters: `select * from holdfast.dead_letters
     where ($1::text is null or kind = $1) order by finished_at desc, id desc limit $2`,
   assertFence: "select holdfast.assert_fence($1, $2)",
-  tryLead: "select holdfast.try_lead() as leader",
+  // A follower that fails to lead learns from the same statement whether the leader may be
+  // quiet (no heartbeat expected before quiet_ms, see Sweeper).
+  tryLead: `select q.leader, ${quietMs} as quiet_ms
+    from (select holdfast.try_lead() as leader, holdfast.quiet_until() as until) q`,
   // The previous holders come from the statement's snapshot, taken before sweep() changed
   // anything (a volatile function's writes are invisible to its calling statement), and are
   // read only when something was requeued: the idle sweep costs nothing more. The NOTIFY is
-  // the leader's heartbeat (see Sweeper), sent in the sweep's transaction.
-  sweep: `select s.requeued, case when s.requeued > 0 then (
+  // the leader's heartbeat (see Sweeper), sent in the sweep's transaction; its payload is the
+  // quiet deadline (epoch ms, 'infinity', or '' when not quiet). quiet_until() reads from q,
+  // which reads from s: it runs after sweep() and sees what it requeued.
+  sweep: `with s as materialized (select holdfast.sweep() as requeued),
+    q as materialized (select s.requeued, holdfast.quiet_until() as until from s)
+    select q.requeued, case when q.requeued > 0 then (
       select json_agg(json_build_object('task', o.id, 'key', o.key, 'kind', o.kind,
         'attempt', o.attempt, 'worker', o.worker, 'pid', o.holder_pid) order by o.id)
       from holdfast.orphans o where o.holder_pid <> pg_backend_pid()) end as previous,
-      pg_notify('${leaderChannel}', '') is null as heartbeat
-    from (select holdfast.sweep() as requeued) s`,
+      ${quietMs} as quiet_ms,
+      pg_notify('${leaderChannel}', coalesce(case when q.until = 'infinity' then 'infinity'
+        else floor(extract(epoch from q.until) * 1000)::bigint::text end, '')) is null as heartbeat
+    from q`,
 } as const;
 
 /** A row of holdfast.dead_letters. */

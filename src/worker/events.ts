@@ -20,6 +20,10 @@ export interface WorkerEvents {
   idle: [{ nextRunAt: Date | null }];
   /** This worker was elected to sweep orphans. */
   leader: [];
+  /** Nothing can need a sweep before `until` (null: before a notification) unless a task is
+   *  enqueued, retried or uncovered first: the leader pauses its timer sweeps, a follower
+   *  stops expecting the leader's heartbeat. Once per quiet spell. */
+  quiet: [{ until: Date | null; leader: boolean }];
   /** The sweep returned orphaned tasks to the queue; `previous`: their dead holders. */
   takeover: [{ requeued: number; previous: PreviousHolder[] }];
   error: [unknown];

@@ -1,4 +1,3 @@
-import { randomBytes } from "node:crypto";
 import net from "node:net";
 import pg from "pg";
 import type { Logger } from "pino";
@@ -9,6 +8,7 @@ import type { Reporter } from "./completer.js";
 import {
   type LockSessionSettings,
   lockSessionDefaults,
+  protocolSync,
   sessionBoundsSql,
   sessionBoundsValues,
   statementName,
@@ -23,8 +23,8 @@ export interface ListenerHandlers {
   reconnected(): void;
   /** A recurring schedule was declared, changed or removed. */
   schedulesChanged(): void;
-  /** The sweep leader's heartbeat (it swept just now). */
-  leader(): void;
+  /** The sweep leader's heartbeat (it swept just now); payload: its quiet deadline (Sweeper). */
+  leader(payload: string): void;
 }
 
 /** How often the LISTEN session proves it still receives notifications, and how long it may take. */
@@ -32,13 +32,15 @@ export const listenerPing = { intervalMs: 5_000, timeoutMs: 5_000 };
 
 /**
  * The worker's LISTEN session: one pg.Client that LISTENs on `holdfast`, `holdfast_cancel`,
- * `holdfast_schedules`, the sweep leader's heartbeat channel and a private ping channel. When
- * the connection ends it reconnects with backoff and LISTENs
- * again, one statement at a time (a client runs one query at a time). A half-open connection
- * never ends by itself, so the session NOTIFYs its ping channel when nothing arrived for a
- * ping interval and destroys its socket when the notification does not come back in time. Any
- * notification proves the session alive as well as the ping's echo does, so while a leader
- * sweeps (and NOTIFYs) the ping costs no transaction.
+ * `holdfast_schedules` and the sweep leader's heartbeat channel. When the connection ends it
+ * reconnects with backoff and LISTENs again, one statement at a time (a client runs one query
+ * at a time). A half-open connection never ends by itself, so when nothing arrived for a ping
+ * interval the session sends a bare protocol Sync and destroys its socket when the answer
+ * does not come in time. Any notification proves the session alive as well. The ping is not a
+ * NOTIFY to itself: that costs a transaction, and Postgres (17 measured) wakes every listening
+ * backend of the database for every NOTIFY (each reads the queue in a transaction of its own),
+ * so a fleet pinging while the sweep leader is quiet (no heartbeats) would cost processes²
+ * wake-ups.
  *
  * The server gets the lock session's TCP bounds (keepalives, tcp_user_timeout) for this
  * session too: after a partition the worker opens a new LISTEN session, and the old backend
@@ -51,10 +53,9 @@ export class Listener {
   private socket: net.Socket | undefined;
   private closing = false;
   private pingTimer: NodeJS.Timeout | undefined;
-  private pingAnswered: (() => void) | undefined;
+  private pinging = false;
   /** When a notification (any channel) last arrived. */
   private lastNotificationAt = 0;
-  private readonly pingChannel = `holdfast_ping_${randomBytes(6).toString("hex")}`;
   private readonly channels: string[];
 
   constructor(
@@ -65,13 +66,7 @@ export class Listener {
     private readonly ping = listenerPing,
     private readonly bounds: LockSessionSettings = lockSessionDefaults,
   ) {
-    this.channels = [
-      "holdfast",
-      "holdfast_cancel",
-      "holdfast_schedules",
-      leaderChannel,
-      this.pingChannel,
-    ];
+    this.channels = ["holdfast", "holdfast_cancel", "holdfast_schedules", leaderChannel];
   }
 
   async start(): Promise<void> {
@@ -133,10 +128,9 @@ export class Listener {
   private dispatch(channel: string, payload: string): void {
     this.lastNotificationAt = Date.now();
     if (channel === "holdfast") this.handlers.wake(payload);
-    else if (channel === leaderChannel) this.handlers.leader();
+    else if (channel === leaderChannel) this.handlers.leader(payload);
     else if (channel === "holdfast_cancel") this.handlers.cancel(Number(payload));
     else if (channel === "holdfast_schedules") this.handlers.schedulesChanged();
-    else if (channel === this.pingChannel) this.pingAnswered?.();
   }
 
   /** The current client's connection ended or failed: reconnect until it works or we close. */
@@ -177,19 +171,23 @@ export class Listener {
     this.handlers.reconnected();
   }
 
-  /** NOTIFYs its own private channel; no echo within the deadline: the socket is destroyed. */
+  /** A protocol Sync round trip; no answer within the deadline: the socket is destroyed. */
   private async checkAlive(): Promise<void> {
     const client = this.client;
-    if (!client || this.pingAnswered) return;
+    if (!client || this.pinging) return;
     if (Date.now() - this.lastNotificationAt < this.ping.intervalMs) return; // heard from it
     const socket = this.socket;
-    const answered = new Promise<boolean>((resolve) => {
-      this.pingAnswered = () => resolve(true);
-      setTimeout(() => resolve(false), this.ping.timeoutMs).unref();
-    });
-    client.query(`notify "${this.pingChannel}"`).catch(() => {});
-    const ok = await answered;
-    this.pingAnswered = undefined;
+    this.pinging = true;
+    const ok = await Promise.race([
+      protocolSync(client, () => new Error("LISTEN session closed")).then(
+        () => true,
+        () => false,
+      ),
+      new Promise<boolean>((resolve) =>
+        setTimeout(() => resolve(false), this.ping.timeoutMs).unref(),
+      ),
+    ]);
+    this.pinging = false;
     if (!ok && client === this.client) {
       this.logger.warn(
         { event: "listen_unresponsive", timeoutMs: this.ping.timeoutMs },

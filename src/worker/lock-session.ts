@@ -99,6 +99,43 @@ interface ClientInternals {
   };
   _activeQuery?: unknown;
   _queryQueue?: unknown[];
+  readyForQuery?: boolean;
+}
+
+/**
+ * A health probe: a bare protocol Sync, which the server answers with ReadyForQuery without
+ * starting a transaction (a `select 1` would be one transaction per probe, per worker process,
+ * every second). Sent only while pg's client has no query in flight or queued, so the answer
+ * cannot be mistaken for the end of a query; otherwise, or without the internals this relies
+ * on, it falls back to `select 1`. Rejects with `closed()` when the connection ends first;
+ * never settles on a silent one (the caller bounds it).
+ */
+export function protocolSync(client: pg.Client, closed: () => Error): Promise<void> {
+  const internals = client as unknown as ClientInternals;
+  const conn = internals.connection;
+  const busy = internals._activeQuery != null || (internals._queryQueue?.length ?? 1) > 0;
+  if (!conn?.sync || !conn.once || busy) return client.query("select 1").then(() => {});
+  return new Promise((resolve, reject) => {
+    const done = () => {
+      conn.off?.("readyForQuery", ready);
+      conn.off?.("end", ended);
+    };
+    const ready = () => {
+      done();
+      resolve();
+    };
+    const ended = () => {
+      done();
+      reject(closed());
+    };
+    conn.once?.("readyForQuery", ready);
+    conn.once?.("end", ended);
+    // A query given to the client meanwhile waits for this answer (pg sends a query only when
+    // readyForQuery is true, and sets it again on the answer), so the answer cannot be taken
+    // for that query's end: a session shared with other callers (the LISTEN session) is safe.
+    internals.readyForQuery = false;
+    conn.sync?.();
+  });
 }
 
 /**
@@ -217,35 +254,12 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
     }
   }
 
-  /**
-   * The health probe: a bare protocol Sync, which the server answers with ReadyForQuery
-   * without starting a transaction (a `select 1` would be one transaction per probe, per
-   * worker process, every second). Sent only while pg's client has no query in flight or
-   * queued (dispatch runs one call at a time), so the answer cannot be mistaken for the end of
-   * a query; otherwise, or without the internals this relies on, it falls back to `select 1`.
-   */
+  /** The health probe (see protocolSync). */
   private sync(): Promise<void> {
-    const client = this.client as unknown as ClientInternals;
-    const conn = client.connection;
-    const busy = client._activeQuery != null || (client._queryQueue?.length ?? 1) > 0;
-    if (!conn?.sync || !conn.once || busy) return this.client.query("select 1").then(() => {});
-    return new Promise((resolve, reject) => {
-      const done = () => {
-        conn.off?.("readyForQuery", ready);
-        conn.off?.("end", ended);
-      };
-      const ready = () => {
-        done();
-        resolve();
-      };
-      const ended = () => {
-        done();
-        reject(new LockLostError("holdfast: the lock session closed during a health check"));
-      };
-      conn.once?.("readyForQuery", ready);
-      conn.once?.("end", ended);
-      conn.sync?.();
-    });
+    return protocolSync(
+      this.client,
+      () => new LockLostError("holdfast: the lock session closed during a health check"),
+    );
   }
 
   private answered(): void {

@@ -10,6 +10,32 @@ export interface SweepResult {
   previous: PreviousHolder[];
 }
 
+export interface SweeperTiming {
+  /** A follower tries to lead when no heartbeat came for this long (plus jitter, so a fleet
+   *  does not try all at once). */
+  lateMs: number;
+  /** The quiet leader still sweeps this often: the safety net for a notification it missed. */
+  maxQuietMs: number;
+}
+
+export interface SweeperCallbacks {
+  /** This worker should tick: it leads and quiet ended, or, a follower, the heartbeat is late. */
+  due(): void;
+  /** This worker stopped expecting sweeps until `until` (ms epoch, Infinity: until woken):
+   *  the leader skips its timer sweeps, a follower expects no heartbeat. */
+  quiet(until: number, leader: boolean): void;
+}
+
+/** Timers cannot wait longer than ~24.8 days; a longer watch fires early and re-arms. */
+const maxTimerMs = 2 ** 31 - 1;
+
+/** The heartbeat's payload: the leader's quiet deadline (ms epoch), or undefined (not quiet). */
+function parseQuiet(payload: string): number | undefined {
+  if (payload === "infinity") return Number.POSITIVE_INFINITY;
+  const at = payload === "" ? Number.NaN : Number(payload);
+  return Number.isFinite(at) ? at : undefined;
+}
+
 /**
  * Orphan sweeping by one elected worker: leadership is an advisory lock on the lock session,
  * so it passes to another worker when the leader's session ends. Only the leader runs
@@ -17,20 +43,46 @@ export interface SweepResult {
  * LISTEN session at no transaction of theirs. A follower tries to lead only when that
  * heartbeat is late (`lateMs`), so an idle fleet costs the leader's sweeps plus nothing per
  * process, and a dead leader is replaced within `lateMs` of its last sweep.
+ *
+ * Quiet: an idle system has nothing a sweep could find. A sweep also returns
+ * holdfast.quiet_until(): null while a task runs or a head is due, else when the next head
+ * becomes due. No task can start before then without a NOTIFY on `holdfast` first, so the
+ * leader skips its timer sweeps until that time or until `wake()` (a `holdfast` notification
+ * of any kind, a claim that got tasks, a LISTEN reconnect), and sweeps at once when woken. The
+ * heartbeat carries the deadline, so followers expect no heartbeat before it either, unless
+ * woken: then they expect one within `lateMs` as usual, and a leader that died while quiet is
+ * replaced as soon as there is work.
+ *
+ * Races. A sweep's snapshot may predate a commit whose NOTIFY reaches us before the sweep's
+ * answer or heartbeat. So a quiet answer counts only if no wake came since the statement was
+ * sent; the leader goes quiet after two such sweeps in a row; and a follower trusts a quiet
+ * heartbeat only if another heartbeat came between the last wake and it (NOTIFYs arrive in
+ * commit order, and the leader's next sweep starts after its previous one committed, so that
+ * heartbeat's snapshot saw what the wake announced). The leader's two sweeps after a wake give
+ * followers that second heartbeat.
  */
 export class Sweeper {
   private leader = false;
+  private stopped = false;
   private timer: NodeJS.Timeout | undefined;
+  /** When the follower's watch fires (ms epoch); Infinity: no heartbeat expected. */
+  private deadline = Number.POSITIVE_INFINITY;
+  /** The follower trusts a quiet deadline (reported once per quiet spell). */
+  private followerQuiet = false;
+  /** Bumped by every wake: a statement sent before one may have missed what it announced. */
+  private wakes = 0;
+  /** Heartbeats received since the last wake (follower). */
+  private heard = 0;
+  /** Quiet sweeps in a row, all sent after the last wake (leader). */
+  private quietSweeps = 0;
+  /** The leader skips its timer sweeps until then (performance.now(), immune to wall-clock
+   *  steps); 0: not quiet. */
+  private quietUntil = 0;
 
-  /**
-   * @param lateMs a follower tries to lead when no heartbeat came for this long (plus jitter, so
-   *   a fleet does not try all at once).
-   * @param due called when this worker should tick: a follower's heartbeat is late.
-   */
   constructor(
     private readonly logger: Logger,
-    private readonly lateMs: number,
-    private readonly due: () => void,
+    private readonly timing: SweeperTiming,
+    private readonly on: SweeperCallbacks,
   ) {}
 
   /** This worker leads: it sweeps orphans and fires recurring schedules. */
@@ -38,45 +90,113 @@ export class Sweeper {
     return this.leader;
   }
 
+  /** The leader may skip its timer sweep: nothing can need one before quiet_until. */
+  get isQuiet(): boolean {
+    return this.leader && performance.now() < this.quietUntil;
+  }
+
   /** The session changed: leadership (a lock of the old session) is gone with it. */
   reset(): void {
     this.leader = false;
+    this.quietSweeps = 0;
+    this.quietUntil = 0;
   }
 
-  /** The leader swept (its notification arrived): followers wait for the next one. */
-  heartbeat(): void {
-    if (!this.leader) this.watch();
+  /** The leader swept (its notification arrived, payload: its quiet deadline): followers wait
+   *  for the next one, or, when it is quiet and trusted, until its deadline. */
+  heartbeat(payload: string): void {
+    if (this.leader || this.stopped) return;
+    this.heard++;
+    const until = parseQuiet(payload);
+    if (until !== undefined && this.heard >= 2) this.watchQuiet(until);
+    else this.watch();
   }
 
-  /** Stops the follower's watch (worker stopping). */
+  /**
+   * Something may start without a sweep knowing: a `holdfast` notification (any kind), a claim
+   * by this worker that got tasks, a LISTEN reconnect (notifications may have been missed). A
+   * quiet leader sweeps now; a follower expects a heartbeat within lateMs (never later than
+   * it already did).
+   */
+  wake(): void {
+    if (this.stopped) return;
+    this.wakes++;
+    this.heard = 0;
+    this.quietSweeps = 0;
+    if (this.leader) {
+      if (this.quietUntil === 0) return; // sweeping on its timer anyway
+      this.quietUntil = 0;
+      this.on.due();
+    } else if (this.deadline > Date.now() + 1.25 * this.timing.lateMs) {
+      this.watch();
+    }
+  }
+
+  /** Stops the follower's watch for good (worker stopping). */
   clear(): void {
+    this.stopped = true;
+    this.disarm();
+  }
+
+  private disarm(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    this.deadline = Number.POSITIVE_INFINITY;
   }
 
   /** A follower's deadline for the next heartbeat; re-armed by each heartbeat and failed try. */
   private watch(): void {
-    this.clear();
-    const jitter = Math.random() * (this.lateMs / 4);
-    this.timer = setTimeout(this.due, this.lateMs + jitter);
+    this.followerQuiet = false;
+    this.arm(Date.now() + this.timing.lateMs + Math.random() * (this.timing.lateMs / 4));
+  }
+
+  /** The leader is quiet until `until` (ms epoch): its next heartbeat is late only after. */
+  private watchQuiet(until: number): void {
+    const late = this.timing.lateMs + Math.random() * (this.timing.lateMs / 4);
+    this.arm(until + late);
+    if (!this.followerQuiet) {
+      this.followerQuiet = true;
+      this.logger.debug({ event: "leader_quiet", until }, "holdfast: sweep leader is quiet");
+      this.on.quiet(until, false);
+    }
+  }
+
+  private arm(at: number): void {
+    this.disarm();
+    if (this.stopped) return;
+    this.deadline = at;
+    if (at === Number.POSITIVE_INFINITY) return;
+    this.timer = setTimeout(this.on.due, Math.min(maxTimerMs, Math.max(0, at - Date.now())));
     this.timer.unref();
   }
 
   async tick(session: LockSession): Promise<SweepResult> {
+    const wakes = this.wakes;
     let elected = false;
     if (!this.leader) {
-      const [row] = await session.query<{ leader: boolean }>(sql.tryLead);
+      const [row] = await session.query<{ leader: boolean; quiet_ms: number | null }>(sql.tryLead);
       if (!row?.leader) {
-        this.watch(); // the leader may be alive but slow, or our LISTEN session down: try again
+        // The leader may be alive but slow, or our LISTEN session down: try again after
+        // lateMs. Unless the system is quiet (as our own snapshot, taken after every wake we
+        // had, shows): then a live leader is quiet too, and a dead one has nothing to do.
+        const quietMs = row?.quiet_ms ?? null;
+        if (quietMs !== null && quietMs > 0 && wakes === this.wakes) {
+          this.watchQuiet(Date.now() + quietMs);
+        } else {
+          this.watch();
+        }
         return { elected, requeued: 0, previous: [] };
       }
-      this.clear();
+      this.disarm();
+      this.followerQuiet = false;
       this.leader = elected = true;
     }
     if (elected) this.logger.info({ event: "leader" }, "holdfast: elected to sweep orphaned tasks");
-    const [row] = await session.query<{ requeued: number; previous: PreviousHolder[] | null }>(
-      sql.sweep,
-    );
+    const [row] = await session.query<{
+      requeued: number;
+      previous: PreviousHolder[] | null;
+      quiet_ms: number | null;
+    }>(sql.sweep);
     const requeued = row?.requeued ?? 0;
     const previous = row?.previous ?? [];
     if (requeued > 0)
@@ -84,6 +204,25 @@ export class Sweeper {
         { event: "takeover", requeued, previous },
         "holdfast: requeued tasks whose holder died",
       );
+    this.afterSweep(row?.quiet_ms ?? null, wakes);
     return { elected, requeued, previous };
+  }
+
+  /** Quiet after two quiet sweeps in a row sent after the last wake (see the class comment). */
+  private afterSweep(quietMs: number | null, wakes: number): void {
+    if (quietMs === null || quietMs <= 0 || wakes !== this.wakes) {
+      this.quietSweeps = 0;
+      this.quietUntil = 0;
+      return;
+    }
+    this.quietSweeps++;
+    if (this.quietSweeps < 2) return;
+    const wasQuiet = this.quietUntil !== 0;
+    this.quietUntil = performance.now() + Math.min(quietMs, this.timing.maxQuietMs);
+    if (!wasQuiet) {
+      const until = Date.now() + quietMs;
+      this.logger.debug({ event: "quiet", until }, "holdfast: quiet, sweeps paused");
+      this.on.quiet(until, true);
+    }
   }
 }

@@ -78,11 +78,20 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.kinds = [...opts.kinds.keys()];
     this.maxBatch = Math.max(...[...opts.kinds.values()].map((k) => k.batchMax));
     this.logger = deps.logger.child({ worker: opts.name });
-    // A follower tries to lead once the leader missed two sweeps.
-    this.sweeper = new Sweeper(this.logger, 2 * opts.sweepIntervalMs, () => {
-      this.sweepDue = true;
-      this.kick();
-    });
+    // A follower tries to lead once the leader missed two sweeps. A quiet leader still sweeps
+    // once per rescan interval: the safety net for a notification it missed, as the rescan is.
+    this.sweeper = new Sweeper(
+      this.logger,
+      { lateMs: 2 * opts.sweepIntervalMs, maxQuietMs: opts.rescanIntervalMs },
+      {
+        due: () => {
+          this.sweepDue = true;
+          this.kick();
+        },
+        quiet: (until, leader) =>
+          this.emit("quiet", { until: Number.isFinite(until) ? new Date(until) : null, leader }),
+      },
+    );
     this.ticker = new ScheduleTicker(this.logger, () => this.requestSchedules());
     this.wakeTimer = new WakeTimer(this.kinds, opts.rescanIntervalMs, () => this.requestClaim());
     this.completer = new Completer({
@@ -121,10 +130,13 @@ export class Worker extends EventEmitter<WorkerEvents> {
         `holdfast:listen:${this.name}`.slice(0, 63),
         {
           wake: (kind) => {
+            // Any kind: a task that may start ends the sweep leader's quiet (see Sweeper).
+            this.sweeper.wake();
             if (this.opts.kinds.has(kind)) this.requestClaim();
           },
           cancel: (id) => this.cancelRunning(id),
           reconnected: () => {
+            this.sweeper.wake(); // so may an enqueue that ends the sweep leader's quiet
             this.ticker.invalidate(); // a schedule change may have been missed
             this.requestSchedules();
             this.requestClaim();
@@ -133,7 +145,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
             this.ticker.invalidate();
             this.requestSchedules();
           },
-          leader: () => this.sweeper.heartbeat(),
+          leader: (quietUntil) => this.sweeper.heartbeat(quietUntil),
         },
         this.logger,
         undefined,
@@ -148,9 +160,10 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
     this.state = "running";
     this.timers.push(
-      // Only the leader sweeps on this timer; followers tick when its heartbeat is late.
+      // Only the leader sweeps on this timer, and not while quiet (nothing to find); followers
+      // tick when its heartbeat is late.
       setInterval(() => {
-        if (!this.sweeper.isLeader) return;
+        if (!this.sweeper.isLeader || this.sweeper.isQuiet) return;
         this.sweepDue = true;
         this.kick();
       }, this.opts.sweepIntervalMs),
@@ -368,7 +381,10 @@ export class Worker extends EventEmitter<WorkerEvents> {
         "holdfast: claimed tasks",
       );
     const runs = groupRuns(rows);
-    if (runs.length > 0) this.wakeTimer.claimed();
+    if (runs.length > 0) {
+      this.wakeTimer.claimed();
+      this.sweeper.wake(); // a task runs: the sweep leader must not be quiet
+    }
     runs.forEach((tasks, i) => {
       if (this.activeCount < this.opts.concurrency) this.startRun(session, tasks, i >= startKeys);
       else this.prefetched.push(session, tasks);

@@ -4,6 +4,7 @@ import net from "node:net";
  * A TCP proxy in front of Postgres that a test can cut without a FIN or RST: `partition()`
  * stops forwarding in both directions and leaves every socket open, like a network partition
  * or a half-open connection. `heal()` resumes forwarding; `close()` destroys everything.
+ * It also counts the transactions its clients ask for (`transactions()`).
  */
 export interface TcpProxy {
   port: number;
@@ -13,6 +14,10 @@ export interface TcpProxy {
   heal(): void;
   /** Sockets currently open through the proxy. */
   connections(): number;
+  /** Transactions the clients sent so far: simple queries, and extended-protocol Syncs that
+   *  close an Execute (a bare Sync, e.g. a health probe, starts no transaction). Exact, unlike
+   *  pg_stat_database, which backends flush lazily. */
+  transactions(): number;
   close(): Promise<void>;
 }
 
@@ -21,6 +26,7 @@ export async function startProxy(targetUrl: string): Promise<TcpProxy> {
   const targetPort = Number(target.port || 5432);
   const targetHost = target.hostname;
   let cut = false;
+  let transactions = 0;
   const pairs = new Set<[net.Socket, net.Socket]>();
   // Sockets whose peer closed while partitioned: the close could not cross the cut. After the
   // heal, the next packet from the survivor meets a reset, as on a real network.
@@ -34,6 +40,10 @@ export async function startProxy(targetUrl: string): Promise<TcpProxy> {
         if (!cut) to.write(chunk); // while partitioned, bytes vanish
       });
     forward(client, upstream);
+    client.on(
+      "data",
+      countTransactions((n) => (transactions += n)),
+    );
     forward(upstream, client);
     const end = () => {
       pairs.delete(pair);
@@ -64,6 +74,7 @@ export async function startProxy(targetUrl: string): Promise<TcpProxy> {
       doomed.clear();
     },
     connections: () => pairs.size,
+    transactions: () => transactions,
     close: async () => {
       for (const [a, b] of pairs) {
         a.destroy();
@@ -72,5 +83,41 @@ export async function startProxy(targetUrl: string): Promise<TcpProxy> {
       pairs.clear();
       await new Promise<void>((resolve) => server.close(() => resolve()));
     },
+  };
+}
+
+/**
+ * Reads a client's side of the frontend protocol: the untyped start-up packets (an SSL or GSS
+ * request may come first), then messages of a type byte and an int32 length that counts
+ * itself. Reports each simple query ('Q') and each Sync ('S') that follows an Execute ('E').
+ */
+function countTransactions(add: (n: number) => void): (chunk: Buffer) => void {
+  let buf = Buffer.alloc(0);
+  let startup = true;
+  let executed = false;
+  return (chunk) => {
+    buf = Buffer.concat([buf, chunk]);
+    for (;;) {
+      if (startup) {
+        if (buf.length < 8) return;
+        const len = buf.readInt32BE(0);
+        if (buf.length < len) return;
+        const code = buf.readInt32BE(4);
+        startup = code === 80877103 || code === 80877104; // SSLRequest, GSSENCRequest
+        buf = buf.subarray(len);
+        continue;
+      }
+      if (buf.length < 5) return;
+      const len = buf.readInt32BE(1) + 1;
+      if (buf.length < len) return;
+      const type = String.fromCharCode(buf[0] ?? 0);
+      if (type === "Q") add(1);
+      else if (type === "E") executed = true;
+      else if (type === "S" && executed) {
+        executed = false;
+        add(1);
+      }
+      buf = buf.subarray(len);
+    }
   };
 }
