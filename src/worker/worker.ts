@@ -7,10 +7,11 @@ import type { ResolvedWorkerOptions } from "../options.js";
 import type { TaskRow } from "../queries/tasks.js";
 import type { Task } from "../types.js";
 import { retryWithBackoff } from "./backoff.js";
-import { Completer } from "./completer.js";
 import type { WorkerEvents } from "./events.js";
+import { Leadership } from "./leadership.js";
 import { Listener } from "./listener.js";
 import { LockSession } from "./lock-session.js";
+import { Reports, type RoundTripReports } from "./reports.js";
 import { PrefetchQueue, RunTable } from "./run-table.js";
 import {
   callHandler,
@@ -24,8 +25,6 @@ import {
   type Settlement,
   settle,
 } from "./runs.js";
-import { ScheduleTicker } from "./schedule-ticker.js";
-import { Sweeper } from "./sweeper.js";
 import { WakeTimer } from "./wake-timer.js";
 
 export interface WorkerDeps {
@@ -36,8 +35,11 @@ export interface WorkerDeps {
 
 /**
  * Runs handlers with at most `concurrency` tasks at once. One lock session holds the locks of
- * all running tasks; one LISTEN session wakes the worker. All lock-session traffic goes
- * through `pump`, one call at a time, so completions and claims batch naturally.
+ * all running tasks; one LISTEN session wakes the worker and reports its successes (Reports).
+ * All lock-session traffic goes through `pump`, one call at a time, so reports and claims
+ * batch naturally. (What is left here, past 400 lines, is that loop and the lifecycle of runs
+ * and sessions it drives: they share one state. Leadership, reports, prefetch bookkeeping and
+ * the listener live in their own modules.)
  */
 export class Worker extends EventEmitter<WorkerEvents> {
   readonly name: string;
@@ -48,25 +50,14 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private readonly runs = new RunTable();
   private readonly prefetched = new PrefetchQueue();
   private readonly maxBatch: number;
-  /** Runs to report on the lock session (failures, capped kinds, fallbacks). */
-  private settled: Settlement[] = [];
-  /** Succeeded runs are reported from the LISTEN session (see Completer). */
-  private readonly completer: Completer;
-  /** Keys of runs the completer reported: their locks are released with the next round trip. */
-  private unlocks: Array<{ session: LockSession; key: string }> = [];
-  /** Tasks started from a claim ahead whose start is not recorded yet (sent with the next
-   *  round trip: until then, losing the session would not count their attempt). */
-  private unmarked: Array<{ session: LockSession; task: Task }> = [];
+  private readonly reports: Reports;
   private wantClaim = false;
   private kickScheduled = false;
-  private sweepDue = false;
-  private scheduleDue = false;
   private pumping: Promise<void> | undefined;
   private state: "new" | "starting" | "running" | "stopping" | "stopped" = "new";
   private timers: NodeJS.Timeout[] = [];
   private readonly wakeTimer: WakeTimer;
-  private readonly sweeper: Sweeper;
-  private readonly ticker: ScheduleTicker;
+  private readonly leadership: Leadership;
   private reconnecting = false;
 
   constructor(
@@ -78,35 +69,22 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.kinds = [...opts.kinds.keys()];
     this.maxBatch = Math.max(...[...opts.kinds.values()].map((k) => k.batchMax));
     this.logger = deps.logger.child({ worker: opts.name });
-    // A follower tries to lead once the leader missed two sweeps. A quiet leader still sweeps
-    // once per rescan interval: the safety net for a notification it missed, as the rescan is.
-    this.sweeper = new Sweeper(
-      this.logger,
-      { lateMs: 2 * opts.sweepIntervalMs, maxQuietMs: opts.rescanIntervalMs },
-      {
-        due: () => {
-          this.sweepDue = true;
-          this.kick();
-        },
-        quiet: (until, leader) =>
-          this.emit("quiet", { until: Number.isFinite(until) ? new Date(until) : null, leader }),
+    this.leadership = new Leadership(this.logger, opts, {
+      kick: () => this.kick(),
+      elected: () => this.emit("leader"),
+      takeover: (requeued, previous) => {
+        this.emit("takeover", { requeued, previous });
+        this.wantClaim = true;
       },
-    );
-    this.ticker = new ScheduleTicker(this.logger, () => this.requestSchedules());
+      quiet: (until, leader) => this.emit("quiet", { until, leader }),
+    });
     this.wakeTimer = new WakeTimer(this.kinds, opts.rescanIntervalMs, () => this.requestClaim());
-    this.completer = new Completer({
+    this.reports = new Reports({
+      kinds: opts.kinds,
       reporter: () => this.listener?.reporter(),
+      session: () => this.session,
       finish: (run, task, outcome) => this.finish(run, task, outcome),
-      completed: (run) => {
-        if (run.session === this.session && !run.session.isLost) {
-          this.unlocks.push({ session: run.session, key: run.task.key });
-          this.kick();
-        }
-      },
-      own: (s) => {
-        this.settled.push(s);
-        this.kick();
-      },
+      kick: () => this.kick(),
       logger: this.logger,
     });
     // An unhandled 'error' event would crash the host process; errors are logged already.
@@ -131,21 +109,17 @@ export class Worker extends EventEmitter<WorkerEvents> {
         {
           wake: (kind) => {
             // Any kind: a task that may start ends the sweep leader's quiet (see Sweeper).
-            this.sweeper.wake();
+            this.leadership.wake();
             if (this.opts.kinds.has(kind)) this.requestClaim();
           },
           cancel: (id) => this.cancelRunning(id),
           reconnected: () => {
-            this.sweeper.wake(); // so may an enqueue that ends the sweep leader's quiet
-            this.ticker.invalidate(); // a schedule change may have been missed
-            this.requestSchedules();
+            this.leadership.wake(); // so may an enqueue that ends the sweep leader's quiet
+            this.leadership.schedulesChanged(); // a schedule change may have been missed
             this.requestClaim();
           },
-          schedulesChanged: () => {
-            this.ticker.invalidate();
-            this.requestSchedules();
-          },
-          leader: (quietUntil) => this.sweeper.heartbeat(quietUntil),
+          schedulesChanged: () => this.leadership.schedulesChanged(),
+          leader: (quietUntil) => this.leadership.heartbeat(quietUntil),
         },
         this.logger,
         undefined,
@@ -159,18 +133,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
       throw err;
     }
     this.state = "running";
-    this.timers.push(
-      // Only the leader sweeps on this timer, and not while quiet (nothing to find); followers
-      // tick when its heartbeat is late.
-      setInterval(() => {
-        if (!this.sweeper.isLeader || this.sweeper.isQuiet) return;
-        this.sweepDue = true;
-        this.kick();
-      }, this.opts.sweepIntervalMs),
-      setInterval(() => this.requestClaim(), this.opts.rescanIntervalMs),
-    );
+    this.timers.push(setInterval(() => this.requestClaim(), this.opts.rescanIntervalMs));
     for (const t of this.timers) t.unref();
-    this.sweepDue = true;
+    this.leadership.start();
     this.logger.info(
       { event: "worker_started", kinds: this.kinds, concurrency: this.opts.concurrency },
       "holdfast: worker started",
@@ -193,8 +158,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.state = "stopping";
     for (const t of this.timers) clearInterval(t);
     this.wakeTimer.clear();
-    this.ticker.stop();
-    this.sweeper.clear();
+    this.leadership.stop();
     this.logger.info(
       { event: "worker_stopping", running: this.runs.live },
       "holdfast: worker stopping",
@@ -216,12 +180,12 @@ export class Worker extends EventEmitter<WorkerEvents> {
       }
       await drained;
     }
-    await this.completer.idle(); // reports commit before the session (and its locks) ends
+    await this.reports.idle(); // reports commit before the session (and its locks) ends
     this.kick();
     await this.pumping;
     await this.releasePrefetched(); // claimed by a claim that was in flight
     // Left unreported only when the lock session was lost meanwhile: those locks are gone.
-    for (const s of this.settled.splice(0)) {
+    for (const s of this.reports.drain()) {
       for (const t of s.run.tasks) this.finish(s.run, t, "lost", s.error);
     }
     await this.listener?.close();
@@ -234,13 +198,6 @@ export class Worker extends EventEmitter<WorkerEvents> {
     while (this.activeCount > 0) {
       await new Promise<void>((resolve) => this.once("task:end", () => resolve()));
     }
-  }
-
-  /** Schedules are the leader's: others ignore the request. */
-  private requestSchedules(): void {
-    if (!this.sweeper.isLeader) return;
-    this.scheduleDue = true;
-    this.kick();
   }
 
   private requestClaim(): void {
@@ -260,18 +217,10 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private hasWork(): boolean {
     if (!this.session || this.session.isLost || this.state === "stopped") return false;
     return (
-      this.settled.length > 0 ||
-      this.unmarked.length > 0 ||
-      this.unlocks.length > 0 ||
-      this.sweepDue ||
-      this.schedulesReady() ||
+      this.reports.pending ||
+      this.leadership.due(this.state === "running") ||
       (this.canClaim() && this.wantClaim)
     );
-  }
-
-  /** Schedules are due and this worker, the leader, is running. */
-  private schedulesReady(): boolean {
-    return this.scheduleDue && this.sweeper.isLeader && this.state === "running";
   }
 
   private canClaim(): boolean {
@@ -288,20 +237,12 @@ export class Worker extends EventEmitter<WorkerEvents> {
       const session = this.session;
       if (!session) return;
       try {
-        const batch = this.settled.splice(0);
         const claim = this.canClaim() && this.wantClaim;
         if (claim) this.wantClaim = false;
-        if (batch.length > 0 || claim || this.unmarked.length > 0 || this.unlocks.length > 0) {
-          await this.reportAndClaim(session, batch, claim);
+        if (claim || this.reports.pending) {
+          await this.reportAndClaim(session, this.reports.take(session), claim);
         }
-        if (this.sweepDue) {
-          this.sweepDue = false;
-          await this.sweep(session);
-        }
-        if (this.schedulesReady()) {
-          this.scheduleDue = false;
-          await this.ticker.run(session);
-        }
+        await this.leadership.run(session, this.state === "running");
       } catch (err) {
         if (err instanceof LockLostError || session.isLost) {
           session.markLost("lock session failed", err);
@@ -320,7 +261,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
    * to batch.max tasks) in as few round trips as it can: failures one by one, then successes
    * and the claim together (holdfast.settle), one commit. Runs of a lost session end as lost.
    */
-  private async reportAndClaim(session: LockSession, batch: Settlement[], claim: boolean) {
+  private async reportAndClaim(session: LockSession, reports: RoundTripReports, claim: boolean) {
+    const batch = reports.settled;
     const unconfirmed = new Map<Task, Settlement>();
     for (const s of batch) for (const t of s.run.tasks) unconfirmed.set(t, s);
     const end = (run: Run, t: Task, outcome: Outcome, error?: unknown) => {
@@ -344,13 +286,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
       // Runs beyond the idle slots are claimed ahead: not started (nor an attempt) until the
       // next round trip says so.
       const startKeys = Math.max(0, this.opts.concurrency - this.activeCount);
-      const started = this.unmarked.splice(0).filter((u) => u.session === session);
-      const unlocks = this.unlocks.splice(0).filter((u) => u.session === session);
       const claimed = await settle(
         session,
         live.filter((s) => s.error === undefined),
-        started.map((u) => u.task),
-        unlocks.map((u) => u.key),
+        reports.started,
+        reports.unlocks,
         {
           kinds: this.kinds,
           worker: this.name,
@@ -383,7 +323,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     const runs = groupRuns(rows);
     if (runs.length > 0) {
       this.wakeTimer.claimed();
-      this.sweeper.wake(); // a task runs: the sweep leader must not be quiet
+      this.leadership.wake(); // a task runs: the sweep leader must not be quiet
     }
     runs.forEach((tasks, i) => {
       if (this.activeCount < this.opts.concurrency) this.startRun(session, tasks, i >= startKeys);
@@ -399,19 +339,6 @@ export class Worker extends EventEmitter<WorkerEvents> {
     }
   }
 
-  private async sweep(session: LockSession): Promise<void> {
-    const result = await this.sweeper.tick(session);
-    if (result.elected) {
-      this.emit("leader");
-      this.ticker.invalidate();
-      this.scheduleDue = true;
-    }
-    if (result.requeued > 0) {
-      this.emit("takeover", { requeued: result.requeued, previous: result.previous });
-      this.wantClaim = true;
-    }
-  }
-
   private finish(run: Run, task: Task, outcome: Outcome, error?: unknown): void {
     logOutcome(run, task, outcome, error);
     this.emit("task:end", task, error === undefined ? { outcome } : { outcome, error });
@@ -420,7 +347,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   /** claimedAhead: the claim did not record this run as started; the next round trip will. */
   private startRun(session: LockSession, tasks: Task[], claimedAhead = false): void {
     const run = newRun(session, tasks, this.logger);
-    if (claimedAhead) for (const task of tasks) this.unmarked.push({ session, task });
+    if (claimedAhead) this.reports.started(session, tasks);
     const cancelledEarly = this.runs.add(run);
     run.logger.info({ event: "task_started", batch: tasks.length }, "holdfast: task started");
     for (const t of tasks) this.emit("task:start", t);
@@ -435,20 +362,12 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private settle(run: Run, error: unknown): void {
     // A run aborted by a lock loss may return after the same task was claimed again.
     this.runs.remove(run);
-    // Its report records its start: a mark too would only contend with it for the task rows.
-    if (this.unmarked.length > 0)
-      this.unmarked = this.unmarked.filter((u) => !run.tasks.includes(u.task));
     this.startPrefetched();
     if (run.session.isLost || run.controller.signal.reason instanceof LockLostError) {
       // The lock is gone: another worker may already run this task. Report nothing.
       for (const t of run.tasks) this.finish(run, t, "lost", error);
-    } else if (
-      error === undefined &&
-      !((this.opts.kinds.get(run.task.kind)?.params.maxRunning ?? 0) > 0)
-    ) {
-      this.completer.push({ run }); // a capped kind's slot is released by its own session
     } else {
-      this.settled.push(error === undefined ? { run } : { run, error });
+      this.reports.ended(run, error);
     }
     this.wantClaim = true;
     // Handlers that end in the same turn of the event loop are reported in one round trip.
@@ -501,13 +420,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       return;
     }
     this.session = session;
-    this.dropLeadership();
-  }
-
-  /** Leadership is a lock of the session it was won on: gone with that session. */
-  private dropLeadership(): void {
-    this.sweeper.reset();
-    this.ticker.stop();
+    this.leadership.drop(); // a lock of the session it was won on: gone with that session
   }
 
   /** Every handler of the lost session is aborted now: its locks may be freed at any time. */
@@ -516,7 +429,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     const aborted = this.runs.runs(session);
     for (const run of aborted) run.controller.abort(err);
     const dropped = this.prefetched.drop(session);
-    this.dropLeadership();
+    this.leadership.drop();
     this.logger.error(
       {
         event: "lock_lost",
@@ -549,7 +462,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       if (attempts === undefined || this.state !== "running") return;
       this.logger.info({ event: "lock_reconnected" }, "holdfast: lock session reconnected");
       this.emit("lock:reconnected");
-      this.sweepDue = true;
+      this.leadership.requestSweep();
       this.requestClaim();
     } finally {
       this.reconnecting = false;

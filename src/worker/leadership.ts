@@ -1,0 +1,126 @@
+import type { Logger } from "pino";
+import type { PreviousHolder } from "./events.js";
+import type { LockSession } from "./lock-session.js";
+import { ScheduleTicker } from "./schedule-ticker.js";
+import { Sweeper } from "./sweeper.js";
+
+export interface LeadershipOptions {
+  sweepIntervalMs: number;
+  rescanIntervalMs: number;
+}
+
+export interface LeadershipEvents {
+  /** Something is due on the lock session (a sweep, a schedule tick). */
+  kick(): void;
+  elected(): void;
+  takeover(requeued: number, previous: PreviousHolder[]): void;
+  quiet(until: Date | null, leader: boolean): void;
+}
+
+/**
+ * The sweep leader's duties and a follower's watch: orphan sweeps (Sweeper) and recurring
+ * schedules (ScheduleTicker), both run on the lock session when due. Leadership is a lock of
+ * the session it was won on, so it is dropped with that session.
+ */
+export class Leadership {
+  private readonly sweeper: Sweeper;
+  private readonly ticker: ScheduleTicker;
+  private sweepDue = false;
+  private scheduleDue = false;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    logger: Logger,
+    private readonly opts: LeadershipOptions,
+    private readonly on: LeadershipEvents,
+  ) {
+    // A follower tries to lead once the leader missed two sweeps. A quiet leader still sweeps
+    // once per rescan interval: the safety net for a notification it missed, as the rescan is.
+    this.sweeper = new Sweeper(
+      logger,
+      { lateMs: 2 * opts.sweepIntervalMs, maxQuietMs: opts.rescanIntervalMs },
+      {
+        due: () => this.requestSweep(),
+        quiet: (until, leader) => on.quiet(Number.isFinite(until) ? new Date(until) : null, leader),
+      },
+    );
+    this.ticker = new ScheduleTicker(logger, () => this.requestSchedules());
+  }
+
+  get isLeader(): boolean {
+    return this.sweeper.isLeader;
+  }
+
+  /** Starts the leader's sweep timer (not while quiet: nothing to find) and sweeps once now:
+   *  a follower's first sweep is its try to lead. */
+  start(): void {
+    this.timer = setInterval(() => {
+      if (this.sweeper.isLeader && !this.sweeper.isQuiet) this.requestSweep();
+    }, this.opts.sweepIntervalMs);
+    this.timer.unref();
+    this.sweepDue = true;
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.ticker.stop();
+    this.sweeper.clear();
+  }
+
+  requestSweep(): void {
+    this.sweepDue = true;
+    this.on.kick();
+  }
+
+  /** Schedules are the leader's: others ignore the request. */
+  requestSchedules(): void {
+    if (!this.sweeper.isLeader) return;
+    this.scheduleDue = true;
+    this.on.kick();
+  }
+
+  /** A schedule may have changed (or a change was missed): reread them. */
+  schedulesChanged(): void {
+    this.ticker.invalidate();
+    this.requestSchedules();
+  }
+
+  /** A task may start (a wake, a claim, a reconnect): the leader must not be quiet. */
+  wake(): void {
+    this.sweeper.wake();
+  }
+
+  /** The leader's heartbeat arrived (payload: its quiet deadline, if any). */
+  heartbeat(payload: string): void {
+    this.sweeper.heartbeat(payload);
+  }
+
+  /** The session changed: leadership (a lock of the old session) is gone with it. */
+  drop(): void {
+    this.sweeper.reset();
+    this.ticker.stop();
+  }
+
+  /** A sweep, or this leader's schedules, wait for the lock session. */
+  due(running: boolean): boolean {
+    return this.sweepDue || (running && this.scheduleDue && this.sweeper.isLeader);
+  }
+
+  /** Runs what is due on `session`. */
+  async run(session: LockSession, running: boolean): Promise<void> {
+    if (this.sweepDue) {
+      this.sweepDue = false;
+      const result = await this.sweeper.tick(session);
+      if (result.elected) {
+        this.on.elected();
+        this.ticker.invalidate();
+        this.scheduleDue = true;
+      }
+      if (result.requeued > 0) this.on.takeover(result.requeued, result.previous);
+    }
+    if (running && this.scheduleDue && this.sweeper.isLeader) {
+      this.scheduleDue = false;
+      await this.ticker.run(session);
+    }
+  }
+}
