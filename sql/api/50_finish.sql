@@ -67,7 +67,7 @@ begin
   -- until vacuum, which a scan of it would visit.
   t as (
     select t.id, t.key, t.kind, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at, t.slot,
-      n.next, kd.strict_order,
+      n.next, kd.strict_order, kd.min_interval,
       -- A failed attempt to be retried waits out its backoff until retry_at. Tasks of one batch
       -- share a fence and may be reported one by one: each takes the retry time of those
       -- already reported, so the batch is due, and claimed again, whole.
@@ -118,8 +118,8 @@ begin
   -- A success starts the kind's minimum interval on this key (read by the key's head).
   kk as (
     insert into holdfast.key_kinds as kk (key, kind, last_succeeded_at)
-    select distinct t.key, t.kind, now() from t join holdfast.kinds kd on kd.kind = t.kind
-    where t.next = 'succeeded' and kd.min_interval > interval '0'
+    select distinct t.key, t.kind, now() from t
+    where t.next = 'succeeded' and t.min_interval > interval '0'
     on conflict (key, kind) do update set last_succeeded_at = excluded.last_succeeded_at
   )
   select (select array_agg(distinct t.key) from t),
@@ -131,14 +131,17 @@ begin
     select array_agg(s.id) filter (where s.status = 'rejected') as rejected,
            array_agg(s.id) filter (where s.status = 'own') as own
     from (
+      -- Only the ids not ended above are read again (one hash join, then a lookup each).
       select d.id, case
-        when exists (select 1 from t where t.id = d.id) then 'ended'
         when x.state = 'succeeded' and x.fence = d.fence and x.holder_pid = v_pid
           and _finish_many.outcome = 'succeeded' then 'ended'
         when holder is not null and x.state = 'running' and x.fence = d.fence
           and x.slot is not null then 'own'
         else 'rejected' end as status
-      from d left join holdfast.tasks x on x.id = d.id) s) z;
+      from d left join t on t.id = d.id
+      left join lateral (select * from holdfast.tasks x where x.id = d.id and t.id is null
+                         offset 0) x on true
+      where t.id is null) s) z;
 
   if v_keys is not null then
     -- requeue: each key's next task waits behind keys that were ready before this run ended
