@@ -1,7 +1,7 @@
-// npm run bench [-- --quick] [-- --only wake,throughput,throughput4,...] [-- --fleet N]: holdfast side by side with
-// graphile-worker, pg-boss and a model of the deriver's stale-timeout scheme, on one embedded
-// Postgres (fsync on). A full run writes bench/results.json and bench/chart.svg; --quick,
-// --only and --systems write them to bench/.runs/.
+// npm run bench [-- --quick] [-- --only wake,throughput,throughput4,...] [-- --fleet N]: holdfast
+// side by side with graphile-worker, pg-boss and a model of the deriver's stale-timeout scheme,
+// on one embedded Postgres (fsync on). A full run writes bench/results.json and
+// bench/chart.svg; --quick, --only and --systems write them to bench/.runs/.
 import { mkdir, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
