@@ -1,7 +1,7 @@
-// npm run bench [-- --quick] [-- --only wake,throughput,...] [-- --fleet N]: holdfast side by side with
-// graphile-worker, pg-boss and a model of the deriver's stale-timeout scheme, on one embedded
-// Postgres (fsync on). A full run writes bench/results.json and bench/chart.svg; --quick,
-// --only and --systems write them to bench/.runs/.
+// npm run bench [-- --quick] [-- --only wake,throughput,throughput4,...] [-- --fleet N]: holdfast
+// side by side with graphile-worker, pg-boss and a model of the deriver's stale-timeout scheme,
+// on one embedded Postgres (fsync on). A full run writes bench/results.json and
+// bench/chart.svg; --quick, --only and --systems write them to bench/.runs/.
 import { mkdir, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
@@ -27,11 +27,17 @@ import {
 } from "./latency.js";
 import { idleResources, type ResourceResult } from "./resources.js";
 import { fmt, table } from "./stats.js";
-import { DeriverSystem, deriverProduction } from "./systems/deriver.js";
-import { GraphileSystem } from "./systems/graphile.js";
+import { DeriverSystem } from "./systems/deriver.js";
 import { HoldfastSystem } from "./systems/holdfast.js";
+import { benchSystems } from "./systems/index.js";
 import { PgBossSystem } from "./systems/pgboss.js";
-import type { QueueSystem } from "./systems/types.js";
+import {
+  type OverlapCheckResult,
+  overlapCheck,
+  type Throughput4Result,
+  throughput4,
+  WorkerChildren,
+} from "./throughput4.js";
 
 const args = process.argv.slice(2);
 const quick = args.includes("--quick");
@@ -49,6 +55,9 @@ const cfg = quick
       pollBudgetMs: 3_000,
       tasks: 1_000,
       tputTimeoutMs: 3_000,
+      // The 4-process throughput only when asked (--only throughput4): it took 47 s of a quick
+      // pass that went from 191 s to 233 s with it (a shared 2-vCPU VM).
+      tput4: false,
       takeovers: 2,
       claimLevels: [1_000, 100_000],
       claimSamples: 50,
@@ -62,6 +71,7 @@ const cfg = quick
       pollBudgetMs: 60_000,
       tasks: 20_000,
       tputTimeoutMs: 120_000,
+      tput4: true,
       takeovers: 10,
       claimLevels: [1_000, 100_000, 1_000_000],
       claimSamples: 200,
@@ -71,15 +81,9 @@ const cfg = quick
       fleet: { processes: fleetSize ?? 50, idleMs: 20_000, takeovers: 10, claims: 100 },
     };
 
-const systems: Array<() => QueueSystem> = [
-  () => new HoldfastSystem(),
-  () => new HoldfastSystem(true),
-  () => new GraphileSystem(false),
-  () => new GraphileSystem(true),
-  () => new PgBossSystem(false),
-  () => new PgBossSystem(true),
-  () => new DeriverSystem(deriverProduction),
-].filter((make) => !pick || pick.some((p) => make().label.startsWith(p)));
+const systems = benchSystems.filter(
+  (make) => !pick || pick.some((p) => make().label.startsWith(p)),
+);
 
 const t0 = Date.now();
 const log = (s: string) => process.stderr.write(`${s}\n`);
@@ -132,6 +136,31 @@ async function main(): Promise<void> {
         }
       }
       results.throughput = tput;
+    }
+    if (want("throughput4") && (cfg.tput4 || only)) {
+      section("throughput, 4 worker processes…");
+      // The peers and holdfast, as in the one-process runs (the deriver model is left out).
+      const peers = systems.filter((make) => !make().label.startsWith("deriver"));
+      const children = await WorkerChildren.start(4);
+      try {
+        results.throughput4Check = await overlapCheck(server.url, children);
+        log(`  overlap check: ${JSON.stringify(results.throughput4Check)}`);
+        if (results.throughput4Check.acrossProcesses === 0) {
+          throw new Error("throughput4: the overlap check saw no overlap across processes");
+        }
+        const tput: Throughput4Result[] = [];
+        for (const keys of [0, 100]) {
+          for (const make of peers) {
+            tput.push(
+              await throughput4(server.url, children, make(), cfg.tasks, keys, cfg.tputTimeoutMs),
+            );
+            log(`  ${JSON.stringify(tput.at(-1))}`);
+          }
+        }
+        results.throughput4 = tput;
+      } finally {
+        await children.close();
+      }
     }
     if (want("takeover")) {
       section("takeover…");
@@ -229,6 +258,8 @@ interface Results {
   seconds?: number;
   wake?: WakeResult[];
   throughput?: ThroughputResult[];
+  throughput4?: Throughput4Result[];
+  throughput4Check?: OverlapCheckResult;
   takeover?: TakeoverResult[];
   longTasks?: Array<Partial<LongTaskResult> & { system: string; note: string }>;
   claimScale?: ClaimScaleResult[];
@@ -275,6 +306,39 @@ function render(r: Results): string {
           t.note ?? "",
         ]),
       ]),
+    );
+  }
+  if (r.throughput4) {
+    out.push("", "Throughput, no-op tasks, 4 worker processes at concurrency 10");
+    out.push(
+      table([
+        [
+          "system",
+          "tasks",
+          "keys",
+          "seconds",
+          "tasks/s",
+          "overlaps",
+          "handled per process",
+          "note",
+        ],
+        ...r.throughput4.map((t) => [
+          t.system,
+          String(t.tasks),
+          String(t.keys),
+          fmt(t.seconds),
+          String(t.perSecond),
+          String(t.overlaps),
+          t.handledPerProcess.join(" / "),
+          t.note ?? "",
+        ]),
+      ]),
+    );
+  }
+  if (r.throughput4Check) {
+    const c = r.throughput4Check;
+    out.push(
+      `overlap check: holdfast, each of ${c.processes} processes on a database of its own (no shared locks), ${c.tasks} tasks, ${c.keys} keys, runs held ${c.holdMs} ms: ${c.overlaps} overlaps, ${c.acrossProcesses} across processes (must be > 0)`,
     );
   }
   if (r.takeover) {

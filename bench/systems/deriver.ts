@@ -58,6 +58,10 @@ export class DeriverSystem implements QueueSystem {
     await this.pool.query(schema);
   }
 
+  attach(url: string): void {
+    this.url = url;
+  }
+
   async enqueue(key: string): Promise<void> {
     await this.pool?.query("insert into queue (work_unit_key) values ($1)", [key]);
   }

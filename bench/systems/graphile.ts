@@ -29,6 +29,10 @@ export class GraphileSystem implements QueueSystem {
     this.pool = this.newPool(2);
   }
 
+  attach(url: string): void {
+    this.url = url;
+  }
+
   private newPool(max: number): pg.Pool {
     const pool = new pg.Pool({ connectionString: this.url, max });
     quietPool(pool);

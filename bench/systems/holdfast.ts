@@ -30,6 +30,10 @@ export class HoldfastSystem implements QueueSystem {
     await this.pool.query("select holdfast.define_kind('noop')");
   }
 
+  attach(url: string): void {
+    this.url = url;
+  }
+
   async enqueue(key: string): Promise<void> {
     await this.hf?.enqueue("noop", { key, payload: {} });
   }

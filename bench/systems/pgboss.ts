@@ -49,6 +49,11 @@ export class PgBossSystem implements QueueSystem {
     quietPool(this.pool);
   }
 
+  attach(url: string, keys: number): void {
+    this.url = url;
+    this.keyed = keys > 0;
+  }
+
   async enqueue(key: string): Promise<void> {
     await this.producer?.send(queue, { key }, this.keyed ? { group: { id: key } } : {});
   }

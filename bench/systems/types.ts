@@ -4,6 +4,12 @@ export interface QueueSystem {
   readonly label: string;
   /** Installs the schema and queue in `url` (an empty database). */
   setup(url: string): Promise<void>;
+  /**
+   * Points this instance at `url`, which another instance set up and filled with
+   * `bulkEnqueue(n, keys)`, so it can start workers there (a worker in another process: the
+   * 4-process throughput). Opens no connection; only `startWorker` and `close` may follow.
+   */
+  attach(url: string, keys: number): void;
   /** Adds one task and resolves once its transaction committed. `key`: the exclusion key. */
   enqueue(key: string): Promise<void>;
   /** Adds `n` tasks in bulk (keys `k{i % keys}`, or distinct keys when keys is 0), then ANALYZE. */
