@@ -3,8 +3,9 @@ import { createDatabase, dropDatabase, sleep } from "./db.js";
 import { round } from "./stats.js";
 import type { QueueSystem } from "./systems/types.js";
 
-/** pg.Pool's default idleTimeoutMillis. */
-const POOL_IDLE_MS = 10_000;
+/** Longer than pg.Pool's default idleTimeoutMillis (10 s) and than an idle backend's delay in
+ *  reporting its transactions to pg_stat_database (10 s). */
+const STATS_LAG_MS = 11_000;
 
 export interface ResourceResult {
   system: string;
@@ -48,20 +49,20 @@ export async function idleResources(
   const workers = await Promise.all(
     setups.map((s) => s.sys.startWorker(s.concurrency, async () => {})),
   );
-  const workersUp = Date.now();
-  await sleep(2_000);
+  // The window starts once start-up is over and counted: an idle backend reports its
+  // transactions to pg_stat_database up to 10 s late (PostgreSQL 15+), so a window that starts
+  // sooner counts start-up work as idle cost. By then the pools have also closed the clients
+  // that start-up used and left idle (pg.Pool's default idleTimeoutMillis is 10 s), so the
+  // connections counted are those an idle worker keeps.
+  await sleep(STATS_LAG_MS);
   const mid = await Promise.all(setups.map((s) => stat(admin, s.db)));
   await sleep(windowMs);
   const after = await Promise.all(setups.map((s) => stat(admin, s.db)));
-  // Count connections once pools have closed the clients that start-up used and left idle
-  // (pg.Pool's default idleTimeoutMillis is 10 s), so a short window counts what a long one does.
-  await sleep(Math.max(0, workersUp + POOL_IDLE_MS + 1_000 - Date.now()));
-  const held = await Promise.all(setups.map((s) => stat(admin, s.db)));
   const out = setups.map((s, i) => ({
     system: s.sys.label,
     concurrency: s.concurrency,
     // Sessions opened by the worker (setup's own connections existed before) and still open.
-    connections: (held[i]?.pids ?? []).filter((p) => !(before[i]?.pids ?? []).includes(p)).length,
+    connections: (mid[i]?.pids ?? []).filter((p) => !(before[i]?.pids ?? []).includes(p)).length,
     idleXactPerSecond: round(
       ((after[i]?.xacts ?? 0) - (mid[i]?.xacts ?? 0)) / (windowMs / 1000),
       1,
