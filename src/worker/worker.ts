@@ -108,9 +108,11 @@ export class Worker extends EventEmitter<WorkerEvents> {
         `holdfast:listen:${this.name}`.slice(0, 63),
         {
           wake: (kind) => {
+            // The claim first: woken the other way round, a quiet leader's pump would send its
+            // sweep before the claim and the task would wait for that round trip.
+            if (this.opts.kinds.has(kind)) this.requestClaim();
             // Any kind: a task that may start ends the sweep leader's quiet (see Sweeper).
             this.leadership.wake();
-            if (this.opts.kinds.has(kind)) this.requestClaim();
           },
           cancel: (id) => this.cancelRunning(id),
           reconnected: () => {
