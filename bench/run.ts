@@ -273,6 +273,18 @@ interface Results {
   fleet?: FleetResult;
 }
 
+/** The cells a one-process and a 4-process throughput row share. */
+function tputCells(t: ThroughputResult): string[] {
+  return [
+    t.system,
+    String(t.tasks),
+    String(t.keys),
+    fmt(t.seconds),
+    String(t.perSecond),
+    String(t.overlaps),
+  ];
+}
+
 function render(r: Results): string {
   const out: string[] = [];
   const m = r.machine;
@@ -301,15 +313,7 @@ function render(r: Results): string {
     out.push(
       table([
         ["system", "tasks", "keys", "seconds", "tasks/s", "overlaps", "note"],
-        ...r.throughput.map((t) => [
-          t.system,
-          String(t.tasks),
-          String(t.keys),
-          fmt(t.seconds),
-          String(t.perSecond),
-          String(t.overlaps),
-          t.note ?? "",
-        ]),
+        ...r.throughput.map((t) => [...tputCells(t), t.note ?? ""]),
       ]),
     );
   }
@@ -328,12 +332,7 @@ function render(r: Results): string {
           "note",
         ],
         ...r.throughput4.map((t) => [
-          t.system,
-          String(t.tasks),
-          String(t.keys),
-          fmt(t.seconds),
-          String(t.perSecond),
-          String(t.overlaps),
+          ...tputCells(t),
           t.handledPerProcess.join(" / "),
           t.note ?? "",
         ]),

@@ -17,8 +17,9 @@ const repoRoot = fileURLToPath(new URL("..", import.meta.url));
 /**
  * What may differ between majors: the schema and its migrations (fresh and upgraded), every
  * SQL API call and its grants, retries and dead letters (also of a holder that keeps dying),
- * per-key order through faults, the claim's plan, and the lock mechanics the guarantees rest
- * on (crash takeover, pg_terminate_backend, fences, the server's release of a silent session).
+ * per-key order through faults, reports for another session (pg_stat_get_activity,
+ * pg_locks), the claim's plan, and the lock mechanics the guarantees rest on (crash takeover,
+ * pg_terminate_backend, fences, the server's release of a silent session).
  * A file not in the tree is listed as skipped. Any other file runs against one major with
  * HOLDFAST_PG_MAJOR=13 npx vitest run test/x.test.ts.
  */
@@ -29,6 +30,7 @@ const files = [
   "test/sql-api.test.ts",
   "test/sql-worker.test.ts",
   "test/order-faults.test.ts",
+  "test/complete-held.test.ts",
   "test/retries.test.ts",
   "test/roles.test.ts",
   "test/claim-kinds.test.ts",
