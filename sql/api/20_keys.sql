@@ -68,6 +68,15 @@ begin
   perform holdfast._refresh_keys(array[k], requeue);
 end $$;
 
+-- Tells idle workers of each free key's next task, ready now or later (for a later one they
+-- set their timers, as for a delayed enqueue): called when keys are free again.
+create function holdfast._notify_heads(ks text[]) returns void
+  language plpgsql as $$
+begin
+  perform pg_notify('holdfast', k.head_kind) from holdfast.keys k
+  where k.key = any (ks) and k.head_id is not null and not k.busy;
+end $$;
+
 -- Tells idle workers when the key has a task ready now.
 create function holdfast._notify_if_ready(k text) returns void
   language plpgsql as $$

@@ -160,8 +160,7 @@ begin
     -- Also when the next task is due later (a retry's backoff, a minimum interval): idle
     -- workers then set their timers for it, as for a delayed enqueue. Without this, only this
     -- worker would know, and if it stopped, the task would wait for the others' rescan.
-    perform pg_notify('holdfast', k.head_kind) from holdfast.keys k
-    where k.key = any (v_keys) and k.head_id is not null and not k.busy;
+    perform holdfast._notify_heads(v_keys);
   end if;
   return query select r, 'rejected' from unnest(v_rejected) r
     union all select o, 'own' from unnest(v_own) o;
@@ -252,8 +251,7 @@ begin
   if coalesce(cardinality(unlock_keys), 0) > 0 then
     -- Before the claim below, which may then take these keys again.
     perform pg_advisory_unlock(holdfast.lock_id(u)) from unnest(unlock_keys) u;
-    perform pg_notify('holdfast', k.head_kind) from holdfast.keys k
-    where k.key = any (unlock_keys) and k.head_id is not null and not k.busy;
+    perform holdfast._notify_heads(unlock_keys);
   end if;
   if coalesce(cardinality(started_ids), 0) > 0 then
     perform holdfast._mark_started(started_ids, started_fences);

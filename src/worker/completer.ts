@@ -24,9 +24,9 @@ export interface CompleterDeps {
  * Reports succeeded runs from the LISTEN session, so the lock session's backend only claims
  * and unlocks: completions (task and key rows, attempt history, a durable commit) run on a
  * second backend at the same time as the next claim. `holdfast.complete_held` accepts a run
- * only while the lock session still holds the run's key lock (read from pg_locks) under the
- * run's fence, and leaves the lock held; the worker releases it on the lock session after this
- * commit (settle's unlock_keys). So a key is never free before its run's report is committed,
+ * only while the lock session that claimed it is alive (pid and backend start; where those are
+ * hidden, its key lock read from pg_locks), under the run's fence, and leaves the lock held; the
+ * worker releases it on the lock session after this commit (settle's unlock_keys). So a key is never free before its run's report is committed,
  * and a report of a run whose lock is gone is rejected, as on the lock session itself.
  * (docs/state-machine.md, "Two sessions".)
  */
@@ -35,10 +35,6 @@ export class Completer {
   private flushing: Promise<void> | undefined;
 
   constructor(private readonly deps: CompleterDeps) {}
-
-  get size(): number {
-    return this.queue.length;
-  }
 
   push(s: Settlement): void {
     this.queue.push(s);
