@@ -48,6 +48,7 @@ export type {
   KindSettings,
   LockSessionOptions,
   Queryable,
+  Retention,
   Task,
   WorkerOptions,
 } from "./types.js";

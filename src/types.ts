@@ -66,6 +66,19 @@ export interface KindSettings {
    * holder dies: no lease, no timeout.
    */
   maxRunning?: number | null;
+  /** How long finished tasks of the kind are kept (see Retention); omitted: kept as stored. */
+  retention?: Retention;
+}
+
+/**
+ * How long a task is kept after it ended, per end state, before the sweep leader prunes it with
+ * its attempts: ms or interval text; `null` keeps it forever; a state left out keeps its stored
+ * setting. Defaults: succeeded 1 day, cancelled 7 days, failed (dead letters) 30 days.
+ */
+export interface Retention {
+  succeeded?: Interval | null;
+  cancelled?: Interval | null;
+  failed?: Interval | null;
 }
 
 export interface DefineKindOptions extends KindSettings {

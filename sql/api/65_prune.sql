@@ -1,0 +1,136 @@
+-- Pruning: finished tasks older than their kind's retention (kinds.retain_*) leave the
+-- database with their attempts, and so do key rows no task needs any more. Run in batches by
+-- the sweep leader (src/worker/pruner.ts), or by hand: holdfast.prune(). Role holdfast_worker.
+--
+-- Locks. A batch never waits: every row it deletes it first locks with SKIP LOCKED, and a row
+-- someone else holds is left for a later batch. Claim and finish never touch a finished task;
+-- a key row is deleted only once no task references it (enqueue locks the key row before it
+-- inserts, and recreates a row deleted under it: api/30_enqueue.sql). What must outlive the
+-- tasks stays: a key's key_kinds row until its minimum interval has passed (and its key row
+-- with it), and the highest fence of every deleted key row (fence_floor, see _next_fence).
+-- Dedupe, order and caps read pending and running tasks only; schedule ticks keep their
+-- task ids, which may then name a pruned task.
+
+-- One batch: up to max_rows finished tasks past retention (with their attempts), up to
+-- max_rows ended minimum intervals, then the key rows left without a task. One transaction:
+-- a batch that fails or whose session dies deletes nothing. Rows deleted per table.
+create function holdfast._prune(max_rows int)
+returns table (tasks int, attempts int, keys int, key_kinds int)
+  language plpgsql set plan_cache_mode = force_generic_plan as $$
+declare
+  v_ids bigint[];
+  v_keys text[];
+  v_ended text[];
+  v_locked text[];
+  v_floor bigint;
+begin
+  tasks := 0; attempts := 0; keys := 0; key_kinds := 0;
+  if max_rows is null or max_rows < 1 then
+    return next;
+    return;
+  end if;
+  -- Oldest first per kind and end state (tasks_finished). A task locked by a retry or cancel
+  -- in progress is skipped; the FOR UPDATE re-checks state and finished_at on its latest row.
+  select coalesce(array_agg(x.id), '{}'), coalesce(array_agg(distinct x.key), '{}')
+  into v_ids, v_keys
+  from (
+    select t.id, t.key
+    from holdfast.kinds kd
+    cross join lateral (values ('succeeded', kd.retain_succeeded),
+                               ('cancelled', kd.retain_cancelled),
+                               ('failed', kd.retain_failed)) r (state, keep)
+    cross join lateral (
+      select t.id, t.key from holdfast.tasks t
+      where t.kind = kd.kind and t.state = r.state and t.finished_at < now() - r.keep
+      order by t.finished_at
+      limit max_rows
+      for update of t skip locked) t
+    where r.keep is not null
+    limit max_rows
+  ) x;
+
+  if cardinality(v_ids) > 0 then
+    delete from holdfast.attempts a where a.task_id = any (v_ids);
+    get diagnostics attempts = row_count;
+    delete from holdfast.tasks t where t.id = any (v_ids);
+    get diagnostics tasks = row_count;
+  end if;
+
+  -- Minimum intervals that have passed (key_kinds_ends): nothing reads them any more. Their
+  -- keys may be left without a task (the tasks went in an earlier batch, while the interval
+  -- ran): they are tried below with this batch's.
+  with e as (
+    select kk.key, kk.kind
+    from holdfast.kinds kd
+    cross join lateral (
+      select kk.key, kk.kind from holdfast.key_kinds kk
+      where kk.kind = kd.kind and kk.last_succeeded_at < now() - kd.min_interval
+      order by kk.last_succeeded_at
+      limit max_rows
+      for update of kk skip locked) kk
+    limit max_rows
+  ),
+  d as (
+    delete from holdfast.key_kinds kk using e where kk.key = e.key and kk.kind = e.kind
+    returning kk.key
+  )
+  select coalesce(array_agg(distinct d.key), '{}'), count(*) into v_ended, key_kinds from d;
+  v_keys := v_keys || v_ended;
+
+  if cardinality(v_keys) = 0 then
+    return next;
+    return;
+  end if;
+  -- Key rows without a pending or running task, locked without waiting: a row an enqueue,
+  -- a claim or an assert_fence holds is skipped (it is not unused, or not for long).
+  v_locked := array(
+    select k.key from holdfast.keys k
+    where k.key = any (v_keys) and k.head_id is null and not k.busy
+    for update of k skip locked);
+  -- This statement's snapshot is newer than every lock above: it sees every task committed
+  -- on these keys, and no other can be added while the rows are locked. A key keeps its row
+  -- while it has a task or a minimum interval still running.
+  with d as (
+    delete from holdfast.keys k
+    where k.key = any (v_locked)
+      and not exists (select 1 from holdfast.tasks t where t.key = k.key)
+      and not exists (select 1 from holdfast.key_kinds kk where kk.key = k.key)
+    returning k.fence
+  )
+  select count(*), max(d.fence) into keys, v_floor from d;
+  -- Last, so that two batches at once wait for each other only here, briefly.
+  if v_floor is not null then
+    update holdfast.fence_floor f set fence = v_floor where f.fence < v_floor;
+  end if;
+  return next;
+end $$;
+
+-- One batch of pruning (see _prune) for SQL-only deployments and operators: returns the
+-- number of rows it deleted (tasks, attempts, key rows and minimum intervals); 0 when there
+-- is nothing left to prune. Call it until it returns 0 to catch up.
+create function holdfast.prune(max_rows int default 1000) returns int
+  language sql security definer set search_path = pg_catalog, pg_temp as $$
+  select p.tasks + p.attempts + p.keys + p.key_kinds from holdfast._prune(max_rows) p
+$$;
+select holdfast._grant('execute', 'function holdfast.prune(int)', 'holdfast_worker');
+
+-- When the next prune has something to do: the earliest time a finished task passes its
+-- retention or a minimum interval ends (one index probe per kind and state); 'infinity' when
+-- nothing will. The sweep leader's quiet deadline covers it (quiet_until).
+create function holdfast.prune_due() returns timestamptz
+  language sql stable security definer set search_path = pg_catalog, pg_temp as $$
+  select coalesce(least(
+    (select min(x.at) from holdfast.kinds kd
+     cross join lateral (values ('succeeded', kd.retain_succeeded),
+                                ('cancelled', kd.retain_cancelled),
+                                ('failed', kd.retain_failed)) r (state, keep)
+     cross join lateral (
+       select t.finished_at + r.keep as at from holdfast.tasks t
+       where t.kind = kd.kind and t.state = r.state and r.keep is not null
+       order by t.finished_at limit 1) x),
+    (select min(x.at) from holdfast.kinds kd
+     cross join lateral (
+       select kk.last_succeeded_at + kd.min_interval as at from holdfast.key_kinds kk
+       where kk.kind = kd.kind order by kk.last_succeeded_at limit 1) x)), 'infinity')
+$$;
+select holdfast._grant('execute', 'function holdfast.prune_due()', 'holdfast_worker');
