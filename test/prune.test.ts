@@ -277,7 +277,7 @@ describe("prune", () => {
     await producer.query("select holdfast.enqueue('pe', 'pe:k')");
     const pruner = await session();
     await pruner.query("set lock_timeout = '200ms'");
-    const { rows } = await pruner.query("select * from holdfast._prune(1000)");
+    const { rows } = await pruner.query("select * from holdfast.prune_rows(1000)");
     expect(rows[0]).toMatchObject({ tasks: 1, keys: 0 });
     await producer.query("commit");
     expect(await exists("keys", "key", "pe:k")).toBe(true);
@@ -289,7 +289,7 @@ describe("prune", () => {
     await hf.defineKind("pr", { retention: { succeeded: 0 } });
     await finished("pr", "pr:k", "succeeded");
     await db.pool.query("delete from holdfast.tasks where kind = 'pr'");
-    // A prune batch at the moment it holds the key row (as _prune does before its delete).
+    // A prune batch at the moment it holds the key row (as prune_rows does before its delete).
     const pruner = await session();
     await pruner.query("begin");
     await pruner.query("select 1 from holdfast.keys where key = 'pr:k' for update");

@@ -14,9 +14,10 @@
 -- One batch: up to max_rows finished tasks past retention (with their attempts), up to
 -- max_rows ended minimum intervals, then the key rows left without a task. One transaction:
 -- a batch that fails or whose session dies deletes nothing. Rows deleted per table.
-create function holdfast._prune(max_rows int)
+create function holdfast.prune_rows(max_rows int default 1000)
 returns table (tasks int, attempts int, keys int, key_kinds int)
-  language plpgsql set plan_cache_mode = force_generic_plan as $$
+  language plpgsql security definer
+  set search_path = pg_catalog, pg_temp set plan_cache_mode = force_generic_plan as $$
 declare
   v_ids bigint[];
   v_keys text[];
@@ -104,21 +105,23 @@ begin
   end if;
   return next;
 end $$;
+select holdfast._grant('execute', 'function holdfast.prune_rows(int)', 'holdfast_worker');
 
--- One batch of pruning (see _prune) for SQL-only deployments and operators: returns the
+-- One batch of pruning (see prune_rows) for SQL-only deployments and operators: returns the
 -- number of rows it deleted (tasks, attempts, key rows and minimum intervals); 0 when there
 -- is nothing left to prune. Call it until it returns 0 to catch up.
 create function holdfast.prune(max_rows int default 1000) returns int
   language sql security definer set search_path = pg_catalog, pg_temp as $$
-  select p.tasks + p.attempts + p.keys + p.key_kinds from holdfast._prune(max_rows) p
+  select p.tasks + p.attempts + p.keys + p.key_kinds from holdfast.prune_rows(max_rows) p
 $$;
 select holdfast._grant('execute', 'function holdfast.prune(int)', 'holdfast_worker');
 
 -- When the next prune has something to do: the earliest time a finished task passes its
 -- retention or a minimum interval ends (one index probe per kind and state); 'infinity' when
--- nothing will. The sweep leader's quiet deadline covers it (quiet_until).
+-- nothing will. The sweep leader's quiet deadline covers it (quiet_until). Volatile: in the
+-- pruner's statement it runs after prune_rows() and must see what that deleted.
 create function holdfast.prune_due() returns timestamptz
-  language sql stable security definer set search_path = pg_catalog, pg_temp as $$
+  language sql volatile security definer set search_path = pg_catalog, pg_temp as $$
   select coalesce(least(
     (select min(x.at) from holdfast.kinds kd
      cross join lateral (values ('succeeded', kd.retain_succeeded),
