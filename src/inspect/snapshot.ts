@@ -1,5 +1,5 @@
 import type pg from "pg";
-import { parseCron } from "../schedules.js";
+import { parseCron, upcomingTick } from "../schedules.js";
 import {
   capacitySql,
   holdersSql,
@@ -252,8 +252,7 @@ function nextTick(r: {
 }): Date | null {
   if (r.next_at) return r.next_at;
   try {
-    const now = new Date();
-    return parseCron(r.cron, r.timezone).nextRun(r.covered_until > now ? r.covered_until : now);
+    return upcomingTick(parseCron(r.cron, r.timezone), r.covered_until, new Date());
   } catch {
     return null;
   }

@@ -79,10 +79,13 @@ export class Leadership {
     this.on.kick();
   }
 
-  /** A schedule may have changed (or a change was missed): reread them. */
+  /** A schedule may have changed (or a change was missed): reread them. A new schedule is a
+   *  duty that may be due before any task is enqueued, so it is also a wake: a quiet leader
+   *  reads it now, a follower expects a heartbeat within lateMs (and leads if none comes). */
   schedulesChanged(): void {
     this.ticker.invalidate();
     this.requestSchedules();
+    this.sweeper.wake();
   }
 
   /** A task may start (a wake, a claim, a reconnect): the leader must not be quiet. */

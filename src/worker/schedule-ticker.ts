@@ -1,7 +1,7 @@
 import type { Cron } from "croner";
 import type { Logger } from "pino";
 import { LockLostError } from "../errors.js";
-import { parseCron, planTicks, type ScheduleRow, scheduleSql } from "../schedules.js";
+import { parseCron, planTicks, type ScheduleRow, scheduleSql, tickAfter } from "../schedules.js";
 import type { LockSession } from "./lock-session.js";
 
 interface Loaded {
@@ -108,7 +108,7 @@ export class ScheduleTicker {
         }
         continue;
       }
-      const due = cron.nextRun(r.covered_until);
+      const due = tickAfter(cron, r.covered_until);
       loaded.push({
         name: r.name,
         revision: r.revision,
