@@ -30,9 +30,10 @@ export interface Schedule<P = unknown> {
   backfill: number;
   /** The next tick to be enqueued (computed from the cron expression). */
   nextAt: Date | null;
-  /** The latest tick enqueued, and its task. */
+  /** The latest tick enqueued, its task, and how late it was enqueued (ms after the tick). */
   lastTickAt: Date | null;
   lastTaskId: number | null;
+  lastLateMs: number | null;
   createdAt: Date;
   updatedAt: Date;
 }
@@ -52,6 +53,7 @@ export interface ScheduleRow {
   next_at: Date | null;
   last_tick_at: Date | null;
   last_task_id: string | null;
+  last_late_ms: number | null;
   created_at: Date;
   updated_at: Date;
 }
@@ -166,6 +168,7 @@ export function toSchedule(row: ScheduleRow): Schedule {
     nextAt,
     lastTickAt: row.last_tick_at,
     lastTaskId: row.last_task_id === null ? null : Number(row.last_task_id),
+    lastLateMs: row.last_late_ms === null ? null : Math.round(row.last_late_ms),
     createdAt: row.created_at,
     updatedAt: row.updated_at,
   };

@@ -15,6 +15,7 @@ export interface LeadershipEvents {
   elected(): void;
   takeover(requeued: number, previous: PreviousHolder[]): void;
   quiet(until: Date | null, leader: boolean): void;
+  scheduleFired(schedule: string, ticks: Date[], lateMs: number[]): void;
 }
 
 /**
@@ -44,7 +45,7 @@ export class Leadership {
         quiet: (until, leader) => on.quiet(Number.isFinite(until) ? new Date(until) : null, leader),
       },
     );
-    this.ticker = new ScheduleTicker(logger, () => this.requestSchedules());
+    this.ticker = new ScheduleTicker(logger, () => this.requestSchedules(), on.scheduleFired);
   }
 
   get isLeader(): boolean {

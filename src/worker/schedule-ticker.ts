@@ -33,6 +33,8 @@ export class ScheduleTicker {
     private readonly logger: Logger,
     /** Asks the worker to call run() on its lock session. */
     private readonly due: () => void,
+    /** Ticks this leader enqueued, each with how late (ms after the tick) its enqueue committed. */
+    private readonly fired: (schedule: string, ticks: Date[], lateMs: number[]) => void,
   ) {}
 
   /** The definitions changed (or leadership began): read them again at the next run(). */
@@ -79,11 +81,21 @@ export class ScheduleTicker {
         this.due();
         return;
       }
-      if (row && row.fired > 0)
+      if (row && row.fired > 0) {
+        const committed = Date.now();
+        const lateMs = plan.ticks.map((t) => Math.max(0, committed - t.getTime()));
         this.logger.info(
-          { event: "schedule_fired", schedule: s.name, ticks: plan.ticks, enqueued: row.fired },
+          {
+            event: "schedule_fired",
+            schedule: s.name,
+            ticks: plan.ticks,
+            enqueued: row.fired,
+            lateMs,
+          },
           "holdfast: schedule enqueued its tick",
         );
+        this.fired(s.name, plan.ticks, lateMs);
+      }
       s.coveredUntil = plan.covered;
       s.due = plan.next;
     }

@@ -77,6 +77,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
         this.wantClaim = true;
       },
       quiet: (until, leader) => this.emit("quiet", { until, leader }),
+      scheduleFired: (schedule, ticks, lateMs) =>
+        this.emit("schedule:fired", { schedule, ticks, lateMs }),
     });
     this.wakeTimer = new WakeTimer(this.kinds, opts.rescanIntervalMs, () => this.requestClaim());
     this.reports = new Reports({
