@@ -19,7 +19,9 @@ export interface Violation {
     | "fence-order"
     | "order"
     | "over-cap"
-    | "extra-session";
+    | "extra-session"
+    | "tick-skipped"
+    | "tick-duplicated";
   detail: string;
 }
 

@@ -9,6 +9,7 @@ import { type EmbeddedServer, startEmbedded } from "../../test/support/postgres.
 import { startProxy, type TcpProxy } from "../../test/support/tcp-proxy.js";
 import { createDatabase } from "../db.js";
 import { type CheckResult, check, extraSessions, type LogRun, watchSessions } from "./check.js";
+import { checkTicks, type TickReport } from "./ticks.js";
 
 export type Fault = "kill" | "partition" | "restart";
 
@@ -29,6 +30,8 @@ export interface SoakReport extends CheckResult {
   /** Worker processes that died without being killed (each is restarted, like a supervisor). */
   crashes: number;
   enqueued: number;
+  /** The per-second schedule declared for the whole soak. */
+  ticks: TickReport;
   seconds: number;
 }
 
@@ -66,6 +69,15 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   await pool.query(
     "select holdfast.define_kind('short', 20), holdfast.define_kind('long', 20, max_running => 2)",
   );
+  // A per-second schedule for the whole soak: every tick must be enqueued exactly once,
+  // whatever happens to the sweep leader (killed, partitioned, its Postgres restarted).
+  await pool.query("select holdfast.define_kind('tick', 20)");
+  await hf.schedule("chaos-tick", {
+    cron: "* * * * * *",
+    kind: "tick",
+    key: "tick",
+    payload: { ms: 5 },
+  });
 
   // Handler exits (from worker events) and kill times, to close runs that recorded no end.
   const exits = new Map<string, number>();
@@ -197,6 +209,11 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   stop = true;
   await producer;
   log(`chaos: faults stopped after ${Math.round((Date.now() - started) / 1000)} s; draining`);
+  // Ticks are checked up to 3 s before the schedule is removed: one due just before could
+  // still be on its way (a leader that took over fires it within a second).
+  await sleep(3_000);
+  const ticksUntil = new Date(Date.now() - 3_000);
+  await hf.unschedule("chaos-tick");
 
   // Drain: every task must reach a terminal state without further faults.
   const drainEnd = Date.now() + opts.drainTimeoutMs;
@@ -216,7 +233,12 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   const crashes = all.filter((i) => i.exitedAt !== undefined && i.killedAt === undefined).length;
   const runEnd = (r: LogRun) => exits.get(`${r.task_id}:${r.fence}`) ?? deaths.get(r.worker);
   const result = await check(pool, runEnd);
-  result.violations.push(...(await watch.stop()), ...(await extraSessions(pool)));
+  const ticks = await checkTicks(pool, "tick", ticksUntil);
+  result.violations.push(
+    ...(await watch.stop()),
+    ...(await extraSessions(pool)),
+    ...ticks.violations,
+  );
 
   shuttingDown = true;
   for (const inst of instances.values()) {
@@ -234,6 +256,7 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     faults: counts,
     crashes,
     enqueued,
+    ticks: ticks.report,
     seconds: Math.round((Date.now() - started) / 1000),
   };
 }

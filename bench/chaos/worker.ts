@@ -1,4 +1,4 @@
-// A chaos worker process. Handlers "short" and "long" sleep payload.ms (abortable) and write
+// A chaos worker process. Handlers "short", "long" and "tick" sleep payload.ms (abortable) and write
 // their start and end to chaos_log through the app pool, each write fenced with assert_fence.
 // Events go to stdout as JSON lines. Env: DATABASE_URL, HF_NAME, HF_CONCURRENCY.
 import pg from "pg";
@@ -79,7 +79,7 @@ async function run(task: Task<{ ms: number; fail?: boolean }>, ctx: HandlerConte
 const worker = hf.worker({
   name,
   concurrency: Number(process.env.HF_CONCURRENCY ?? 3),
-  handlers: { short: run, long: run },
+  handlers: { short: run, long: run, tick: run },
 });
 worker.on("lock:lost", () => say("lock-lost"));
 worker.on("lock:reconnected", () => say("lock-reconnected"));
