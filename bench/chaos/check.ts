@@ -21,7 +21,8 @@ export interface Violation {
     | "over-cap"
     | "extra-session"
     | "tick-skipped"
-    | "tick-duplicated";
+    | "tick-duplicated"
+    | "stuck";
   detail: string;
 }
 

@@ -16,7 +16,7 @@ const report = await soak({
   concurrency: Number(arg("concurrency") ?? 3),
   faults,
   faultEveryMs: Number(arg("fault-every-ms") ?? 4_000),
-  drainTimeoutMs: 120_000,
+  drainTimeoutMs: 600_000, // a cap; stuck keys are found by their progress
   log: (l) => process.stderr.write(`${l}\n`),
 });
 

@@ -12,7 +12,14 @@ const say = (event: string, data: Record<string, unknown> = {}) =>
     `${JSON.stringify({ event, worker: name, pid: process.pid, at: Date.now(), ...data })}\n`,
   );
 
-const pool = new pg.Pool({ connectionString: url, max: 6, connectionTimeoutMillis: 5_000 });
+// Bounded: a handler's write through a partitioned proxy fails after 10 s instead of waiting
+// forever on its pool (the run is then aborted and reported like any failure).
+const pool = new pg.Pool({
+  connectionString: url,
+  max: 6,
+  connectionTimeoutMillis: 5_000,
+  query_timeout: 10_000,
+});
 pool.on("error", () => {});
 const hf = new Holdfast({ pool, logger: pino({ level: process.env.HF_LOG ?? "silent" }) });
 
