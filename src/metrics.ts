@@ -27,6 +27,7 @@ export class HoldfastMetrics {
   private readonly running: Gauge<"kind">;
   private readonly wakeLatency: Histogram<"kind">;
   private readonly runTime: Histogram<"kind" | "outcome">;
+  private readonly tickLateness: Histogram<"schedule">;
   private readonly observed = new Map<Worker, () => void>();
 
   constructor(pool: pg.Pool | undefined, options: MetricsOptions = {}) {
@@ -81,6 +82,13 @@ export class HoldfastMetrics {
       buckets: [0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 21600],
       registers,
     });
+    this.tickLateness = new Histogram({
+      name: "holdfast_schedule_tick_lateness_seconds",
+      help: "How long after its time each schedule tick was enqueued, by the sweep leader of this process.",
+      labelNames: ["schedule"] as const,
+      buckets: [0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 15, 60],
+      registers,
+    });
     if (pool) this.registerQueueGauges(pool, registers);
   }
 
@@ -119,15 +127,20 @@ export class HoldfastMetrics {
     };
     const takeover = ({ requeued }: { requeued: number }) => this.takeovers.inc(requeued);
     const lockLost = () => this.lockLosses.inc();
+    const fired = ({ schedule, lateMs }: { schedule: string; lateMs: number[] }) => {
+      for (const ms of lateMs) this.tickLateness.observe({ schedule }, ms / 1000);
+    };
     worker.on("task:start", start);
     worker.on("task:end", end);
     worker.on("takeover", takeover);
     worker.on("lock:lost", lockLost);
+    worker.on("schedule:fired", fired);
     const detach = () => {
       worker.off("task:start", start);
       worker.off("task:end", end);
       worker.off("takeover", takeover);
       worker.off("lock:lost", lockLost);
+      worker.off("schedule:fired", fired);
       this.observed.delete(worker);
     };
     this.observed.set(worker, detach);

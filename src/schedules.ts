@@ -10,8 +10,9 @@ export interface ScheduleOptions<P = unknown> {
   payload?: P;
   /** IANA time zone the cron fields are read in (default UTC), e.g. "Europe/Berlin". */
   timezone?: string;
-  /** When ticks were missed (no worker ran), how many of the latest due ticks are enqueued:
-   *  default 1 (one catch-up), at most 1000. */
+  /** When ticks were missed for longer than a minute (no worker ran), how many of the latest
+   *  due ticks are enqueued: default 1 (one catch-up), at most 1000. Ticks missed by at most a
+   *  minute (a leader change, a Postgres restart) are all enqueued, late. */
   backfill?: number;
   /** Priority of the tasks it enqueues (default 0). */
   priority?: number;
@@ -29,9 +30,10 @@ export interface Schedule<P = unknown> {
   backfill: number;
   /** The next tick to be enqueued (computed from the cron expression). */
   nextAt: Date | null;
-  /** The latest tick enqueued, and its task. */
+  /** The latest tick enqueued, its task, and how late it was enqueued (ms after the tick). */
   lastTickAt: Date | null;
   lastTaskId: number | null;
+  lastLateMs: number | null;
   createdAt: Date;
   updatedAt: Date;
 }
@@ -51,6 +53,7 @@ export interface ScheduleRow {
   next_at: Date | null;
   last_tick_at: Date | null;
   last_task_id: string | null;
+  last_late_ms: number | null;
   created_at: Date;
   updated_at: Date;
 }
@@ -78,7 +81,7 @@ export function parseCron(cron: string, timezone: string | null): Cron {
 
 /** What the leader does with a schedule now: the ticks to enqueue, and the tick after them. */
 export interface TickPlan {
-  /** Due ticks to enqueue (the latest `backfill` of those after covered_until), oldest first. */
+  /** Due ticks to enqueue, oldest first (see planTicks for which). */
   ticks: Date[];
   /** Every tick at or before this is enqueued or skipped after the fire. */
   covered: Date;
@@ -86,16 +89,60 @@ export interface TickPlan {
   next: Date | null;
 }
 
+/**
+ * Ticks missed by at most this long are all enqueued, late, whatever `backfill` says: a leader
+ * change or a Postgres restart loses no tick of a frequent schedule. Ticks missed for longer
+ * (no worker ran) are caught up by `backfill`: the latest `backfill` due ticks.
+ */
+export const catchUpWindowMs = 60_000;
+
+// The boundary arithmetic of schedules, written once. Every interval is (after, until]:
+// `after` exclusive (a tick at `after` is covered already), `until` inclusive (a tick at
+// exactly `now` is due now). croner's own calls are exclusive at both ends (nextRun(t) > t,
+// previousRuns(n, t) < t), so a tick equal to `now` must never be looked up with them alone.
+
+/** The first tick strictly after `after` (null: none). */
+export function tickAfter(cron: Cron, after: Date): Date | null {
+  return cron.nextRun(after);
+}
+
+/** The next tick to show a user: the first at or after `now` that is not covered yet. */
+export function upcomingTick(cron: Cron, coveredUntil: Date, now: Date): Date | null {
+  const after = Math.max(coveredUntil.getTime(), now.getTime() - 1);
+  return tickAfter(cron, new Date(after));
+}
+
+/** The latest `limit` ticks in (after, until], oldest first. */
+export function ticksBetween(cron: Cron, after: Date, until: Date, limit: number): Date[] {
+  if (limit < 1) return [];
+  // Walked forward while the span is short (exact at both ends by construction)...
+  const out: Date[] = [];
+  for (let t = tickAfter(cron, after); t !== null && t <= until; t = tickAfter(cron, t)) {
+    if (out.length === limit) {
+      // ...and backward from `until` when it holds more than `limit`: ticks are whole seconds,
+      // so previousRuns before until + 1 ms is previousRuns up to until, inclusive.
+      return cron
+        .previousRuns(limit, new Date(until.getTime() + 1))
+        .filter((x) => x > after && x <= until)
+        .reverse();
+    }
+    out.push(t);
+  }
+  return out;
+}
+
+/**
+ * The ticks due at `now` that were not covered yet: every tick in (coveredUntil, now] within
+ * catchUpWindowMs of now, or, when that is fewer, the latest `backfill` ticks in
+ * (coveredUntil, now]. A tick at exactly `now` is due (inclusive end); `next` is the first
+ * tick after now (exclusive start), so every tick is in exactly one of them.
+ */
 export function planTicks(cron: Cron, coveredUntil: Date, backfill: number, now: Date): TickPlan {
-  const first = cron.nextRun(coveredUntil);
-  if (first === null || first > now) return { ticks: [], covered: coveredUntil, next: first };
-  // previousRuns includes a run in the same second as `now`, earlier than it.
-  const due = cron
-    .previousRuns(backfill, now)
-    .filter((t) => t > coveredUntil && t <= now)
-    .reverse();
-  const covered = due.at(-1) ?? coveredUntil;
-  return { ticks: due, covered, next: cron.nextRun(now) };
+  const windowStart = new Date(Math.max(coveredUntil.getTime(), now.getTime() - catchUpWindowMs));
+  let ticks = ticksBetween(cron, windowStart, now, 1000);
+  if (ticks.length < backfill) ticks = ticksBetween(cron, coveredUntil, now, backfill);
+  const covered = ticks.at(-1) ?? coveredUntil;
+  return { ticks, covered, next: tickAfter(cron, now) };
 }
 
 export function toSchedule(row: ScheduleRow): Schedule {
@@ -104,7 +151,7 @@ export function toSchedule(row: ScheduleRow): Schedule {
     // No leader has read this definition yet: compute it the way the leader will.
     try {
       const c = parseCron(row.cron, row.timezone);
-      nextAt = c.nextRun(row.covered_until > new Date() ? row.covered_until : new Date());
+      nextAt = upcomingTick(c, row.covered_until, new Date());
     } catch {
       nextAt = null;
     }
@@ -121,6 +168,7 @@ export function toSchedule(row: ScheduleRow): Schedule {
     nextAt,
     lastTickAt: row.last_tick_at,
     lastTaskId: row.last_task_id === null ? null : Number(row.last_task_id),
+    lastLateMs: row.last_late_ms === null ? null : Math.round(row.last_late_ms),
     createdAt: row.created_at,
     updatedAt: row.updated_at,
   };

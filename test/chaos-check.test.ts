@@ -1,6 +1,7 @@
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { check, watchSessions } from "../bench/chaos/check.js";
+import { drain } from "../bench/chaos/progress.js";
 import { freshDatabase, type TestDatabase } from "./support/db.js";
 import { until } from "./support/wait.js";
 
@@ -132,5 +133,43 @@ describe("chaos checker: order per key", () => {
     );
     const good = await check(db.pool, () => undefined);
     expect(good.violations.filter((v) => v.kind === "order")).toEqual([]);
+  });
+});
+
+describe("chaos drain: slow is not stuck", () => {
+  it("a key that keeps making progress drains; a key without progress for the bound is reported stuck, with its oldest task's time in state", async () => {
+    const d = await freshDatabase();
+    try {
+      await d.pool.query("select holdfast.define_kind('slow')");
+      // A slow backlog: one task of key s ends every 300 ms, 6 in all (1.8 s > stuckMs).
+      await d.pool.query("select holdfast.enqueue('slow', 's') from generate_series(1, 6)");
+      const worker = (async () => {
+        const c = await d.pool.connect();
+        try {
+          for (let i = 0; i < 6; i++) {
+            await new Promise((r) => setTimeout(r, 300));
+            const { rows } = await c.query<{ id: string; fence: string }>(
+              "select id, fence from holdfast.claim(array['slow'], 'slow-worker')",
+            );
+            await c.query("select holdfast.complete($1, $2)", [rows[0]?.id, rows[0]?.fence]);
+          }
+        } finally {
+          c.release();
+        }
+      })();
+      const slow = await drain(d.pool, { stuckMs: 1_000, maxMs: 20_000, pollMs: 100 });
+      await worker;
+      expect(slow.violations).toEqual([]);
+      expect(slow.ms).toBeGreaterThan(1_000);
+
+      // Nobody runs key z's task: no progress, so stuck after 1 s, whatever the cap.
+      await d.pool.query("select holdfast.enqueue('slow', 'z')");
+      const stuck = await drain(d.pool, { stuckMs: 1_000, maxMs: 20_000, pollMs: 100 });
+      expect(stuck.violations.map((v) => v.kind)).toEqual(["stuck"]);
+      expect(stuck.violations[0]?.detail).toMatch(/^key z: 1 unfinished, .* pending for \d+ s$/);
+      expect(stuck.ms).toBeLessThan(20_000);
+    } finally {
+      await d.drop();
+    }
   });
 });

@@ -8,7 +8,7 @@ const faults = (process.env.HOLDFAST_CHAOS_FAULTS ?? "kill,partition,restart").s
 ) as Fault[];
 
 describe("chaos soak (short)", () => {
-  it(`4 workers under ${faults.join(" + ")} faults: no overlap per key, order per key kept, every task ends exactly once, none stuck, no extra session`, async () => {
+  it(`4 workers under ${faults.join(" + ")} faults: no overlap per key, order per key kept, every task ends exactly once, none stuck, no extra session, every schedule tick once`, async () => {
     const report = await soak({
       durationMs: 30_000,
       workers: 4,
@@ -24,5 +24,8 @@ describe("chaos soak (short)", () => {
     expect(report.deadLettered).toBeGreaterThan(0);
     // Faults come once per kind per round, every 1.5–4.5 s: each kind happens in 30 s.
     for (const f of faults) expect(report.faults[f], f).toBeGreaterThan(0);
+    // The per-second schedule ran through the faults: its ticks are checked (violations above).
+    expect(report.ticks.enqueued).toBeGreaterThan(20);
+    expect(report.ticks.enqueued).toBe(report.ticks.expected);
   }, 150_000);
 });

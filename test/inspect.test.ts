@@ -129,7 +129,7 @@ it("works for a role with SELECT rights only (no function calls, no locks)", asy
   await db.pool.query(`create role ${role} login password 'reader'`);
   await db.pool.query(`grant usage on schema holdfast to ${role}`);
   await db.pool.query(
-    `grant select on holdfast.keys, holdfast.tasks, holdfast.kinds, holdfast.orphans, holdfast.schedules to ${role}`,
+    `grant select on holdfast.keys, holdfast.tasks, holdfast.kinds, holdfast.orphans, holdfast.schedules, holdfast.schedule_ticks to ${role}`,
   );
   const u = new URL(db.url);
   u.username = role;

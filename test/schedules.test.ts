@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { Holdfast, InvalidArgumentError, UnknownKindError } from "../src/index.js";
+import { startDashboard } from "../src/dashboard/server.js";
+import { Holdfast, InvalidArgumentError, takeSnapshot, UnknownKindError } from "../src/index.js";
 import { runCli } from "./support/cli.js";
 import { freshDatabase, silent, useHoldfast } from "./support/db.js";
 import { useWorkerProcesses } from "./support/processes.js";
@@ -116,8 +117,7 @@ describe("three worker processes", () => {
       cron: "* * * * * *",
       kind: "job",
       key: "ticks",
-      payload: { ms: 0 },
-      backfill: 1000, // however long the leaderless gap on a loaded machine: no tick skipped
+      payload: { ms: 0 }, // default backfill: a leader change loses no tick (catch-up window)
     });
     const ticks = async () =>
       // A tick's task is placed at its tick (place_at); run_at moves if the SIGKILLed leader
@@ -153,5 +153,56 @@ describe("three worker processes", () => {
       "select count(*)::int as n from holdfast.tasks where key = 'ticks'",
     );
     expect(recorded[0].n).toBe(rows.length);
+  });
+});
+
+describe("lateness", () => {
+  it("each tick's lateness is recorded, and schedules(), inspect, the dashboard and a metric show it", async () => {
+    const db = await freshDatabase();
+    const hf = new Holdfast({ pool: db.pool, logger: silent });
+    const metrics = hf.metrics();
+    const worker = hf.worker({ name: "late", handlers: { tick: async () => {} } });
+    try {
+      await worker.start();
+      await hf.schedule("every-second", { cron: "* * * * * *", kind: "tick", key: "t" });
+      const fired = await new Promise<{ schedule: string; ticks: Date[]; lateMs: number[] }>(
+        (resolve) => worker.once("schedule:fired", resolve),
+      );
+      expect(fired.schedule).toBe("every-second");
+      expect(fired.lateMs.length).toBe(fired.ticks.length);
+      expect(fired.lateMs.every((ms) => ms >= 0)).toBe(true);
+
+      const [s] = await hf.schedules();
+      expect(s?.lastTickAt).not.toBeNull();
+      expect(s?.lastLateMs).toBeGreaterThanOrEqual(0);
+      const { rows } = await db.pool.query<{ id: string }>(
+        "select id from holdfast.tasks where key = 't' and place_at = $1",
+        [s?.lastTickAt],
+      );
+      expect(s?.lastTaskId).toBe(Number(rows[0]?.id));
+
+      const client = await db.pool.connect();
+      const snap = await takeSnapshot(client).finally(() => client.release());
+      expect(snap.schedules[0]?.lastLateMs).toBeGreaterThanOrEqual(0);
+      expect(snap.schedules[0]?.lastTaskId).not.toBeNull();
+
+      const text = await metrics.text();
+      expect(text).toMatch(
+        /holdfast_schedule_tick_lateness_seconds_count\{schedule="every-second"\} [1-9]/,
+      );
+
+      const dash = await startDashboard({ hf, port: 0, logger: silent });
+      try {
+        const html = await (await fetch(dash.url)).text();
+        expect(html).toContain('data-schedule="every-second"');
+      } finally {
+        await dash.close();
+      }
+      await hf.unschedule("every-second");
+    } finally {
+      await worker.stop();
+      await hf.close();
+      await db.drop();
+    }
   });
 });

@@ -19,7 +19,10 @@ export interface Violation {
     | "fence-order"
     | "order"
     | "over-cap"
-    | "extra-session";
+    | "extra-session"
+    | "tick-skipped"
+    | "tick-duplicated"
+    | "stuck";
   detail: string;
 }
 

@@ -9,6 +9,8 @@ import { type EmbeddedServer, startEmbedded } from "../../test/support/postgres.
 import { startProxy, type TcpProxy } from "../../test/support/tcp-proxy.js";
 import { createDatabase } from "../db.js";
 import { type CheckResult, check, extraSessions, type LogRun, watchSessions } from "./check.js";
+import { drain } from "./progress.js";
+import { checkTicks, type TickReport } from "./ticks.js";
 
 export type Fault = "kill" | "partition" | "restart";
 
@@ -19,7 +21,10 @@ export interface SoakOptions {
   faults: Fault[];
   /** Mean pause between faults. */
   faultEveryMs: number;
-  /** How long the system may take to finish every task once faults stop. */
+  /** Once faults stop, a key with unfinished tasks and no progress for this long is stuck
+   *  (default: twice the server's release bound for a silent worker, plus the longest task). */
+  stuckMs?: number;
+  /** The longest the drain may take however it progresses. */
   drainTimeoutMs: number;
   log?: (line: string) => void;
 }
@@ -29,6 +34,10 @@ export interface SoakReport extends CheckResult {
   /** Worker processes that died without being killed (each is restarted, like a supervisor). */
   crashes: number;
   enqueued: number;
+  /** How long the drain took once faults stopped. */
+  drainSeconds: number;
+  /** The per-second schedule declared for the whole soak. */
+  ticks: TickReport;
   seconds: number;
 }
 
@@ -57,7 +66,13 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   const url = await createDatabase(server.url, "chaos");
   const hf = new Holdfast({ connectionString: url, logger: pino({ level: "silent" }) });
   await hf.migrate();
-  const pool = new pg.Pool({ connectionString: url, max: 3, connectionTimeoutMillis: 3_000 });
+  // Bounded: a query of the soak itself must never wait forever (a restart, a lost socket).
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: 3,
+    connectionTimeoutMillis: 3_000,
+    query_timeout: 15_000,
+  });
   pool.on("error", () => {});
   await pool.query(`create table chaos_log (
     task_id bigint not null, key text not null, attempt int not null, fence bigint not null,
@@ -66,6 +81,15 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   await pool.query(
     "select holdfast.define_kind('short', 20), holdfast.define_kind('long', 20, max_running => 2)",
   );
+  // A per-second schedule for the whole soak: every tick must be enqueued exactly once,
+  // whatever happens to the sweep leader (killed, partitioned, its Postgres restarted).
+  await pool.query("select holdfast.define_kind('tick', 20)");
+  await hf.schedule("chaos-tick", {
+    cron: "* * * * * *",
+    kind: "tick",
+    key: "tick",
+    payload: { ms: 5 },
+  });
 
   // Handler exits (from worker events) and kill times, to close runs that recorded no end.
   const exits = new Map<string, number>();
@@ -142,8 +166,10 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     while (!stop) {
       n++;
       try {
-        if (n % 15 === 0) {
-          await hf.enqueue("long", { key: `long${n % 4}`, payload: { ms: rand(2_000, 6_000) } });
+        // ~11 enqueues/s; one in 40 is long (avg 3.5 s): about one slot of work per second for
+        // the cap's 2 slots, so the capped backlog drains instead of growing for the whole soak.
+        if (n % 40 === 0) {
+          await hf.enqueue("long", { key: `long${n % 4}`, payload: { ms: rand(2_000, 5_000) } });
         } else {
           await hf.enqueue("short", {
             key: `k${Math.floor(rand(0, 12))}`,
@@ -197,18 +223,19 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   stop = true;
   await producer;
   log(`chaos: faults stopped after ${Math.round((Date.now() - started) / 1000)} s; draining`);
+  // Ticks are checked up to 3 s before the schedule is removed: one due just before could
+  // still be on its way (a leader that took over fires it within a second).
+  await sleep(3_000);
+  const ticksUntil = new Date(Date.now() - 3_000);
+  await hf.unschedule("chaos-tick");
 
-  // Drain: every task must reach a terminal state without further faults.
-  const drainEnd = Date.now() + opts.drainTimeoutMs;
-  while (Date.now() < drainEnd) {
-    const { rows } = await pool
-      .query<{ n: number }>(
-        "select count(*)::int as n from holdfast.tasks where state in ('pending', 'running')",
-      )
-      .catch(() => ({ rows: [{ n: -1 }] }));
-    if (rows[0]?.n === 0) break;
-    await sleep(250);
-  }
+  // Drain: every task must reach a terminal state without further faults, and no key may go
+  // without progress for longer than a silent worker's locks can take to be freed.
+  const drained = await drain(pool, {
+    stuckMs: opts.stuckMs ?? 2 * serverReleaseMs(lockSessionDefaults) + 6_000,
+    maxMs: opts.drainTimeoutMs,
+  });
+  log(`chaos: drained in ${Math.round(drained.ms / 1000)} s`);
 
   // A run with no recorded end stopped when its handler exited, or when its process died
   // (killed by us, or crashed on its own: counted in `crashes`).
@@ -216,7 +243,13 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   const crashes = all.filter((i) => i.exitedAt !== undefined && i.killedAt === undefined).length;
   const runEnd = (r: LogRun) => exits.get(`${r.task_id}:${r.fence}`) ?? deaths.get(r.worker);
   const result = await check(pool, runEnd);
-  result.violations.push(...(await watch.stop()), ...(await extraSessions(pool)));
+  const ticks = await checkTicks(pool, "tick", ticksUntil);
+  result.violations.push(
+    ...drained.violations,
+    ...(await watch.stop()),
+    ...(await extraSessions(pool)),
+    ...ticks.violations,
+  );
 
   shuttingDown = true;
   for (const inst of instances.values()) {
@@ -234,6 +267,8 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     faults: counts,
     crashes,
     enqueued,
+    drainSeconds: Math.round(drained.ms / 1000),
+    ticks: ticks.report,
     seconds: Math.round((Date.now() - started) / 1000),
   };
 }

@@ -1,4 +1,4 @@
-// A chaos worker process. Handlers "short" and "long" sleep payload.ms (abortable) and write
+// A chaos worker process. Handlers "short", "long" and "tick" sleep payload.ms (abortable) and write
 // their start and end to chaos_log through the app pool, each write fenced with assert_fence.
 // Events go to stdout as JSON lines. Env: DATABASE_URL, HF_NAME, HF_CONCURRENCY.
 import pg from "pg";
@@ -12,7 +12,14 @@ const say = (event: string, data: Record<string, unknown> = {}) =>
     `${JSON.stringify({ event, worker: name, pid: process.pid, at: Date.now(), ...data })}\n`,
   );
 
-const pool = new pg.Pool({ connectionString: url, max: 6, connectionTimeoutMillis: 5_000 });
+// Bounded: a handler's write through a partitioned proxy fails after 10 s instead of waiting
+// forever on its pool (the run is then aborted and reported like any failure).
+const pool = new pg.Pool({
+  connectionString: url,
+  max: 6,
+  connectionTimeoutMillis: 5_000,
+  query_timeout: 10_000,
+});
 pool.on("error", () => {});
 const hf = new Holdfast({ pool, logger: pino({ level: process.env.HF_LOG ?? "silent" }) });
 
@@ -79,7 +86,7 @@ async function run(task: Task<{ ms: number; fail?: boolean }>, ctx: HandlerConte
 const worker = hf.worker({
   name,
   concurrency: Number(process.env.HF_CONCURRENCY ?? 3),
-  handlers: { short: run, long: run },
+  handlers: { short: run, long: run, tick: run },
 });
 worker.on("lock:lost", () => say("lock-lost"));
 worker.on("lock:reconnected", () => say("lock-reconnected"));

@@ -93,10 +93,21 @@ end $$;
 select holdfast._grant('execute', 'function holdfast.unschedule(text)', 'holdfast_producer');
 
 -- Every schedule. next_at is the next tick as the leader computed it (null until a leader
--- has read the current definition).
-create function holdfast.schedules() returns setof holdfast.schedules
+-- has read the current definition); last_late_ms is how late the latest tick was enqueued
+-- (its enqueue's time minus the tick's), null before the first tick.
+create function holdfast.schedules() returns table (
+  name text, cron text, timezone text, kind text, key text, payload jsonb, priority int,
+  backfill int, revision int, covered_until timestamptz, next_at timestamptz,
+  last_tick_at timestamptz, last_task_id bigint, last_late_ms float8, created_at timestamptz,
+  updated_at timestamptz
+)
   language sql stable security definer set search_path = pg_catalog, pg_temp as $$
-  select * from holdfast.schedules order by name
+  select s.name, s.cron, s.timezone, s.kind, s.key, s.payload, s.priority, s.backfill,
+    s.revision, s.covered_until, s.next_at, s.last_tick_at, s.last_task_id,
+    (select extract(epoch from st.enqueued_at - st.tick_at) * 1000
+     from holdfast.schedule_ticks st where st.name = s.name and st.tick_at = s.last_tick_at),
+    s.created_at, s.updated_at
+  from holdfast.schedules s order by s.name
 $$;
 select holdfast._grant('execute', 'function holdfast.schedules()',
   'holdfast_producer', 'holdfast_worker', 'holdfast_observer');

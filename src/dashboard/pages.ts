@@ -156,6 +156,22 @@ const deadLetters: Section<Overview> = {
   },
 };
 
+const schedules: Section<Overview> = {
+  id: "schedules",
+  title: "Schedules",
+  count: (o) => o.snapshot.schedules.length,
+  render: (o) => {
+    if (o.snapshot.schedules.length === 0) return empty("No recurring schedule is declared.");
+    const now = Date.parse(o.snapshot.at);
+    const inMs = (at: string | null) =>
+      at === null ? "–" : `in ${formatDuration(Math.max(0, Date.parse(at) - now))}`;
+    return html`<table><thead><tr><th>Name</th><th>Cron</th><th>Time zone</th><th>Kind</th><th>Key</th><th>Next tick</th><th>Last tick</th><th class="num">Late</th><th class="num">Task</th></tr></thead><tbody>${o.snapshot.schedules.map(
+      (x) =>
+        html`<tr data-schedule="${x.name}"><td>${x.name}</td><td class="mono">${x.cron}</td><td>${x.timezone ?? "UTC"}</td><td>${x.kind}</td><td class="key">${x.key}</td><td title="${utc(x.nextAt)}">${inMs(x.nextAt)}</td><td title="${utc(x.lastTickAt)}">${x.lastTickAt === null ? "–" : ago(new Date(x.lastTickAt), now)}</td><td class="num late">${formatDuration(x.lastLateMs)}</td><td class="num">${taskLink(x.lastTaskId)}</td></tr>`,
+    )}</tbody></table><p class="note">Late: how long after its time the latest tick was enqueued. The sweep leader enqueues each tick once, whoever leads.</p>`;
+  },
+};
+
 const capacity: Section<Overview> = {
   id: "capacity",
   title: "Capacity",
@@ -176,6 +192,7 @@ export const overviewSections: Section<Overview>[] = [
   deadLetters,
   queue,
   activity,
+  schedules,
   sessionWaiters,
   capacity,
 ];

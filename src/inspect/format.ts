@@ -203,6 +203,8 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
           { title: "KIND" },
           { title: "NEXT TICK" },
           { title: "IN", align: "right" },
+          { title: "LAST TICK" },
+          { title: "LATE", align: "right" },
         ],
         s.schedules.map((x) => [
           x.name,
@@ -212,6 +214,8 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
           x.nextAt === null
             ? "-"
             : formatDuration(Math.max(0, Date.parse(x.nextAt) - Date.parse(s.at))),
+          x.lastTickAt?.replace(/\.\d+Z$/, "Z") ?? "-",
+          x.lastLateMs === null ? "-" : formatDuration(x.lastLateMs),
         ]),
         width,
       ),

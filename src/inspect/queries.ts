@@ -1,6 +1,6 @@
 // Read-only SQL of the lock inspector. Relations read (grant these to an observer role):
-// holdfast.keys, holdfast.tasks, holdfast.kinds, holdfast.schedules, holdfast.orphans (view), pg_locks,
-// pg_stat_activity, pg_database, and settings through current_setting(). No function of the
+// holdfast.keys, holdfast.tasks, holdfast.kinds, holdfast.schedules, holdfast.schedule_ticks,
+// holdfast.orphans (view), pg_locks, pg_stat_activity, pg_database, and settings through current_setting(). No function of the
 // holdfast schema is called and no lock is taken, so a role with SELECT rights only works.
 // Without pg_read_all_stats, Postgres hides client_addr and query_start of other roles'
 // sessions: those fields are null, everything else stays exact.
@@ -85,7 +85,11 @@ order by kd.kind`;
 
 /** Recurring schedules: next_at is the leader's; null until one has read the definition. */
 export const schedulesSql = `
-select s.name, s.kind, s.key, s.cron, s.timezone, s.next_at, s.covered_until, s.last_tick_at
+select s.name, s.kind, s.key, s.cron, s.timezone, s.next_at, s.covered_until, s.last_tick_at,
+  s.last_task_id,
+  (select round(extract(epoch from st.enqueued_at - st.tick_at) * 1000)::int8
+   from holdfast.schedule_ticks st where st.name = s.name and st.tick_at = s.last_tick_at)
+    as last_late_ms
 from holdfast.schedules s
 where ($1::text is null or s.key = $1) and ($2::text is null or s.kind = $2)
 order by s.name`;

@@ -1,5 +1,5 @@
 import type pg from "pg";
-import { parseCron } from "../schedules.js";
+import { parseCron, upcomingTick } from "../schedules.js";
 import {
   capacitySql,
   holdersSql,
@@ -83,8 +83,11 @@ export interface ScheduleInfo {
   timezone: string | null;
   /** ISO time of the next tick; null when the expression has none or does not parse. */
   nextAt: string | null;
-  /** ISO time of the latest tick enqueued. */
+  /** ISO time of the latest tick enqueued, the task it enqueued, and how late (ms after the
+   *  tick) it was enqueued. */
   lastTickAt: string | null;
+  lastTaskId: number | null;
+  lastLateMs: number | null;
 }
 
 export interface Capacity {
@@ -220,6 +223,8 @@ export async function readSnapshot(
       timezone: r.timezone,
       nextAt: nextTick(r)?.toISOString() ?? null,
       lastTickAt: r.last_tick_at?.toISOString() ?? null,
+      lastTaskId: r.last_task_id === null ? null : Number(r.last_task_id),
+      lastLateMs: r.last_late_ms === null ? null : Number(r.last_late_ms),
     })),
     capacity: {
       advisoryLocks: {
@@ -252,8 +257,7 @@ function nextTick(r: {
 }): Date | null {
   if (r.next_at) return r.next_at;
   try {
-    const now = new Date();
-    return parseCron(r.cron, r.timezone).nextRun(r.covered_until > now ? r.covered_until : now);
+    return upcomingTick(parseCron(r.cron, r.timezone), r.covered_until, new Date());
   } catch {
     return null;
   }

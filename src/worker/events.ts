@@ -24,6 +24,9 @@ export interface WorkerEvents {
    *  enqueued, retried or uncovered first: the leader pauses its timer sweeps, a follower
    *  stops expecting the leader's heartbeat. Once per quiet spell. */
   quiet: [{ until: Date | null; leader: boolean }];
+  /** This worker, the sweep leader, enqueued a schedule's due ticks; lateMs[i]: how long after
+   *  ticks[i] the enqueue committed. */
+  "schedule:fired": [{ schedule: string; ticks: Date[]; lateMs: number[] }];
   /** The sweep returned orphaned tasks to the queue; `previous`: their dead holders. */
   takeover: [{ requeued: number; previous: PreviousHolder[] }];
   error: [unknown];

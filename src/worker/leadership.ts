@@ -15,6 +15,7 @@ export interface LeadershipEvents {
   elected(): void;
   takeover(requeued: number, previous: PreviousHolder[]): void;
   quiet(until: Date | null, leader: boolean): void;
+  scheduleFired(schedule: string, ticks: Date[], lateMs: number[]): void;
 }
 
 /**
@@ -44,7 +45,7 @@ export class Leadership {
         quiet: (until, leader) => on.quiet(Number.isFinite(until) ? new Date(until) : null, leader),
       },
     );
-    this.ticker = new ScheduleTicker(logger, () => this.requestSchedules());
+    this.ticker = new ScheduleTicker(logger, () => this.requestSchedules(), on.scheduleFired);
   }
 
   get isLeader(): boolean {
@@ -79,10 +80,13 @@ export class Leadership {
     this.on.kick();
   }
 
-  /** A schedule may have changed (or a change was missed): reread them. */
+  /** A schedule may have changed (or a change was missed): reread them. A new schedule is a
+   *  duty that may be due before any task is enqueued, so it is also a wake: a quiet leader
+   *  reads it now, a follower expects a heartbeat within lateMs (and leads if none comes). */
   schedulesChanged(): void {
     this.ticker.invalidate();
     this.requestSchedules();
+    this.sweeper.wake();
   }
 
   /** A task may start (a wake, a claim, a reconnect): the leader must not be quiet. */

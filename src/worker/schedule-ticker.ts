@@ -1,7 +1,7 @@
 import type { Cron } from "croner";
 import type { Logger } from "pino";
 import { LockLostError } from "../errors.js";
-import { parseCron, planTicks, type ScheduleRow, scheduleSql } from "../schedules.js";
+import { parseCron, planTicks, type ScheduleRow, scheduleSql, tickAfter } from "../schedules.js";
 import type { LockSession } from "./lock-session.js";
 
 interface Loaded {
@@ -33,6 +33,8 @@ export class ScheduleTicker {
     private readonly logger: Logger,
     /** Asks the worker to call run() on its lock session. */
     private readonly due: () => void,
+    /** Ticks this leader enqueued, each with how late (ms after the tick) its enqueue committed. */
+    private readonly fired: (schedule: string, ticks: Date[], lateMs: number[]) => void,
   ) {}
 
   /** The definitions changed (or leadership began): read them again at the next run(). */
@@ -79,11 +81,21 @@ export class ScheduleTicker {
         this.due();
         return;
       }
-      if (row && row.fired > 0)
+      if (row && row.fired > 0) {
+        const committed = Date.now();
+        const lateMs = plan.ticks.map((t) => Math.max(0, committed - t.getTime()));
         this.logger.info(
-          { event: "schedule_fired", schedule: s.name, ticks: plan.ticks, enqueued: row.fired },
+          {
+            event: "schedule_fired",
+            schedule: s.name,
+            ticks: plan.ticks,
+            enqueued: row.fired,
+            lateMs,
+          },
           "holdfast: schedule enqueued its tick",
         );
+        this.fired(s.name, plan.ticks, lateMs);
+      }
       s.coveredUntil = plan.covered;
       s.due = plan.next;
     }
@@ -108,7 +120,7 @@ export class ScheduleTicker {
         }
         continue;
       }
-      const due = cron.nextRun(r.covered_until);
+      const due = tickAfter(cron, r.covered_until);
       loaded.push({
         name: r.name,
         revision: r.revision,

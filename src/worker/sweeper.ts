@@ -78,6 +78,10 @@ export class Sweeper {
   /** The leader skips its timer sweeps until then (performance.now(), immune to wall-clock
    *  steps); 0: not quiet. */
   private quietUntil = 0;
+  /** Ends the leader's quiet at its deadline: the duty that falls due then (a delayed head, a
+   *  schedule tick) is met on time, and the heartbeat that follows reaches followers before
+   *  their watch expires. */
+  private quietTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly logger: Logger,
@@ -99,7 +103,7 @@ export class Sweeper {
   reset(): void {
     this.leader = false;
     this.quietSweeps = 0;
-    this.quietUntil = 0;
+    this.endQuiet();
   }
 
   /** The leader swept (its notification arrived, payload: its quiet deadline): followers wait
@@ -125,7 +129,7 @@ export class Sweeper {
     this.quietSweeps = 0;
     if (this.leader) {
       if (this.quietUntil === 0) return; // sweeping on its timer anyway
-      this.quietUntil = 0;
+      this.endQuiet();
       this.on.due();
     } else if (this.deadline > Date.now() + 1.25 * this.timing.lateMs) {
       this.watch();
@@ -136,6 +140,13 @@ export class Sweeper {
   clear(): void {
     this.stopped = true;
     this.disarm();
+    this.endQuiet();
+  }
+
+  private endQuiet(): void {
+    this.quietUntil = 0;
+    if (this.quietTimer) clearTimeout(this.quietTimer);
+    this.quietTimer = undefined;
   }
 
   private disarm(): void {
@@ -150,9 +161,12 @@ export class Sweeper {
     this.arm(Date.now() + this.timing.lateMs + Math.random() * (this.timing.lateMs / 4));
   }
 
-  /** The leader is quiet until `until` (ms epoch): its next heartbeat is late only after. */
+  /** The leader is quiet until `until` (ms epoch): a duty falls due then, and the leader's
+   *  heartbeat follows within milliseconds (its quiet timer, or the tick's NOTIFY). Its absence
+   *  is noticed after half of lateMs (plus jitter), so a dead quiet leader is replaced well
+   *  within a second of the duty's time. */
   private watchQuiet(until: number): void {
-    const late = this.timing.lateMs + Math.random() * (this.timing.lateMs / 4);
+    const late = this.timing.lateMs / 2 + Math.random() * (this.timing.lateMs / 4);
     this.arm(until + late);
     if (!this.followerQuiet) {
       this.followerQuiet = true;
@@ -212,13 +226,23 @@ export class Sweeper {
   private afterSweep(quietMs: number | null, wakes: number): void {
     if (quietMs === null || quietMs <= 0 || wakes !== this.wakes) {
       this.quietSweeps = 0;
-      this.quietUntil = 0;
+      this.endQuiet();
       return;
     }
     this.quietSweeps++;
     if (this.quietSweeps < 2) return;
     const wasQuiet = this.quietUntil !== 0;
-    this.quietUntil = performance.now() + Math.min(quietMs, this.timing.maxQuietMs);
+    const quietFor = Math.min(quietMs, this.timing.maxQuietMs);
+    this.quietUntil = performance.now() + quietFor;
+    if (this.quietTimer) clearTimeout(this.quietTimer);
+    this.quietTimer = setTimeout(
+      () => {
+        this.quietTimer = undefined;
+        this.on.due();
+      },
+      Math.min(quietFor, maxTimerMs),
+    );
+    this.quietTimer.unref();
     if (!wasQuiet) {
       const until = Date.now() + quietMs;
       this.logger.debug({ event: "quiet", until }, "holdfast: quiet, sweeps paused");

@@ -77,6 +77,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
         this.wantClaim = true;
       },
       quiet: (until, leader) => this.emit("quiet", { until, leader }),
+      scheduleFired: (schedule, ticks, lateMs) =>
+        this.emit("schedule:fired", { schedule, ticks, lateMs }),
     });
     this.wakeTimer = new WakeTimer(this.kinds, opts.rescanIntervalMs, () => this.requestClaim());
     this.reports = new Reports({
@@ -116,8 +118,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
           },
           cancel: (id) => this.cancelRunning(id),
           reconnected: () => {
-            this.leadership.wake(); // so may an enqueue that ends the sweep leader's quiet
-            this.leadership.schedulesChanged(); // a schedule change may have been missed
+            // An enqueue or a schedule change may have been missed: reread the schedules
+            // and end the sweep leader's quiet (schedulesChanged is also a wake).
+            this.leadership.schedulesChanged();
             this.requestClaim();
           },
           schedulesChanged: () => this.leadership.schedulesChanged(),
