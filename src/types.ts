@@ -126,6 +126,12 @@ export interface WorkerOptions {
   sweepIntervalMs?: number;
   /** Safety rescan in case a notification was missed (default 30 s). */
   rescanIntervalMs?: number;
+  /** Finished tasks the sweep leader prunes per batch, one short transaction each (default
+   *  1000; see README "Retention"). */
+  pruneBatchSize?: number;
+  /** The sweep leader prunes at most this often once it has caught up (default 60 s): an idle
+   *  cluster is not woken for pruning more often. */
+  pruneIntervalMs?: number;
   /** stop(): how long to wait for running handlers before aborting their signal (default 30 s). */
   shutdownTimeoutMs?: number;
   /** Upper bound of the reconnect backoff of the lock session (default 5 s). */

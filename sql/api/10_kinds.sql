@@ -6,7 +6,7 @@
 -- its key's order, so the key's later tasks wait for it; false lets them pass it.
 -- max_running: the kind's cap on runs at once cluster-wide (api/35_caps.sql); 0 removes it.
 -- retain_*: how long a task that ended succeeded, cancelled or failed (a dead letter) is kept
--- after it ended (api/65_prune.sql; defaults 1 day, 7 days, 30 days); keep_forever lists end
+-- after it ended (api/55_prune.sql; defaults 1 day, 7 days, 30 days); keep_forever lists end
 -- states whose tasks are never pruned (an interval given for the same state is refused).
 create function holdfast.define_kind(
   kind text,

@@ -65,7 +65,7 @@ begin
 
   -- Lock the key row first (lock order everywhere: key row, then task rows). Holding it, no
   -- claim can start this key's pending task before we commit, so a deduped request is never
-  -- folded into a task that already started, and no prune deletes the row (api/65_prune.sql).
+  -- folded into a task that already started, and no prune deletes the row (api/55_prune.sql).
   -- A row pruned between the insert and the lock is created again.
   loop
     insert into holdfast.keys (key, lock_id)

@@ -1,5 +1,5 @@
 -- Retention: finished tasks leave the database once older than their kind's retention for
--- their end state (null: kept forever). Pruning (api/65_prune.sql) deletes them, their attempts,
+-- their end state (null: kept forever). Pruning (api/55_prune.sql) deletes them, their attempts,
 -- and key rows no task references any more. Existing kinds take the defaults: succeeded work
 -- is rarely read after a day, a cancel is looked into within a week, a dead letter needs a
 -- person and may wait for one for weeks.

@@ -24,16 +24,22 @@ const minPauseMs = 20;
 
 /**
  * Pruning, run by the sweep leader on its lock session: each batch is one short transaction
- * (holdfast.prune_rows, api/65_prune.sql) that waits on no lock, so a leader killed mid-batch
+ * (holdfast.prune_rows, api/55_prune.sql) that waits on no lock, so a leader killed mid-batch
  * leaves nothing half-deleted and the next leader simply runs the next batch. After a full
  * batch the next one follows after a pause as long as the batch took (the lock session also
  * claims: pruning takes at most half of it); after a partial one, the pruner sleeps until the
- * next task's retention ends (holdfast.prune_due()), and at least `idleMs`. The leader's quiet
+ * next task's retention ends (holdfast.prune_due()), and at least `idleMs`; tasks that end
+ * meanwhile may expire sooner, so activity (`activity()`) brings the next batch forward to
+ * `idleMs` after the last. The leader's quiet
  * deadline covers that time (holdfast.quiet_until()), so a follower takes over the duty when
  * a quiet leader died.
  */
 export class Pruner {
   private timer: NodeJS.Timeout | undefined;
+  /** When the timer fires (ms epoch; Infinity: not armed). */
+  private nextAt = Number.POSITIVE_INFINITY;
+  /** When the last batch ended (ms epoch). */
+  private lastAt = 0;
   private running = false;
 
   constructor(
@@ -56,6 +62,15 @@ export class Pruner {
     this.running = false;
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    this.nextAt = Number.POSITIVE_INFINITY;
+  }
+
+  /** Tasks ran (they may end with a retention shorter than the pruner's sleep): prune again
+   *  `idleMs` after the last batch at the latest. */
+  activity(): void {
+    if (!this.running) return;
+    const at = this.lastAt + this.opts.idleMs;
+    if (at < this.nextAt) this.arm(at - Date.now());
   }
 
   /** One batch; resolves with what it deleted and the time (ms from now) the next is due. */
@@ -94,14 +109,22 @@ export class Pruner {
   async run(session: LockSession): Promise<void> {
     if (!this.running) return;
     const { nextInMs } = await this.runOnce(session);
+    this.lastAt = Date.now();
     if (this.running) this.arm(nextInMs);
   }
 
   private arm(ms: number): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    this.nextAt = Date.now() + ms;
     if (ms === Number.POSITIVE_INFINITY) return;
-    this.timer = setTimeout(this.due, Math.min(maxTimerMs, Math.max(0, ms)));
+    this.timer = setTimeout(
+      () => {
+        this.nextAt = Number.POSITIVE_INFINITY;
+        this.due();
+      },
+      Math.min(maxTimerMs, Math.max(0, ms)),
+    );
     this.timer.unref();
   }
 }
