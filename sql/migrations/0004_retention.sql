@@ -13,6 +13,10 @@ alter table holdfast.kinds
 create index tasks_finished on holdfast.tasks (kind, state, finished_at)
   where state in ('succeeded', 'cancelled', 'failed');
 
+-- Attempts by when they ended: the dashboard's last hour reads its window, not the table
+-- (attempts are inserted once and never updated, so this costs one entry per attempt).
+create index attempts_finished on holdfast.attempts (finished_at);
+
 -- Every task of a key: whether a key row is still referenced (and the foreign key's check when
 -- one is deleted) is one probe, not a scan of tasks.
 create index tasks_key on holdfast.tasks (key);

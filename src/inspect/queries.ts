@@ -118,8 +118,8 @@ select
   current_database() as database`;
 
 // What happened, for the dashboard. Relations read: holdfast.tasks, holdfast.attempts,
-// holdfast.keys (all granted to holdfast_observer). holdfast.attempts has no index on time:
-// the last hour is read by a scan, which is why the page reads it less often than the rest.
+// holdfast.keys (all granted to holdfast_observer). The last hour is read through
+// attempts_finished (its window only); the page still reads it less often than the rest.
 
 /** Start of the oldest of the last `$1` whole minutes (the current one included), epoch ms. */
 export const activitySinceSql = `

@@ -63,8 +63,12 @@ export const sql = {
   fail: "select holdfast.fail($1, $2, $3, $4::interval, $5) as ok",
   cancel: "select holdfast.cancel($1) as ok",
   retry: "select holdfast.retry($1, $2) as ok",
-  deadLetters: `select * from holdfast.dead_letters
-    where ($1::text is null or kind = $1) order by finished_at desc, id desc limit $2`,
+  // The latest per kind first (tasks_finished, read backwards), so the read does not grow with
+  // the dead letters kept.
+  deadLetters: `select d.* from holdfast.kinds kd
+    cross join lateral (select * from holdfast.dead_letters d where d.kind = kd.kind
+      order by d.finished_at desc, d.id desc limit $2) d
+    where ($1::text is null or kd.kind = $1) order by d.finished_at desc, d.id desc limit $2`,
   assertFence: "select holdfast.assert_fence($1, $2)",
   // A follower that fails to lead learns from the same statement whether the leader may be
   // quiet (no heartbeat expected before quiet_ms, see Sweeper).
