@@ -19,36 +19,45 @@ returns table (tasks int, attempts int, keys int, key_kinds int)
   language plpgsql security definer
   set search_path = pg_catalog, pg_temp set plan_cache_mode = force_generic_plan as $$
 declare
-  v_ids bigint[];
-  v_keys text[];
-  v_ended text[];
+  r record;
+  v_ids bigint[] := '{}';
+  v_keys text[] := '{}';
+  v_more_ids bigint[];
+  v_more_keys text[];
+  v_ended text[] := '{}';
   v_locked text[];
   v_floor bigint;
+  v_n int;
 begin
   tasks := 0; attempts := 0; keys := 0; key_kinds := 0;
   if max_rows is null or max_rows < 1 then
     return next;
     return;
   end if;
-  -- Oldest first per kind and end state (tasks_finished). A task locked by a retry or cancel
-  -- in progress is skipped; the FOR UPDATE re-checks state and finished_at on its latest row.
-  select coalesce(array_agg(x.id), '{}'), coalesce(array_agg(distinct x.key), '{}')
-  into v_ids, v_keys
-  from (
-    select t.id, t.key
+  -- Oldest first per kind and end state, through tasks_finished. Each range is read with its
+  -- bounds written out (EXECUTE): with parameters, the planner would rather scan and sort the
+  -- whole table than trust the index to end the range early. A task locked by a retry in
+  -- progress is skipped; FOR UPDATE re-checks state and finished_at on its latest row.
+  for r in
+    select kd.kind, s.state, now() - s.keep as cutoff
     from holdfast.kinds kd
     cross join lateral (values ('succeeded', kd.retain_succeeded),
                                ('cancelled', kd.retain_cancelled),
-                               ('failed', kd.retain_failed)) r (state, keep)
-    cross join lateral (
-      select t.id, t.key from holdfast.tasks t
-      where t.kind = kd.kind and t.state = r.state and t.finished_at < now() - r.keep
-      order by t.finished_at
-      limit max_rows
-      for update of t skip locked) t
-    where r.keep is not null
-    limit max_rows
-  ) x;
+                               ('failed', kd.retain_failed)) s (state, keep)
+    where s.keep is not null
+    order by kd.kind, s.state
+  loop
+    exit when cardinality(v_ids) >= max_rows;
+    execute format(
+      'select coalesce(array_agg(t.id), ''{}''), coalesce(array_agg(t.key), ''{}'')
+       from (select t.id, t.key from holdfast.tasks t
+             where t.kind = %L and t.state = %L and t.finished_at < %L::timestamptz
+             order by t.finished_at limit %s for update of t skip locked) t',
+      r.kind, r.state, r.cutoff, max_rows - cardinality(v_ids))
+    into v_more_ids, v_more_keys;
+    v_ids := v_ids || v_more_ids;
+    v_keys := v_keys || v_more_keys;
+  end loop;
 
   if cardinality(v_ids) > 0 then
     delete from holdfast.attempts a where a.task_id = any (v_ids);
@@ -57,25 +66,25 @@ begin
     get diagnostics tasks = row_count;
   end if;
 
-  -- Minimum intervals that have passed (key_kinds_ends): nothing reads them any more. Their
-  -- keys may be left without a task (the tasks went in an earlier batch, while the interval
-  -- ran): they are tried below with this batch's.
-  with e as (
-    select kk.key, kk.kind
-    from holdfast.kinds kd
-    cross join lateral (
-      select kk.key, kk.kind from holdfast.key_kinds kk
-      where kk.kind = kd.kind and kk.last_succeeded_at < now() - kd.min_interval
-      order by kk.last_succeeded_at
-      limit max_rows
-      for update of kk skip locked) kk
-    limit max_rows
-  ),
-  d as (
-    delete from holdfast.key_kinds kk using e where kk.key = e.key and kk.kind = e.kind
-    returning kk.key
-  )
-  select coalesce(array_agg(distinct d.key), '{}'), count(*) into v_ended, key_kinds from d;
+  -- Minimum intervals that have passed (key_kinds_ends, bounds written out as above): nothing
+  -- reads them any more. Their keys may be left without a task (the tasks went in an earlier
+  -- batch, while the interval ran): they are tried below with this batch's.
+  for r in
+    select kd.kind, now() - kd.min_interval as cutoff from holdfast.kinds kd order by kd.kind
+  loop
+    exit when key_kinds >= max_rows;
+    execute format(
+      'with e as (select kk.key, kk.kind from holdfast.key_kinds kk
+         where kk.kind = %L and kk.last_succeeded_at < %L::timestamptz
+         order by kk.last_succeeded_at limit %s for update of kk skip locked),
+       d as (delete from holdfast.key_kinds kk using e where kk.key = e.key and kk.kind = e.kind
+         returning kk.key)
+       select coalesce(array_agg(d.key), ''{}''), count(*) from d',
+      r.kind, r.cutoff, max_rows - key_kinds)
+    into v_more_keys, v_n;
+    v_ended := v_ended || v_more_keys;
+    key_kinds := key_kinds + v_n;
+  end loop;
   v_keys := v_keys || v_ended;
 
   if cardinality(v_keys) = 0 then
