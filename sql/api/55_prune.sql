@@ -137,8 +137,10 @@ create function holdfast.prune_due() returns timestamptz
                                 ('cancelled', kd.retain_cancelled),
                                 ('failed', kd.retain_failed)) r (state, keep)
      cross join lateral (
+       -- (The state list implies tasks_finished's predicate: r.state alone cannot.)
        select t.finished_at + r.keep as at from holdfast.tasks t
        where t.kind = kd.kind and t.state = r.state and r.keep is not null
+         and t.state in ('succeeded', 'cancelled', 'failed')
        order by t.finished_at limit 1) x),
     (select min(x.at) from holdfast.kinds kd
      cross join lateral (
