@@ -1,6 +1,6 @@
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Holdfast, InvalidArgumentError } from "../src/index.js";
+import { Holdfast, InvalidArgumentError, TaskNotFoundError } from "../src/index.js";
 import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
 import { sleep, until } from "./support/wait.js";
 
@@ -167,6 +167,13 @@ describe("prune", () => {
     expect(await exists("attempts", "task_id", bDead)).toBe(false);
     expect(await exists("keys", "key", "pb:2")).toBe(false);
     expect(await taskIds("pa")).toEqual([aDead, pending]);
+  });
+
+  it("a retry of a pruned dead letter says there is no such task", async () => {
+    await hf.defineKind("pgone", { retention: { failed: 0 } });
+    const id = await finished("pgone", "pgone:k", "failed");
+    await pruneAll();
+    await expect(hf.retry(Number(id))).rejects.toBeInstanceOf(TaskNotFoundError);
   });
 
   it("does one bounded batch per call", async () => {
