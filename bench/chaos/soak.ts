@@ -8,7 +8,14 @@ import { lockSessionDefaults, serverReleaseMs } from "../../src/worker/lock-sess
 import { type EmbeddedServer, startEmbedded } from "../../test/support/postgres.js";
 import { startProxy, type TcpProxy } from "../../test/support/tcp-proxy.js";
 import { createDatabase } from "../db.js";
-import { type CheckResult, check, extraSessions, type LogRun, watchSessions } from "./check.js";
+import {
+  type CheckResult,
+  check,
+  createHistoryCopies,
+  extraSessions,
+  type LogRun,
+  watchSessions,
+} from "./check.js";
 import { drain } from "./progress.js";
 import { checkTicks, type TickReport } from "./ticks.js";
 
@@ -26,6 +33,9 @@ export interface SoakOptions {
   stuckMs?: number;
   /** The longest the drain may take however it progresses. */
   drainTimeoutMs: number;
+  /** Retention of every kind's finished tasks (default 2000 ms), pruned by the leader every
+   *  second: pruning races the faults. The checker reads its own copies (createHistoryCopies). */
+  retentionMs?: number;
   log?: (line: string) => void;
 }
 
@@ -78,12 +88,17 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     task_id bigint not null, key text not null, attempt int not null, fence bigint not null,
     worker text not null, started_at timestamptz not null, ended_at timestamptz)`);
   // Long tasks run on 4 keys under a cap of 2: the cap must hold through every fault.
+  await createHistoryCopies(pool);
+  const keep = `${opts.retentionMs ?? 2_000} milliseconds`;
+  const retain = "retain_succeeded => $1, retain_cancelled => $1, retain_failed => $1";
   await pool.query(
-    "select holdfast.define_kind('short', 20), holdfast.define_kind('long', 20, max_running => 2)",
+    `select holdfast.define_kind('short', 20, ${retain}),
+       holdfast.define_kind('long', 20, max_running => 2, ${retain})`,
+    [keep],
   );
   // A per-second schedule for the whole soak: every tick must be enqueued exactly once,
   // whatever happens to the sweep leader (killed, partitioned, its Postgres restarted).
-  await pool.query("select holdfast.define_kind('tick', 20)");
+  await pool.query(`select holdfast.define_kind('tick', 20, ${retain})`, [keep]);
   await hf.schedule("chaos-tick", {
     cron: "* * * * * *",
     kind: "tick",
@@ -114,6 +129,7 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
         DATABASE_URL: (proxies[slot] as TcpProxy).url.replace(/\/postgres$/, new URL(url).pathname),
         HF_NAME: name,
         HF_CONCURRENCY: String(opts.concurrency),
+        HF_PRUNE_MS: "1000",
       },
       stdio: ["ignore", "pipe", "inherit"],
     });
