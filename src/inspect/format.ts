@@ -92,6 +92,8 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
           { title: "TASK", align: "right" },
           { title: "ATT", align: "right" },
           { title: "HELD FOR", align: "right" },
+          { title: "PROGRESS", align: "right" },
+          { title: "CKPT AGE", align: "right" },
           { title: "PID", align: "right" },
         ],
         s.holders.map((h) => [
@@ -100,6 +102,8 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
           h.taskId === null ? "-" : String(h.taskId),
           h.attempt === null ? "-" : `${h.attempt}/${h.maxAttempts}`,
           formatDuration(h.heldForMs),
+          h.progress === null ? "-" : `${Math.round(h.progress * 100)}%`,
+          formatDuration(h.checkpointAgeMs),
           String(h.pid),
         ]),
         width,
@@ -108,7 +112,8 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
           const usual =
             h.worker !== null && h.applicationName === `holdfast:lock:${h.worker}`.slice(0, 63);
           const worker = usual ? "" : `  worker ${text(h.worker)}`;
-          return `fence ${h.fence ?? "-"}  client ${text(h.clientAddr)}  app ${text(h.applicationName)}${worker}`;
+          const note = h.note === null ? "" : `  note ${JSON.stringify(h.note)}`;
+          return `fence ${h.fence ?? "-"}  client ${text(h.clientAddr)}  app ${text(h.applicationName)}${worker}${note}`;
         }),
       ),
     ]),
