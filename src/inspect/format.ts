@@ -112,8 +112,9 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
           const usual =
             h.worker !== null && h.applicationName === `holdfast:lock:${h.worker}`.slice(0, 63);
           const worker = usual ? "" : `  worker ${text(h.worker)}`;
-          const note = h.note === null ? "" : `  note ${JSON.stringify(h.note)}`;
-          return `fence ${h.fence ?? "-"}  client ${text(h.clientAddr)}  app ${text(h.applicationName)}${worker}${note}`;
+          // The checkpoint's note first: the line is clipped to the width.
+          const note = h.note === null ? "" : `note ${JSON.stringify(h.note)}  `;
+          return `${note}fence ${h.fence ?? "-"}  client ${text(h.clientAddr)}  app ${text(h.applicationName)}${worker}`;
         }),
       ),
     ]),

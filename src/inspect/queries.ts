@@ -202,7 +202,8 @@ select t.id::text as id, t.kind, t.key, t.payload, t.state, t.priority, t.run_at
   t.attempt,
   t.max_attempts, t.dedupe_key, t.fence::text as fence, t.worker, t.holder_pid,
   t.cancel_requested, t.last_error, t.created_at, t.started_at, t.finished_at,
-  k.fence::text as key_fence, k.busy as key_busy
+  k.fence::text as key_fence, k.busy as key_busy,
+  t.checkpoint, t.checkpoint_at, t.checkpoint_fence::text as checkpoint_fence
 from holdfast.tasks t join holdfast.keys k on k.key = t.key
 where t.id = $1`;
 
