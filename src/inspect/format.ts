@@ -92,8 +92,6 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
           { title: "TASK", align: "right" },
           { title: "ATT", align: "right" },
           { title: "HELD FOR", align: "right" },
-          { title: "PROGRESS", align: "right" },
-          { title: "CKPT AGE", align: "right" },
           { title: "PID", align: "right" },
         ],
         s.holders.map((h) => [
@@ -102,8 +100,6 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
           h.taskId === null ? "-" : String(h.taskId),
           h.attempt === null ? "-" : `${h.attempt}/${h.maxAttempts}`,
           formatDuration(h.heldForMs),
-          h.progress === null ? "-" : `${Math.round(h.progress * 100)}%`,
-          formatDuration(h.checkpointAgeMs),
           String(h.pid),
         ]),
         width,
@@ -112,9 +108,14 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
           const usual =
             h.worker !== null && h.applicationName === `holdfast:lock:${h.worker}`.slice(0, 63);
           const worker = usual ? "" : `  worker ${text(h.worker)}`;
-          // The checkpoint's note first: the line is clipped to the width.
-          const note = h.note === null ? "" : `note ${JSON.stringify(h.note)}  `;
-          return `${note}fence ${h.fence ?? "-"}  client ${text(h.clientAddr)}  app ${text(h.applicationName)}${worker}`;
+          // The task's checkpoint first (the line is clipped to the width): progress, age, note.
+          const progress = h.progress === null ? "" : `${Math.round(h.progress * 100)}% `;
+          const note = h.note === null ? "" : ` ${JSON.stringify(h.note)}`;
+          const checkpoint =
+            h.checkpointAgeMs === null
+              ? ""
+              : `${progress}checkpoint ${formatDuration(h.checkpointAgeMs)} ago${note}  `;
+          return `${checkpoint}fence ${h.fence ?? "-"}  client ${text(h.clientAddr)}  app ${text(h.applicationName)}${worker}`;
         }),
       ),
     ]),

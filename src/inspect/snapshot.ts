@@ -10,7 +10,7 @@ import {
 } from "./queries.js";
 
 /** Version of the `--json` shape (docs/inspect.schema.json); bumped on any breaking change. */
-export const snapshotVersion = 2;
+export const snapshotVersion = 3;
 
 export interface InspectFilters {
   /** Only this key. */
