@@ -252,13 +252,15 @@ it("a batch kind: each task of the batch has its own checkpoint; the failed batc
   await w.stop();
 });
 
-it("stop() past the shutdown timeout hands a checkpointed run over without counting an attempt; another worker resumes it at once", async () => {
+it("stop() past the shutdown timeout hands a checkpointed run over without counting an attempt; another worker resumes it at once, before the key's follow-up, in its capped kind's freed slot", async () => {
   const started = gate<void>();
+  await t.hf.defineKind("long", { maxRunning: 1 });
   const a = t.hf.worker({
     name: "a",
     shutdownTimeoutMs: 200,
     handlers: {
-      long: async (_task: Task, ctx) => {
+      long: async (task: Task, ctx) => {
+        if (task.checkpoint !== null) return; // only the first run waits
         await ctx.checkpoint({ step: 4, progress: 0.4 });
         started.open();
         await new Promise((_, reject) =>
@@ -270,12 +272,13 @@ it("stop() past the shutdown timeout hands a checkpointed run over without count
   await a.start();
   const { id } = await t.hf.enqueue("long", { key: "k:handover" });
   await started.promise;
-  const resumed: Array<{ attempt: number; checkpoint: unknown }> = [];
+  const { id: followUp } = await t.hf.enqueue("long", { key: "k:handover" });
+  const resumed: Array<{ id: number; attempt: number; checkpoint: unknown }> = [];
   const b = t.hf.worker({
     name: "b",
     handlers: {
       long: async (task: Task) => {
-        resumed.push({ attempt: task.attempt, checkpoint: task.checkpoint });
+        resumed.push({ id: task.id, attempt: task.attempt, checkpoint: task.checkpoint });
       },
     },
   });
@@ -292,7 +295,12 @@ it("stop() past the shutdown timeout hands a checkpointed run over without count
   // The same attempt number: the handed-over run was not counted.
   expect(task.attempt).toBe(1);
   expect(task.checkpoint).toEqual({ step: 4, progress: 0.4 });
-  await until(async () => (await row(id)).state === "succeeded");
+  await until(async () => (await row(followUp)).state === "succeeded");
+  // The handed-over task kept its place: it ran before the follow-up queued behind it.
+  expect(resumed).toEqual([
+    { id, attempt: 1, checkpoint: { step: 4, progress: 0.4 } },
+    { id: followUp, attempt: 1, checkpoint: null },
+  ]);
   const { rows } = await t.db.pool.query(
     "select attempt, outcome, worker from holdfast.attempts where task_id = $1 order by attempt",
     [id],
@@ -356,4 +364,70 @@ it("a checkpoint from an earlier run of the task does not make a shutdown hand i
   expect((await ended)[1].outcome).toBe("failed");
   expect(await row(id)).toMatchObject({ state: "pending", attempt: 2, checkpoint: { step: 1 } });
   await t.db.pool.query("select holdfast.cancel($1)", [id]);
+});
+
+it("a shutdown hands a checkpointed batch over whole: every task pending again, attempts not counted", async () => {
+  const started = gate<void>();
+  await t.hf.defineKind("hbatch", { batch: { max: 3 } });
+  const ids: number[] = [];
+  for (const n of [1, 2, 3])
+    ids.push((await t.hf.enqueue("hbatch", { key: "k:hbatch", payload: { n } })).id);
+  const a = t.hf.worker({
+    name: "a4",
+    shutdownTimeoutMs: 100,
+    handlers: {
+      hbatch: {
+        batch: { max: 3 },
+        handleBatch: async (_tasks: Task[], ctx) => {
+          await ctx.checkpoint({ half: true }); // every task of the run
+          started.open();
+          await new Promise((_, reject) =>
+            ctx.signal.addEventListener("abort", () => reject(ctx.signal.reason)),
+          );
+        },
+      },
+    },
+  });
+  await a.start();
+  await started.promise;
+  const outcomes: string[] = [];
+  a.on("task:end", (_task, info) => outcomes.push(info.outcome));
+  await a.stop();
+  expect(outcomes).toEqual(["handed_over", "handed_over", "handed_over"]);
+  for (const id of ids)
+    expect(await row(id)).toMatchObject({
+      state: "pending",
+      attempt: 0,
+      checkpoint: { half: true },
+    });
+  for (const id of ids) await t.db.pool.query("select holdfast.cancel($1)", [id]);
+});
+
+it("a cancel requested while a shutdown aborts a checkpointed run ends it cancelled, not handed over", async () => {
+  const started = gate<void>();
+  const a = t.hf.worker({
+    name: "a5",
+    shutdownTimeoutMs: 100,
+    handlers: {
+      cancelled: async (task: Task, ctx) => {
+        await ctx.checkpoint({ step: 1 });
+        started.open();
+        await new Promise((_, reject) =>
+          ctx.signal.addEventListener("abort", () => {
+            // The cancel commits after the shutdown aborted the run, before it ends.
+            t.hf.cancel(task.id).then(() => reject(ctx.signal.reason), reject);
+          }),
+        );
+      },
+    },
+  });
+  await a.start();
+  const { id } = await t.hf.enqueue("cancelled", { key: "k:cancel-shutdown" });
+  await started.promise;
+  const ended = waitEvent(a, "task:end", (x) => x.id === id);
+  await a.stop();
+  // Reported with fail(), which records the cancel (the event says failed: the run's signal
+  // was aborted by the shutdown, not by the cancel).
+  expect((await ended)[1].outcome).not.toBe("handed_over");
+  expect(await row(id)).toMatchObject({ state: "cancelled", attempt: 1 });
 });

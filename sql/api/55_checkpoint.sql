@@ -75,14 +75,20 @@ select holdfast._grant('execute', 'function holdfast.checkpoint(bigint, bigint, 
 -- Gives back a run stopped by its worker's shutdown (this session holds it) when every task
 -- of it has checkpointed under this fence: pending again in its place, the attempt not
 -- counted, its key unlocked and idle workers told, so another worker resumes it at once.
--- Returns false and changes nothing otherwise (the worker then reports the run as failed).
+-- Returns false and changes nothing otherwise, and when a cancel was requested meanwhile (the
+-- worker then reports the run with fail(), which records the cancel).
 create function holdfast.hand_over(ids bigint[], fences bigint[]) returns boolean
   language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 begin
+  -- Under the key rows' locks (as _finish_many takes them), so a cancel cannot commit between
+  -- this check and the release.
+  perform 1 from holdfast.keys k
+  where k.key in (select t.key from holdfast.tasks t where t.id = any (ids))
+  order by k.key for no key update;
   if coalesce(cardinality(ids), 0) = 0 or exists (
     select 1 from unnest(ids, fences) d (id, fence)
     left join holdfast.tasks t on t.id = d.id
-    where t.id is null or t.state <> 'running' or t.fence <> d.fence
+    where t.id is null or t.state <> 'running' or t.fence <> d.fence or t.cancel_requested
       or t.checkpoint_fence is distinct from d.fence) then
     return false;
   end if;
