@@ -7,6 +7,7 @@ import os from "node:os";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { chartSvg } from "./chart.js";
+import { type CheckpointCostResult, checkpointCost, renderCheckpointCost } from "./checkpoint.js";
 import { type ClaimScaleResult, claimScale } from "./claim-scale.js";
 import { startBenchServer } from "./db.js";
 import {
@@ -221,6 +222,10 @@ async function main(): Promise<void> {
       section("cost of a cap and a debounce…");
       results.featureCost = await featureCost(server.url, cfg.featureSamples);
     }
+    if (want("checkpoint")) {
+      section("cost of a checkpoint…");
+      results.checkpointCost = await checkpointCost(server.url, cfg.featureSamples);
+    }
     if (want("idle")) {
       section("idle resources…");
       results.resources = await idleResources(
@@ -269,6 +274,7 @@ interface Results {
   longTasks?: Array<Partial<LongTaskResult> & { system: string; note: string }>;
   claimScale?: ClaimScaleResult[];
   featureCost?: FeatureCostResult[];
+  checkpointCost?: CheckpointCostResult[];
   resources?: ResourceResult[];
   fleet?: FleetResult;
 }
@@ -407,6 +413,10 @@ function render(r: Results): string {
         ]),
       ]),
     );
+  }
+  if (r.checkpointCost) {
+    out.push("", "Cost of a checkpoint call inside a running handler, fsync on (ms)");
+    out.push(renderCheckpointCost(r.checkpointCost));
   }
   if (r.resources) {
     out.push("", "Idle worker process: connections it holds, transactions/s while idle");

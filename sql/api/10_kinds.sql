@@ -10,7 +10,8 @@ create function holdfast.define_kind(
   min_interval interval default null,
   batch_max int default null,
   strict_order boolean default null,
-  max_running int default null
+  max_running int default null,
+  keep_checkpoint boolean default null
 ) returns void
   language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
@@ -43,10 +44,15 @@ begin
     strict_order = coalesce(define_kind.strict_order, k.strict_order),
     max_running = case when define_kind.max_running is null then k.max_running
                        else nullif(define_kind.max_running, 0) end;
+  -- keep_checkpoint: a success keeps the task's checkpoint (api/55_checkpoint.sql).
+  if define_kind.keep_checkpoint is not null then
+    update holdfast.kinds k set keep_checkpoint = define_kind.keep_checkpoint
+    where k.kind = define_kind.kind;
+  end if;
   -- A raised or removed cap makes room: the kind's workers may be waiting for a slot.
   if define_kind.max_running is not null then
     perform pg_notify('holdfast', define_kind.kind);
   end if;
 end $$;
-select holdfast._grant('execute', 'function holdfast.define_kind(text, int, interval, int, boolean, int)',
+select holdfast._grant('execute', 'function holdfast.define_kind(text, int, interval, int, boolean, int, boolean)',
   'holdfast_worker');

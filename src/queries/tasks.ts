@@ -12,6 +12,8 @@ export interface TaskRow {
   priority: number;
   run_at: Date;
   created_at: Date;
+  checkpoint?: unknown;
+  checkpoint_at?: Date | null;
 }
 
 export function toTask(row: TaskRow): Task {
@@ -26,6 +28,8 @@ export function toTask(row: TaskRow): Task {
     priority: row.priority,
     runAt: row.run_at,
     createdAt: row.created_at,
+    checkpoint: row.checkpoint ?? null,
+    checkpointAt: row.checkpoint_at ?? null,
   };
 }
 
@@ -39,7 +43,7 @@ const quietMs = `case when q.until = 'infinity' then 'Infinity'::float8
     else (extract(epoch from q.until - clock_timestamp()) * 1000)::float8 end`;
 
 export const sql = {
-  defineKind: "select holdfast.define_kind($1, $2, $3::interval, $4, $5, $6)",
+  defineKind: "select holdfast.define_kind($1, $2, $3::interval, $4, $5, $6, $7)",
   enqueue:
     "select id, deduped from holdfast.enqueue_task($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9::interval, $10::interval)",
   // A claim that gets nothing also says when the next task of these kinds is due, in the same
@@ -65,6 +69,10 @@ export const sql = {
   deadLetters: `select * from holdfast.dead_letters
     where ($1::text is null or kind = $1) order by finished_at desc, id desc limit $2`,
   assertFence: "select holdfast.assert_fence($1, $2)",
+  /** One state for each task id in $1, all of one run's fence $2 (false: any refused). */
+  checkpoint:
+    "select coalesce(bool_and(holdfast.checkpoint(i, $2, $3::jsonb)), false) as ok from unnest($1::bigint[]) i",
+  handOver: "select holdfast.hand_over($1::bigint[], $2::bigint[]) as ok",
   // A follower that fails to lead learns from the same statement whether the leader may be
   // quiet (no heartbeat expected before quiet_ms, see Sweeper).
   tryLead: `select q.leader, ${quietMs} as quiet_ms
