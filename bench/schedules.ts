@@ -459,7 +459,8 @@ export async function scheduleBench(
   return { rows: [hf.row, ...out.map((o) => o.row)], peerTicks: out.flatMap((o) => o.ticks) };
 }
 
-const ms = (x: number | null | undefined) => (x === null || x === undefined ? "-" : fmt(x / 1000, 3));
+const ms = (x: number | null | undefined) =>
+  x === null || x === undefined ? "-" : fmt(x / 1000, 3);
 
 /** The section's printed tables. */
 export function renderSchedules(r: ScheduleBenchResult): string {
