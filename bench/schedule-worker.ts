@@ -10,6 +10,7 @@ import { PgBoss } from "pg-boss";
 import { pino } from "pino";
 import { Holdfast } from "../src/index.js";
 import { quietPool } from "./db.js";
+import { tickJob } from "./schedule-peers.js";
 
 const system = process.env.SCHED_SYSTEM ?? "";
 const url = process.env.DATABASE_URL ?? "";
@@ -31,9 +32,6 @@ export interface Handled {
 
 const say = (event: string, data: Record<string, unknown> = {}) =>
   process.stdout.write(`${JSON.stringify({ event, worker: name, at: Date.now(), ...data })}\n`);
-
-/** The queue, kind and task name of every system's scheduled job (bench/schedules.ts too). */
-const tickJob = "tick";
 
 async function holdfast(): Promise<void> {
   const pool = quietPool(new pg.Pool({ connectionString: url, max: 4 }));

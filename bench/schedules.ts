@@ -5,17 +5,18 @@
 // (handler start − tick).
 import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { Logger, runMigrations } from "graphile-worker";
-import pg from "pg";
-import { PgBoss } from "pg-boss";
-import { pino } from "pino";
-import { Holdfast } from "../src/index.js";
 import { collectJsonLines, type JsonLines } from "../test/support/json-lines.js";
-import { createDatabase, dropDatabase, quietPool, sleep, until } from "./db.js";
+import { createDatabase, dropDatabase, sleep, until } from "./db.js";
+import {
+  graphilePeer,
+  holdfastPeer,
+  type Job,
+  type Peer,
+  pgbossPeer,
+  type SystemName,
+} from "./schedule-peers.js";
 import type { Handled } from "./schedule-worker.js";
 import { fmt, percentile, table } from "./stats.js";
-
-type SystemName = "holdfast" | "graphile" | "pgboss";
 
 export interface ScheduleRow {
   system: string;
@@ -62,7 +63,6 @@ export interface ScheduleBenchOptions {
 }
 
 const workerScript = fileURLToPath(new URL("schedule-worker.ts", import.meta.url));
-const tickJob = "tick"; // as in bench/schedule-worker.ts
 const processes = 3;
 const killEveryMs = 10_000;
 
@@ -116,137 +116,6 @@ class Proc {
     await this.exited;
   }
 }
-
-interface Job {
-  id: string;
-  tick: number;
-  created: number;
-}
-
-/** A system's part of the run: how to set its database up, and how to read its jobs back. */
-interface Peer {
-  system: SystemName;
-  label: string;
-  precision: string;
-  cron: string;
-  stepMs: number;
-  setup(url: string): Promise<void>;
-  /** Every job of the schedule the database still holds (with `handled`: the ones it deleted). */
-  jobs(url: string, handled: Handled[]): Promise<Job[]>;
-  config: string;
-}
-
-async function query<R extends pg.QueryResultRow>(url: string, text: string): Promise<R[]> {
-  const c = new pg.Client({ connectionString: url });
-  await c.connect();
-  try {
-    return (await c.query<R>(text)).rows;
-  } finally {
-    await c.end();
-  }
-}
-
-const holdfastPeer: Peer = {
-  system: "holdfast",
-  label: "holdfast",
-  precision: "1 s",
-  cron: "* * * * * *",
-  stepMs: 1_000,
-  config: "defaults, backfill 1",
-  async setup(url) {
-    const pool = quietPool(new pg.Pool({ connectionString: url, max: 2 }));
-    const hf = new Holdfast({ pool, logger: pino({ level: "silent" }) });
-    try {
-      await hf.migrate();
-      await hf.defineKind(tickJob);
-      await hf.schedule(tickJob, { cron: this.cron, kind: tickJob, key: tickJob });
-    } finally {
-      await hf.close();
-      await pool.end();
-    }
-  },
-  async jobs(url) {
-    const rows = await query<{ id: string; tick: Date; created: Date }>(
-      url,
-      `select id::text, place_at as tick, created_at as created
-       from holdfast.tasks where kind = '${tickJob}'`,
-    );
-    return rows.map((r) => ({ id: r.id, tick: r.tick.getTime(), created: r.created.getTime() }));
-  },
-};
-
-const graphilePeer: Peer = {
-  system: "graphile",
-  label: "graphile-worker",
-  precision: "1 min",
-  cron: "* * * * *",
-  stepMs: 60_000,
-  config: "crontab, defaults (no backfill)",
-  async setup(url) {
-    await runMigrations({ connectionString: url, logger: new Logger(() => () => {}) });
-  },
-  async jobs(url, handled) {
-    // A completed job is deleted: those come from the handlers' lines, the rest from the table.
-    const rows = await query<{ id: string; ts: string; created: Date }>(
-      url,
-      `select j.id::text, j.payload->'_cron'->>'ts' as ts, j.created_at as created
-       from graphile_worker._private_jobs j
-       join graphile_worker._private_tasks t on t.id = j.task_id
-       where t.identifier = '${tickJob}'`,
-    );
-    const byId = new Map<string, Job>();
-    for (const h of handled) {
-      if (h.tick !== undefined && h.created !== undefined) {
-        byId.set(h.id, { id: h.id, tick: h.tick, created: h.created });
-      }
-    }
-    for (const r of rows) {
-      byId.set(r.id, { id: r.id, tick: Date.parse(r.ts), created: r.created.getTime() });
-    }
-    return [...byId.values()];
-  },
-};
-
-const pgbossPeer: Peer = {
-  system: "pgboss",
-  label: "pg-boss",
-  precision: "1 min",
-  cron: "* * * * *",
-  stepMs: 60_000,
-  config: "schedule(), cronMonitorIntervalSeconds 1, cronWorkerIntervalSeconds 1, notify queue",
-  async setup(url) {
-    const boss = new PgBoss({ connectionString: url, max: 2, supervise: false, schedule: false });
-    boss.on("error", () => {});
-    await boss.start();
-    try {
-      await boss.createQueue(tickJob, { notify: true });
-      await boss.schedule(tickJob, this.cron);
-    } finally {
-      await boss.stop({ graceful: false });
-    }
-  },
-  async jobs(url) {
-    // A cron pass files each occurrence as a job of the internal send-it queue under its minute
-    // (data.slot, UTC); the send-it worker then sends the tick's job. A job is filed under the
-    // slot of the send-it job that was running when it was created, or else under its minute.
-    const rows = await query<{ id: string; created: Date; slot: string | null }>(
-      url,
-      `select j.id::text, j.created_on as created,
-         (select s.data->>'slot' from pgboss.job s
-          where s.name = '__pgboss__send-it' and s.data->>'name' = '${tickJob}'
-            and j.created_on between s.started_on and coalesce(s.completed_on, 'infinity')
-          order by s.started_on desc limit 1) as slot
-       from pgboss.job j where j.name = '${tickJob}'`,
-    );
-    return rows.map((r) => {
-      const created = r.created.getTime();
-      const tick = r.slot
-        ? Date.parse(`${r.slot.replace(" ", "T")}Z`)
-        : created - (created % 60_000);
-      return { id: r.id, tick, created };
-    });
-  },
-};
 
 interface RunOutcome {
   row: ScheduleRow;
@@ -487,16 +356,15 @@ export function renderSchedules(r: ScheduleBenchResult): string {
       ...r.rows.map((x) => [
         x.system,
         x.precision,
-        String(x.windowSeconds),
-        String(x.expected),
-        String(x.enqueued),
-        String(x.skipped),
-        String(x.duplicated),
+        // A system not run shows no counts.
+        ...[x.windowSeconds, x.expected, x.enqueued, x.skipped, x.duplicated].map((n) =>
+          x.windowSeconds > 0 ? String(n) : "-",
+        ),
         ms(x.lateP50Ms),
         ms(x.lateP99Ms),
         ms(x.lateMaxMs),
         ms(x.startP99Ms),
-        String(x.kills),
+        x.windowSeconds > 0 ? String(x.kills) : "-",
         x.note,
       ]),
     ]),
