@@ -235,7 +235,7 @@ async function main(): Promise<void> {
       results.fleet = await fleet(server.url, { ...cfg.fleet, log });
       log(`  ${JSON.stringify(results.fleet)}`);
     }
-    // Not in --quick unless asked (--only schedules): its holdfast part alone takes ~40 s.
+    // Not in --quick unless asked (--only schedules): its holdfast part alone takes ~30 s.
     if (want("schedules") && (!quick || only)) {
       section("schedules, leader killed every 10 s…");
       results.schedules = await scheduleBench(server.url, { quick, log });
