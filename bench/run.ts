@@ -27,6 +27,7 @@ import {
   wakeLatency,
 } from "./latency.js";
 import { idleResources, type ResourceResult } from "./resources.js";
+import { renderSchedules, type ScheduleBenchResult, scheduleBench } from "./schedules.js";
 import { fmt, table } from "./stats.js";
 import { DeriverSystem } from "./systems/deriver.js";
 import { HoldfastSystem } from "./systems/holdfast.js";
@@ -239,6 +240,11 @@ async function main(): Promise<void> {
       results.fleet = await fleet(server.url, { ...cfg.fleet, log });
       log(`  ${JSON.stringify(results.fleet)}`);
     }
+    // Not in --quick unless asked (--only schedules): its holdfast part alone takes ~30 s.
+    if (want("schedules") && (!quick || only)) {
+      section("schedules, leader killed every 10 s…");
+      results.schedules = await scheduleBench(server.url, { quick, log });
+    }
   } finally {
     await server.stop();
   }
@@ -277,6 +283,7 @@ interface Results {
   checkpointCost?: CheckpointCostResult[];
   resources?: ResourceResult[];
   fleet?: FleetResult;
+  schedules?: ScheduleBenchResult;
 }
 
 /** The cells a one-process and a 4-process throughput row share. */
@@ -459,6 +466,7 @@ function render(r: Results): string {
     );
     for (const m of f.missed) out.push(`  missed: ${m}`);
   }
+  if (r.schedules) out.push("", renderSchedules(r.schedules));
   out.push("", `total ${r.seconds} s`);
   return out.join("\n");
 }
