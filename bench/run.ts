@@ -8,6 +8,7 @@ import os from "node:os";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { chartSvg } from "./chart.js";
+import { type CheckpointCostResult, checkpointCost, renderCheckpointCost } from "./checkpoint.js";
 import { type ClaimScaleResult, claimScale } from "./claim-scale.js";
 import { startBenchServer } from "./db.js";
 import {
@@ -27,6 +28,7 @@ import {
   wakeLatency,
 } from "./latency.js";
 import { idleResources, type ResourceResult } from "./resources.js";
+import { renderSchedules, type ScheduleBenchResult, scheduleBench } from "./schedules.js";
 import { fmt, table } from "./stats.js";
 import { type StorageResult, storageSoak } from "./storage.js";
 import { DeriverSystem } from "./systems/deriver.js";
@@ -226,6 +228,10 @@ async function main(): Promise<void> {
       section("cost of a cap and a debounce…");
       results.featureCost = await featureCost(server.url, cfg.featureSamples);
     }
+    if (want("checkpoint")) {
+      section("cost of a checkpoint…");
+      results.checkpointCost = await checkpointCost(server.url, cfg.featureSamples);
+    }
     if (want("idle")) {
       section("idle resources…");
       results.resources = await idleResources(
@@ -238,6 +244,11 @@ async function main(): Promise<void> {
       section(`fleet of ${cfg.fleet.processes} worker processes…`);
       results.fleet = await fleet(server.url, { ...cfg.fleet, log });
       log(`  ${JSON.stringify(results.fleet)}`);
+    }
+    // Not in --quick unless asked (--only schedules): its holdfast part alone takes ~30 s.
+    if (want("schedules") && (!quick || only)) {
+      section("schedules, leader killed every 10 s…");
+      results.schedules = await scheduleBench(server.url, { quick, log });
     }
     if (only?.has("storage")) {
       results.storage = [];
@@ -290,8 +301,10 @@ interface Results {
   longTasks?: Array<Partial<LongTaskResult> & { system: string; note: string }>;
   claimScale?: ClaimScaleResult[];
   featureCost?: FeatureCostResult[];
+  checkpointCost?: CheckpointCostResult[];
   resources?: ResourceResult[];
   fleet?: FleetResult;
+  schedules?: ScheduleBenchResult;
   storage?: StorageResult[];
 }
 
@@ -462,6 +475,10 @@ function render(r: Results): string {
       ]),
     );
   }
+  if (r.checkpointCost) {
+    out.push("", "Cost of a checkpoint call inside a running handler, fsync on (ms)");
+    out.push(renderCheckpointCost(r.checkpointCost));
+  }
   if (r.resources) {
     out.push("", "Idle worker process: connections it holds, transactions/s while idle");
     out.push(
@@ -503,6 +520,7 @@ function render(r: Results): string {
     );
     for (const m of f.missed) out.push(`  missed: ${m}`);
   }
+  if (r.schedules) out.push("", renderSchedules(r.schedules));
   out.push("", `total ${r.seconds} s`);
   return out.join("\n");
 }

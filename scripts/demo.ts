@@ -1,6 +1,8 @@
 // npm run demo: the deriver's story, compressed in time, on an embedded Postgres.
-// 3 worker processes, 2 peers' dreams of several seconds each, one worker SIGKILLed mid-dream.
-// `npm run demo -- --dashboard [port]` serves the dashboard on the demo's database meanwhile
+// 3 worker processes, 2 peers' dreams of several seconds each, one worker SIGKILLed mid-dream:
+// the takeover resumes the dream from its last checkpoint, and the batches done before the kill
+// are not done again. `npm run demo -- --no-checkpoints` runs the same without checkpoints (the
+// takeover starts over). `npm run demo -- --dashboard [port]` serves the dashboard on the demo's database meanwhile
 // (default port 8080) and keeps it, the database and the workers up until Ctrl-C.
 import { type ChildProcess, spawn } from "node:child_process";
 import { createInterface } from "node:readline";
@@ -14,7 +16,9 @@ import { overlaps } from "../test/support/runs.js";
 const dashboardAt = process.argv.indexOf("--dashboard");
 const dashboardPort =
   dashboardAt < 0 ? null : Number(process.argv[dashboardAt + 1] ?? 8080) || 8080;
-const DREAM_SECONDS = 6;
+const checkpoints = !process.argv.includes("--no-checkpoints");
+const BATCHES = 12;
+const BATCH_MS = 500; // one "model call" per batch: a dream of 6 s
 const KILL_AFTER_MS = 2_000;
 const t0 = Date.now();
 const clock = (at: number) => `+${((at - t0) / 1000).toFixed(3).padStart(7)} s`;
@@ -28,9 +32,12 @@ interface Event {
   key?: string;
   attempt?: number;
   fence?: number;
+  from?: number;
 }
 
-console.log("holdfast demo: 3 deriver workers, 2 dreams, one worker killed mid-dream\n");
+console.log(
+  `holdfast demo: 3 deriver workers, 2 dreams, one worker killed mid-dream (${checkpoints ? "with checkpoints" : "checkpoints off"})\n`,
+);
 const server = await startEmbedded();
 const hf = new Holdfast({ connectionString: server.url, logger: pino({ level: "silent" }) });
 const children: ChildProcess[] = [];
@@ -39,7 +46,9 @@ try {
   await hf.migrate();
   await hf.defineKind("dream");
   await hf.pool.query(`create table dream_runs (task_id bigint, key text, worker text, attempt int,
-    fence bigint, started_at timestamptz default clock_timestamp(), ended_at timestamptz)`);
+    fence bigint, started_at timestamptz default clock_timestamp(), ended_at timestamptz);
+    create table dream_batches (task_id bigint, key text, batch int, worker text, attempt int,
+      at timestamptz default clock_timestamp())`);
   line(
     Date.now(),
     `embedded Postgres up, schema migrated (${server.url.replace(/:[^:@]*@/, ":***@")})`,
@@ -70,7 +79,12 @@ try {
   const byName = new Map<string, ChildProcess>();
   for (const name of names) {
     const child = spawn(process.execPath, ["--import", "tsx", workerScript], {
-      env: { ...process.env, DATABASE_URL: server.url, HF_NAME: name },
+      env: {
+        ...process.env,
+        DATABASE_URL: server.url,
+        HF_NAME: name,
+        HF_CHECKPOINTS: checkpoints ? "1" : "0",
+      },
       stdio: ["ignore", "pipe", "inherit"],
     });
     children.push(child);
@@ -81,7 +95,8 @@ try {
       if (e.event === "start")
         line(
           e.at,
-          `${e.worker} starts ${e.key} (task ${e.id}, attempt ${e.attempt}, fence ${e.fence})`,
+          `${e.worker} starts ${e.key} (task ${e.id}, attempt ${e.attempt}, fence ${e.fence})` +
+            (e.from ? `, resuming from its checkpoint at batch ${e.from + 1} of ${BATCHES}` : ""),
         );
       if (e.event === "end")
         line(e.at, `${e.worker} finishes ${e.key} (task ${e.id}, attempt ${e.attempt})`);
@@ -93,8 +108,14 @@ try {
 
   const dreams = ["dream:omni:ws:alice:alice", "dream:omni:ws:bob:bob"];
   for (const key of dreams) {
-    const { id } = await hf.enqueue("dream", { key, payload: { seconds: DREAM_SECONDS } });
-    line(Date.now(), `enqueued ${key} (task ${id}, ${DREAM_SECONDS} s of work)`);
+    const { id } = await hf.enqueue("dream", {
+      key,
+      payload: { batches: BATCHES, batchMs: BATCH_MS },
+    });
+    line(
+      Date.now(),
+      `enqueued ${key} (task ${id}, ${BATCHES} batches of ${BATCH_MS} ms of model time)`,
+    );
   }
   const victimStart = await waitFor((e) => e.event === "start" && e.key === dreams[0]);
   await new Promise((r) => setTimeout(r, KILL_AFTER_MS));
@@ -122,6 +143,13 @@ try {
     "select key, worker, attempt, started_at, ended_at from dream_runs order by key, started_at",
   );
   const overlapping = overlaps(runs, () => killedAt).length;
+  // The killed dream's batches: which were done before the kill, and which were done again.
+  const { rows: batches } = await hf.pool.query<{ batch: number; attempt: number }>(
+    "select batch, attempt from dream_batches where key = $1 order by at",
+    [dreams[0]],
+  );
+  const before = batches.filter((b) => b.attempt === 1).length;
+  const repeated = batches.length - new Set(batches.map((b) => b.batch)).size;
   const completed = runs.filter((r) => r.ended_at).length;
   console.log("\nruns per enqueued dream:");
   for (const key of dreams) {
@@ -132,10 +160,19 @@ try {
     console.log(`  ${key}: ${mine.length} run(s): ${desc}`);
   }
   console.log(
+    `\n${dreams[0]}: ${before} of ${BATCHES} batches done before the kill; ` +
+      (takeover.from
+        ? `the takeover resumed at batch ${takeover.from + 1} from the checkpoint: `
+        : "the takeover started over from batch 1: ") +
+      `${repeated} batches (${(repeated * BATCH_MS) / 1000} s of model time) done twice, ` +
+      `${before - repeated} not repeated`,
+  );
+  console.log(
     `\nverdict: ${dreams.length} dreams enqueued, ${completed} completed runs, ${overlapping} overlapping runs, ` +
       `takeover ${takeover.at - killedAt} ms after SIGKILL (no timeout configured anywhere)`,
   );
   if (overlapping > 0 || completed !== dreams.length) process.exitCode = 1;
+  if (checkpoints && repeated > 0) process.exitCode = 1;
   if (dashboard) {
     console.log(
       `\ndashboard: ${dashboard.url} (or: npm run dashboard -- --port 8081 --database '${server.url}')\nCtrl-C to stop`,

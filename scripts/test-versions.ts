@@ -32,6 +32,7 @@ const files = [
   "test/order-faults.test.ts",
   "test/complete-held.test.ts",
   "test/retries.test.ts",
+  "test/checkpoint.test.ts",
   "test/roles.test.ts",
   "test/claim-kinds.test.ts",
   "test/crash.test.ts",

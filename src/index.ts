@@ -37,6 +37,7 @@ export type {
   Attempt,
   BatchHandler,
   BatchKindOptions,
+  CheckpointOptions,
   DeadLetter,
   DefineKindOptions,
   EnqueueOptions,

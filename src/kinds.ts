@@ -12,6 +12,7 @@ export interface KindParams {
   strictOrder: boolean | null;
   /** 0 removes the cap. */
   maxRunning: number | null;
+  keepCheckpoint: boolean | null;
   /** Interval literals per end state (null keeps the stored value). */
   retainSucceeded: string | null;
   retainCancelled: string | null;
@@ -46,6 +47,10 @@ export function kindParams(kind: string, opts: DefineKindOptions, Err: ErrorCtor
   if (strictOrder !== undefined && typeof strictOrder !== "boolean") {
     throw new Err(`holdfast: ${where}: strictOrder must be true or false`);
   }
+  const { keepCheckpoint } = opts;
+  if (keepCheckpoint !== undefined && typeof keepCheckpoint !== "boolean") {
+    throw new Err(`holdfast: ${where}: keepCheckpoint must be true or false`);
+  }
   const retain = retentionParams(retention, where, Err);
   return {
     ...retain,
@@ -55,6 +60,7 @@ export function kindParams(kind: string, opts: DefineKindOptions, Err: ErrorCtor
     batchMax: batch?.max ?? null,
     strictOrder: strictOrder ?? null,
     maxRunning: maxRunning === undefined ? null : (maxRunning ?? 0),
+    keepCheckpoint: keepCheckpoint ?? null,
   };
 }
 
@@ -122,6 +128,7 @@ export async function defineKind(pool: pg.Pool, kind: string, p: KindParams): Pr
       p.batchMax,
       p.strictOrder,
       p.maxRunning,
+      p.keepCheckpoint,
       p.retainSucceeded,
       p.retainCancelled,
       p.retainFailed,

@@ -1,7 +1,7 @@
 import type pg from "pg";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import { TaskCancelledError } from "./errors.js";
-import { queueSql } from "./inspect/queries.js";
+import { queueSql, runningProgressSql } from "./inspect/queries.js";
 import type { Outcome } from "./worker/runs.js";
 import type { Worker } from "./worker/worker.js";
 
@@ -21,6 +21,7 @@ export class HoldfastMetrics {
   private readonly failed: Counter<"kind">;
   private readonly deadLettered: Counter<"kind">;
   private readonly cancelled: Counter<"kind">;
+  private readonly handedOver: Counter<"kind">;
   private readonly lost: Counter<"kind" | "reason">;
   private readonly takeovers: Counter;
   private readonly lockLosses: Counter;
@@ -47,6 +48,10 @@ export class HoldfastMetrics {
       "Failed runs that used the task's last attempt.",
     );
     this.cancelled = perKind("holdfast_tasks_cancelled_total", "Runs that ended cancelled.");
+    this.handedOver = perKind(
+      "holdfast_tasks_handed_over_total",
+      "Runs stopped by a shutdown after a checkpoint, given back without counting an attempt.",
+    );
     this.lost = new Counter({
       name: "holdfast_tasks_lost_total",
       help: "Runs whose outcome was not recorded: lock_lost (session gone) or stale_fence (a newer claim exists).",
@@ -96,7 +101,10 @@ export class HoldfastMetrics {
       labelNames: ["table"] as const,
       registers,
     });
-    if (pool) this.registerQueueGauges(pool, registers);
+    if (pool) {
+      this.registerQueueGauges(pool, registers);
+      this.registerProgressGauges(pool, registers);
+    }
   }
 
   /** Starts counting a worker's events; returns a function that stops it. Idempotent. */
@@ -125,6 +133,7 @@ export class HoldfastMetrics {
       if (info.outcome === "succeeded") this.succeeded.inc({ kind });
       else if (info.outcome === "lost") this.lost.inc({ kind, reason: "lock_lost" });
       else if (info.outcome === "rejected") this.lost.inc({ kind, reason: "stale_fence" });
+      else if (info.outcome === "handed_over") this.handedOver.inc({ kind });
       else if (info.outcome === "cancelled" || info.error instanceof TaskCancelledError)
         this.cancelled.inc({ kind });
       else {
@@ -169,6 +178,51 @@ export class HoldfastMetrics {
 
   get contentType(): string {
     return this.registry.contentType;
+  }
+
+  /** Running tasks' checkpoints, read at scrape time from every worker's tasks. */
+  private registerProgressGauges(pool: pg.Pool, registers: Registry[]): void {
+    let inFlight: Promise<ProgressDbRow[] | undefined> | undefined;
+    const load = () => {
+      inFlight ??= pool
+        .query<ProgressDbRow>(runningProgressSql)
+        .then(
+          (r) => r.rows,
+          () => undefined,
+        )
+        .finally(() => {
+          inFlight = undefined;
+        });
+      return inFlight;
+    };
+    new Gauge({
+      name: "holdfast_task_progress",
+      help: "Progress (0 to 1) of each running task whose checkpoint carries one, read at scrape time.",
+      labelNames: ["kind", "task"] as const,
+      registers,
+      async collect() {
+        const rows = await load();
+        if (!rows) return;
+        this.reset();
+        for (const r of rows)
+          if (r.progress !== null) this.set({ kind: r.kind, task: r.task_id }, r.progress);
+      },
+    });
+    new Gauge({
+      name: "holdfast_running_checkpoint_age_seconds",
+      help: "Per kind, the longest a running task has gone without a checkpoint (since its run started when it has none): a stuck run stands out. Read at scrape time.",
+      labelNames: ["kind"] as const,
+      registers,
+      async collect() {
+        const rows = await load();
+        if (!rows) return;
+        this.reset();
+        const worst = new Map<string, number>();
+        for (const r of rows)
+          worst.set(r.kind, Math.max(worst.get(r.kind) ?? 0, r.since_checkpoint_s));
+        for (const [kind, s] of worst) this.set({ kind }, s);
+      },
+    });
   }
 
   /** Queue depth is read at scrape time (one grouped query), so it covers every producer. */
@@ -217,6 +271,13 @@ export class HoldfastMetrics {
       },
     });
   }
+}
+
+interface ProgressDbRow {
+  task_id: string;
+  kind: string;
+  progress: number | null;
+  since_checkpoint_s: number;
 }
 
 interface QueueDbRow {

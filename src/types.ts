@@ -1,7 +1,7 @@
 import type { Logger } from "pino";
 
-/** A task as its handler sees it. */
-export interface Task<P = unknown> {
+/** A task as its handler sees it. `C`: the type of its checkpoint. */
+export interface Task<P = unknown, C = unknown> {
   id: number;
   kind: string;
   key: string;
@@ -14,6 +14,11 @@ export interface Task<P = unknown> {
   priority: number;
   runAt: Date;
   createdAt: Date;
+  /** The last checkpoint written by a run of this task (`ctx.checkpoint`): null on a first
+   *  attempt; a retry, a crash's next attempt or a shutdown hand-over resumes from it. */
+  checkpoint: C | null;
+  /** When that checkpoint was written (null: none). */
+  checkpointAt: Date | null;
 }
 
 /** Anything with a pg-style `query` (a pg.Client, a pooled client) on which to check the fence. */
@@ -30,15 +35,35 @@ export interface HandlerContext {
   /** Call inside your own transaction before committing writes: throws StaleFenceError once
    *  a newer claim of the key exists, so a run that lost its lock cannot write. */
   assertFence(client: Queryable): Promise<void>;
+  /**
+   * Stores `state` (any JSON value up to 1 MiB) on the task, fenced: the task's next attempt
+   * receives it as `task.checkpoint`. An object's `progress` (0 to 1) and `note` (a string)
+   * are shown by inspect, the dashboard and the metrics. Without `client` it is written
+   * through the app's pool; with `{ client }` inside your transaction, so your writes and the
+   * checkpoint commit together. Refused once the run no longer holds the task (a newer claim,
+   * the run ended, its lock session is gone): throws StaleFenceError and aborts `signal`.
+   * A batch run writes it on each of its tasks, or on `{ task }` only.
+   */
+  checkpoint(state: unknown, options?: CheckpointOptions): Promise<void>;
 }
 
-export type Handler<P = unknown> = (task: Task<P>, ctx: HandlerContext) => Promise<void> | void;
+export interface CheckpointOptions {
+  /** Write the checkpoint in this client's open transaction (it commits with your writes). */
+  client?: Queryable;
+  /** A batch run: the task (or its id) whose checkpoint this is (default: every task of it). */
+  task?: Task | number;
+}
+
+export type Handler<P = unknown, C = unknown> = (
+  task: Task<P, C>,
+  ctx: HandlerContext,
+) => Promise<void> | void;
 
 /** A batch kind's handler: up to `batch.max` tasks of one key, in the key's order, claimed
  *  together under one lock and one fence. They succeed together when it resolves and fail
  *  together (each one's attempt is recorded and retried) when it throws. */
-export type BatchHandler<P = unknown> = (
-  tasks: Task<P>[],
+export type BatchHandler<P = unknown, C = unknown> = (
+  tasks: Task<P, C>[],
   ctx: HandlerContext,
 ) => Promise<void> | void;
 
@@ -66,6 +91,9 @@ export interface KindSettings {
    * holder dies: no lease, no timeout.
    */
   maxRunning?: number | null;
+  /** A success keeps the task's checkpoint, e.g. to read a run's final progress afterwards
+   *  (default false: a success clears it; a failure, a dead letter or a cancel keeps it). */
+  keepCheckpoint?: boolean;
   /** How long finished tasks of the kind are kept (see Retention); omitted: kept as stored. */
   retention?: Retention;
 }
@@ -88,7 +116,7 @@ export interface DefineKindOptions extends KindSettings {
 
 export interface KindOptions extends KindSettings {
   // biome-ignore lint/suspicious/noExplicitAny: handlers declare their own payload type
-  handler: Handler<any>;
+  handler: Handler<any, any>;
 }
 
 /** A batch kind: `handleBatch` (not `handler`) receives the tasks, so each entry's handler
@@ -97,14 +125,14 @@ export interface BatchKindOptions extends KindSettings {
   /** Up to `max` pending tasks of one key, of this kind and next in the key's order. */
   batch: { max: number };
   // biome-ignore lint/suspicious/noExplicitAny: handlers declare their own payload type
-  handleBatch: BatchHandler<any>;
+  handleBatch: BatchHandler<any, any>;
 }
 
 export interface WorkerOptions {
   /** Handlers per kind: a function, `{ handler, maxAttempts, minInterval }`, or a batch kind
    *  `{ batch: { max }, handleBatch: (tasks, ctx) => … }`. The worker defines these kinds. */
   // biome-ignore lint/suspicious/noExplicitAny: handlers declare their own payload type
-  handlers: Record<string, Handler<any> | KindOptions | BatchKindOptions>;
+  handlers: Record<string, Handler<any, any> | KindOptions | BatchKindOptions>;
   /** Handlers running at once (default 1). Connections do not grow with it. */
   concurrency?: number;
   /**

@@ -5,6 +5,7 @@ import { type CliProcess, runCli, startCli } from "./support/cli.js";
 import { freshDatabase, type TestDatabase } from "./support/db.js";
 import { assertInspectShape } from "./support/inspect-schema.js";
 import { freePort } from "./support/postgres.js";
+import { until } from "./support/wait.js";
 
 // Child processes all the way: every command runs through bin/holdfast.js as a user would.
 let db: TestDatabase;
@@ -38,10 +39,12 @@ const enqueue = async (key: string, payload: object, extra: string[] = []) => {
 };
 const taskState = async (id: number) =>
   (
-    await db.pool.query<{ state: string; attempt: number; last_error: { message: string } | null }>(
-      "select state, attempt, last_error from holdfast.tasks where id = $1",
-      [id],
-    )
+    await db.pool.query<{
+      state: string;
+      attempt: number;
+      last_error: { message: string } | null;
+      checkpoint: unknown;
+    }>("select state, attempt, last_error, checkpoint from holdfast.tasks where id = $1", [id])
   ).rows[0];
 
 it("round trip: migrate, enqueue, a worker runs it from a handlers module (metrics on /metrics), inspect shows it done", async () => {
@@ -111,6 +114,29 @@ it("a second SIGTERM aborts the running task (recorded as a failed attempt, retr
     expect.arrayContaining(["shutdown_abort", "task_failed", "task_retry_scheduled"]),
   );
   expect((await cli(["cancel", String(id)])).code).toBe(0); // keep it from later workers
+});
+
+it("a second SIGTERM hands a checkpointed task over: pending in place, attempt not counted, another worker resumes it at once", async () => {
+  const w = worker("handover");
+  await w.waitFor((l) => l.event === "worker_started");
+  const id = await enqueue("handover", { ms: 120_000, checkpoint: true });
+  await w.waitFor((l) => l.event === "task_started" && l.task === id);
+  const other = worker("resumer");
+  await other.waitFor((l) => l.event === "worker_started");
+  await until(async () => (await taskState(id))?.checkpoint !== null);
+  w.child.kill("SIGTERM");
+  await w.waitFor((l) => l.event === "shutdown_requested");
+  w.child.kill("SIGTERM");
+  expect(await w.exited).toBe(0);
+  expect(w.logs.map((l) => l.event)).toEqual(
+    expect.arrayContaining(["shutdown_abort", "task_handed_over"]),
+  );
+  expect(w.logs.map((l) => l.event)).not.toContain("task_failed");
+  const resumed = await other.waitFor((l) => l.event === "task_succeeded" && l.task === id);
+  expect(resumed.attempt).toBe(1); // the handed-over run did not count
+  expect(await taskState(id)).toMatchObject({ state: "succeeded", attempt: 1 });
+  other.child.kill("SIGTERM");
+  expect(await other.exited).toBe(0);
 });
 
 it("inspect exits 0 when healthy, 1 with a dead letter, 2 when Postgres is unreachable", async () => {

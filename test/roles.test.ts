@@ -58,6 +58,8 @@ const calls: Record<string, string> = {
   release: "select holdfast.release(array[ID]::bigint[], array[0]::bigint[])",
   fail: "select holdfast.fail(ID, 0, 'x')",
   assert_fence: "select holdfast.assert_fence('k:nope', 1)",
+  checkpoint: "select holdfast.checkpoint(ID, 0, '{}')",
+  hand_over: "select holdfast.hand_over(array[ID]::bigint[], array[0]::bigint[])",
   next_run_at: "select holdfast.next_run_at(array['job'])",
   sweep: "select holdfast.sweep()",
   read_locks: "select * from holdfast.locks",
@@ -85,6 +87,8 @@ const allowed: Record<string, string[]> = {
     "complete_many",
     "release",
     "fail",
+    "checkpoint",
+    "hand_over",
     "next_run_at",
     "sweep",
     "read_orphans", // the sweep reports the holders it replaced
@@ -137,11 +141,14 @@ it("a TS producer and a TS worker run the whole lifecycle with only their roles"
           } finally {
             c.release();
           }
+          if (task.key === "k:lifecycle") seen.push(task.checkpoint);
+          await ctx.checkpoint({ attempt: task.attempt }); // through the worker's pool
           if (task.attempt === 1) throw new Error("first attempt fails");
         },
       },
     });
     const ended: string[] = [];
+    const seen: unknown[] = [];
     const done = new Promise<void>((resolve) =>
       worker.on("task:end", (t, r) => {
         if (t.key !== "k:lifecycle") return;
@@ -154,6 +161,7 @@ it("a TS producer and a TS worker run the whole lifecycle with only their roles"
     await done;
     await worker.stop();
     expect(ended).toEqual(["failed", "succeeded"]);
+    expect(seen).toEqual([null, { attempt: 1 }]);
     expect(await producer.retry(id)).toBe(false); // succeeded: nothing to requeue
     // Reading dead letters is the observer's: a typed error says which right is missing.
     await expect(producer.deadLetters()).rejects.toBeInstanceOf(PermissionDeniedError);

@@ -3,7 +3,9 @@
 // observations: debounced after the peer's latest activity (bounded by a maximum wait), at
 // least `dreamInterval` apart per peer, and at most `maxDreams` at once across all workers. A
 // recurring "maintenance" task runs on a cron schedule, once per tick cluster-wide. All write
-// to their own tables inside a transaction guarded by the run's fence.
+// to their own tables inside a transaction guarded by the run's fence. A dream consolidates
+// its observations batch by batch and checkpoints after each batch in the same transaction:
+// taken over after a crash, it continues with the next batch, and nothing is written twice.
 import type pg from "pg";
 import type { Holdfast, Interval, Task, Worker } from "../../src/index.js";
 
@@ -17,6 +19,19 @@ export interface Message {
 }
 
 type DreamPayload = Pick<Message, "workspace" | "observer" | "observed">;
+
+/** A dream's checkpoint: where it is in the observations it consolidates. */
+export interface DreamCheckpoint {
+  /** The last observation id it consolidates (the peer's latest when the dream first ran). */
+  upTo: number;
+  total: number;
+  /** Consolidated so far: every observation with id <= afterId, in `batches` batches. */
+  afterId: number;
+  done: number;
+  batches: number;
+  progress: number;
+  note: string;
+}
 
 export const representationKey = (m: Message) =>
   `representation:${m.workspace}:${m.session}:${m.observed}`;
@@ -42,6 +57,9 @@ export async function setupDeriver(hf: Holdfast, opts: DeriverSettings): Promise
       id bigserial primary key, workspace text, session text, observed text,
       message_id int, text text, fence bigint,
       unique (workspace, session, observed, message_id));
+    create table if not exists deriver_consolidated (
+      dream_task bigint, observation_id bigint, batch int, fence bigint,
+      at timestamptz default clock_timestamp());
     create table if not exists deriver_dreams (
       id bigserial primary key, key text, observations int, fence bigint,
       started_at timestamptz, finished_at timestamptz default clock_timestamp());
@@ -116,14 +134,19 @@ export function deriverWorker(
   opts: {
     name?: string;
     concurrency?: number;
-    /** Simulated model time per representation batch and per dream. */
+    /** Simulated model time per representation batch and per dream batch. */
     representationMs?: number;
     dreamMs?: number;
+    /** Observations a dream consolidates per model call (default 10). */
+    dreamBatch?: number;
+    /** stop(): how long running handlers get before their signal aborts (default 30 s). */
+    shutdownTimeoutMs?: number;
   },
 ): Worker {
   return hf.worker({
     ...(opts.name ? { name: opts.name } : {}),
     concurrency: opts.concurrency ?? 3,
+    ...(opts.shutdownTimeoutMs === undefined ? {} : { shutdownTimeoutMs: opts.shutdownTimeoutMs }),
     handlers: {
       representation: {
         batch: { max: 10 },
@@ -143,18 +166,47 @@ export function deriverWorker(
       },
       // Kind settings (interval, cap) are setupDeriver's: a worker keeps what is stored.
       dream: {
-        // The long LLM pass; stops at once if the lock is lost or the dream is cancelled.
-        handler: async (task: Task<DreamPayload>, ctx) => {
+        // The long LLM pass, one model call per batch of observations; stops at once if the
+        // lock is lost or the dream is cancelled. Each batch's writes and the checkpoint that
+        // says it is done commit together: a new attempt (after a crash, a lost lock, a
+        // shutdown hand-over) resumes with the next batch and writes nothing twice.
+        handler: async (task: Task<DreamPayload, DreamCheckpoint>, ctx) => {
           const startedAt = new Date();
-          await sleep(opts.dreamMs ?? 200, ctx.signal);
-          await fenced(hf.pool, ctx, async (c) => {
-            const { rows } = await c.query(
-              "select count(*)::int as n from deriver_observations where workspace = $1 and observed = $2",
-              [task.payload.workspace, task.payload.observed],
+          const { workspace, observed } = task.payload;
+          let cp = task.checkpoint ?? (await firstCheckpoint(hf.pool, workspace, observed));
+          const size = opts.dreamBatch ?? 10;
+          for (;;) {
+            const { rows } = await hf.pool.query<{ id: string }>(
+              `select id from deriver_observations where workspace = $1 and observed = $2
+               and id > $3 and id <= $4 order by id limit $5`,
+              [workspace, observed, cp.afterId, cp.upTo, size],
             );
+            if (rows.length === 0) break;
+            await sleep(opts.dreamMs ?? 50, ctx.signal); // the model call for this batch
+            const ids = rows.map((r) => Number(r.id));
+            const done = cp.done + ids.length;
+            const next: DreamCheckpoint = {
+              ...cp,
+              afterId: ids.at(-1) ?? cp.afterId,
+              done,
+              batches: cp.batches + 1,
+              progress: cp.total === 0 ? 1 : Math.min(1, done / cp.total),
+              note: `batch ${cp.batches + 1}: ${done} of ${cp.total} observations`,
+            };
+            await fenced(hf.pool, ctx, async (c) => {
+              await c.query(
+                `insert into deriver_consolidated (dream_task, observation_id, batch, fence)
+                 select $1, unnest($2::bigint[]), $3, $4`,
+                [task.id, ids, next.batches, task.fence],
+              );
+              await ctx.checkpoint(next, { client: c });
+            });
+            cp = next;
+          }
+          await fenced(hf.pool, ctx, async (c) => {
             await c.query(
               "insert into deriver_dreams (key, observations, fence, started_at) values ($1, $2, $3, $4)",
-              [task.key, rows[0].n, task.fence, startedAt],
+              [task.key, cp.done, task.fence, startedAt],
             );
           });
         },
@@ -170,6 +222,21 @@ export function deriverWorker(
       },
     },
   });
+}
+
+/** A dream's first attempt: it consolidates the peer's observations up to the latest now. */
+async function firstCheckpoint(
+  pool: pg.Pool,
+  workspace: string,
+  observed: string,
+): Promise<DreamCheckpoint> {
+  const { rows } = await pool.query<{ up_to: string | null; n: number }>(
+    "select max(id) as up_to, count(*)::int as n from deriver_observations where workspace = $1 and observed = $2",
+    [workspace, observed],
+  );
+  const total = rows[0]?.n ?? 0;
+  const upTo = Number(rows[0]?.up_to ?? 0);
+  return { upTo, total, afterId: 0, done: 0, batches: 0, progress: 0, note: "starting" };
 }
 
 function sleep(ms: number, signal: AbortSignal): Promise<void> {

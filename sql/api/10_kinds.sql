@@ -15,6 +15,7 @@ create function holdfast.define_kind(
   batch_max int default null,
   strict_order boolean default null,
   max_running int default null,
+  keep_checkpoint boolean default null,
   retain_succeeded interval default null,
   retain_cancelled interval default null,
   retain_failed interval default null,
@@ -64,6 +65,11 @@ begin
     strict_order = coalesce(define_kind.strict_order, k.strict_order),
     max_running = case when define_kind.max_running is null then k.max_running
                        else nullif(define_kind.max_running, 0) end;
+  -- keep_checkpoint: a success keeps the task's checkpoint (api/55_checkpoint.sql).
+  if define_kind.keep_checkpoint is not null then
+    update holdfast.kinds k set keep_checkpoint = define_kind.keep_checkpoint
+    where k.kind = define_kind.kind;
+  end if;
   -- A new kind has the columns' default retention (migrations/0004_retention.sql).
   if define_kind.retain_succeeded is not null or define_kind.retain_cancelled is not null
      or define_kind.retain_failed is not null or define_kind.keep_forever is not null then
@@ -82,5 +88,5 @@ begin
   end if;
 end $$;
 select holdfast._grant('execute',
-  'function holdfast.define_kind(text, int, interval, int, boolean, int, interval, interval, interval, text[])',
+  'function holdfast.define_kind(text, int, interval, int, boolean, int, boolean, interval, interval, interval, text[])',
   'holdfast_worker');

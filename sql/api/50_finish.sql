@@ -67,7 +67,7 @@ begin
   -- until vacuum, which a scan of it would visit.
   t as (
     select t.id, t.key, t.kind, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at, t.slot,
-      n.next, kd.strict_order, kd.min_interval,
+      n.next, kd.strict_order, kd.min_interval, kd.keep_checkpoint,
       -- A failed attempt to be retried waits out its backoff until retry_at. Tasks of one batch
       -- share a fence and may be reported one by one: each takes the retry time of those
       -- already reported, so the batch is due, and claimed again, whole.
@@ -100,7 +100,11 @@ begin
       -- is not strict_order: then it goes back in line at its retry time and they pass it.
       place_at = case when t.strict_order then u.place_at else coalesce(t.retry_at, u.place_at) end,
       finished_at = case when t.next = 'pending' then null else now() end,
-      last_error = coalesce(_finish_many.error, u.last_error)
+      last_error = coalesce(_finish_many.error, u.last_error),
+      -- A success clears the checkpoint unless the kind keeps it (api/55_checkpoint.sql);
+      -- a retry, a dead letter or a cancel keeps it: a later attempt resumes from it.
+      checkpoint = case when t.next = 'succeeded' and not t.keep_checkpoint then null
+                        else u.checkpoint end
     from t where u.id = t.id
   ),
   att as (

@@ -4,7 +4,7 @@ import { pathToFileURL } from "node:url";
 import type { Logger } from "pino";
 import { ConfigError, ShutdownError } from "../errors.js";
 import type { Holdfast } from "../holdfast.js";
-import type { Handler, HandlerContext, WorkerOptions } from "../types.js";
+import type { WorkerOptions } from "../types.js";
 
 export interface WorkerCommandOptions {
   handlers: string;
@@ -37,30 +37,6 @@ export async function loadHandlers(modulePath: string): Promise<Handlers> {
 }
 
 /**
- * Wraps each handler so that a second SIGTERM can abort it at once: its signal fires on the
- * worker's own reasons (lock lost, cancel, shutdown timeout) or on `abortNow`.
- */
-function abortable(handlers: Handlers, abortNow: AbortSignal): Handlers {
-  const wrapped: Handlers = {};
-  for (const [kind, entry] of Object.entries(handlers)) {
-    const signalOf = (ctx: HandlerContext) => ({
-      ...ctx,
-      signal: AbortSignal.any([ctx.signal, abortNow]),
-    });
-    if (typeof entry === "function") {
-      wrapped[kind] = (task, ctx) => entry(task, signalOf(ctx));
-    } else if ("handleBatch" in entry) {
-      const inner = entry.handleBatch;
-      wrapped[kind] = { ...entry, handleBatch: (tasks, ctx) => inner(tasks, signalOf(ctx)) };
-    } else {
-      const inner: Handler = entry.handler;
-      wrapped[kind] = { ...entry, handler: (task, ctx) => inner(task, signalOf(ctx)) };
-    }
-  }
-  return wrapped;
-}
-
-/**
  * Runs a worker until SIGTERM/SIGINT. First signal: stop claiming and wait for running handlers
  * (up to the shutdown timeout); second: abort the handlers' signals now; third: exit at once.
  */
@@ -69,8 +45,7 @@ export async function runWorker(
   opts: WorkerCommandOptions,
   logger: Logger,
 ): Promise<number> {
-  const abortNow = new AbortController();
-  const handlers = abortable(await loadHandlers(opts.handlers), abortNow.signal);
+  const handlers = await loadHandlers(opts.handlers);
   const worker = hf.worker({
     handlers,
     concurrency: opts.concurrency,
@@ -128,7 +103,8 @@ export async function runWorker(
           { event: "shutdown_abort", signal, running: worker.activeCount },
           "holdfast: aborting running tasks (send again to exit at once)",
         );
-        abortNow.abort(new ShutdownError(`holdfast: aborted by a second ${signal}`));
+        // A run that checkpointed is handed over to another worker, its attempt not counted.
+        worker.shutdownNow(new ShutdownError(`holdfast: shutdown: aborted by a second ${signal}`));
       } else {
         resolve(130);
       }

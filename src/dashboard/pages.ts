@@ -64,9 +64,9 @@ const holders: Section<Overview> = {
   render: (o) =>
     o.snapshot.holders.length === 0
       ? empty("No key is held: nothing runs.")
-      : html`<table><thead><tr><th>Key</th><th>Kind</th><th class="num">Task</th><th class="num">Attempt</th><th class="num">Held for</th><th class="num">Fence</th><th>Worker</th><th class="num">PID</th><th>Application</th><th>Client</th></tr></thead><tbody>${o.snapshot.holders.map(
+      : html`<table><thead><tr><th>Key</th><th>Kind</th><th class="num">Task</th><th class="num">Attempt</th><th class="num">Held for</th><th class="num">Progress</th><th class="num">Checkpoint age</th><th class="num">Fence</th><th>Worker</th><th class="num">PID</th><th>Application</th><th>Client</th></tr></thead><tbody>${o.snapshot.holders.map(
           (h) =>
-            html`<tr data-task="${h.taskId}"><td class="key">${h.key}</td><td>${dash(h.kind)}</td><td class="num">${taskLink(h.taskId)}</td><td class="num">${h.attempt === null ? "–" : `${h.attempt} / ${h.maxAttempts}`}</td><td class="num held">${formatDuration(h.heldForMs)}</td><td class="num mono">${dash(h.fence)}</td><td>${dash(h.worker)}</td><td class="num">${h.pid}</td><td>${dash(h.applicationName)}</td><td>${dash(h.clientAddr)}</td></tr>`,
+            html`<tr data-task="${h.taskId}"><td class="key">${h.key}</td><td>${dash(h.kind)}</td><td class="num">${taskLink(h.taskId)}</td><td class="num">${h.attempt === null ? "–" : `${h.attempt} / ${h.maxAttempts}`}</td><td class="num held">${formatDuration(h.heldForMs)}</td><td class="num progress" title="${dash(h.note)}">${percent(h.progress)}</td><td class="num ckpt-age">${formatDuration(h.checkpointAgeMs)}</td><td class="num mono">${dash(h.fence)}</td><td>${dash(h.worker)}</td><td class="num">${h.pid}</td><td>${dash(h.applicationName)}</td><td>${dash(h.clientAddr)}</td></tr>`,
         )}</tbody></table>`,
 };
 
@@ -270,11 +270,34 @@ export function taskLive(t: TaskDetail, snapshot: Snapshot, actions: ActionMode)
           (q) =>
             html`<tr><td class="num">${q.id === t.id ? html`<strong>${q.id}</strong>` : taskLink(q.id)}</td><td>${q.kind}</td><td>${q.state}</td><td class="num">${q.priority}</td><td>${utc(q.placeAt)}</td><td>${utc(q.runAt)}</td><td class="num">${q.attempt} / ${q.maxAttempts}</td></tr>`,
         )}</tbody></table>`;
+  const checkpoint = t.checkpoint
+    ? html`<dl class="facts">
+<dt>Progress</dt><dd>${percent(progressOf(t.checkpoint.state))}</dd>
+<dt>Note</dt><dd>${dash(noteOf(t.checkpoint.state))}</dd>
+<dt>Written</dt><dd>${utc(t.checkpoint.at)} (${ago(t.checkpoint.at, now)}) ${t.checkpoint.fence === t.fence && t.state === "running" ? "by the running attempt" : `under fence ${t.checkpoint.fence}: the next attempt resumes from it`}</dd>
+</dl><pre>${JSON.stringify(t.checkpoint.state, null, 2)}</pre>`
+    : empty("No checkpoint: a new attempt starts from the beginning.");
   return html`<section id="task"><h2>Task ${t.id}</h2>${facts}${buttons.length > 0 ? html`<div class="actions">${buttons}</div>` : null}</section>
 <section id="payload"><h2>Payload</h2><pre>${JSON.stringify(t.payload, null, 2)}</pre></section>
+<section id="checkpoint"><h2>Checkpoint</h2>${checkpoint}</section>
 ${t.lastError ? html`<section id="last-error" class="${t.state === "failed" ? "bad" : ""}"><h2>Last error</h2><p class="err">${dash(t.lastError.message)}</p>${t.lastError.stack ? html`<pre>${t.lastError.stack}</pre>` : null}</section>` : null}
 <section id="attempts"><h2>Attempts and fences <span class="count">${t.attempts.length}</span></h2>${attempts}</section>
 <section id="key-queue"><h2>The key's open tasks, in start order</h2>${keyQueue}</section>`;
+}
+
+/** A checkpoint's progress as a percentage ("–" when it has none). */
+function percent(p: number | null): string {
+  return p === null ? "–" : `${Math.round(p * 100)}%`;
+}
+
+function progressOf(state: unknown): number | null {
+  const p = (state as { progress?: unknown } | null)?.progress;
+  return typeof p === "number" ? p : null;
+}
+
+function noteOf(state: unknown): string | null {
+  const n = (state as { note?: unknown } | null)?.note;
+  return typeof n === "string" ? n : null;
 }
 
 /** A page for an error the operator can act on (unknown task, stale action...). */

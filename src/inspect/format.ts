@@ -108,7 +108,14 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
           const usual =
             h.worker !== null && h.applicationName === `holdfast:lock:${h.worker}`.slice(0, 63);
           const worker = usual ? "" : `  worker ${text(h.worker)}`;
-          return `fence ${h.fence ?? "-"}  client ${text(h.clientAddr)}  app ${text(h.applicationName)}${worker}`;
+          // The task's checkpoint first (the line is clipped to the width): progress, age, note.
+          const progress = h.progress === null ? "" : `${Math.round(h.progress * 100)}% `;
+          const note = h.note === null ? "" : ` ${JSON.stringify(h.note)}`;
+          const checkpoint =
+            h.checkpointAgeMs === null
+              ? ""
+              : `${progress}checkpoint ${formatDuration(h.checkpointAgeMs)} ago${note}  `;
+          return `${checkpoint}fence ${h.fence ?? "-"}  client ${text(h.clientAddr)}  app ${text(h.applicationName)}${worker}`;
         }),
       ),
     ]),

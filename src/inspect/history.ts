@@ -182,6 +182,9 @@ export interface TaskDetail {
   finishedAt: Date | null;
   /** The key's latest fence: higher than this task's once another claim of the key happened. */
   keyFence: number;
+  /** The task's checkpoint (ctx.checkpoint): its value, when and under which fence (which
+   *  run) it was written; null when it has none (a success clears it unless the kind keeps it). */
+  checkpoint: { state: unknown; at: Date; fence: number } | null;
   /** Attempts oldest first; a running attempt last, with outcome null. */
   attempts: AttemptRecord[];
   /** The key's open tasks in the order they start (this one included), at most 20. */
@@ -245,6 +248,10 @@ export async function readTask(client: pg.ClientBase, id: number): Promise<TaskD
     startedAt: t.started_at,
     finishedAt: t.finished_at,
     keyFence: Number(t.key_fence),
+    checkpoint:
+      t.checkpoint === null || t.checkpoint_at === null
+        ? null
+        : { state: t.checkpoint, at: t.checkpoint_at, fence: Number(t.checkpoint_fence) },
     attempts: records,
     keyQueue: queue.rows.map((q) => ({
       id: Number(q.id),

@@ -15,7 +15,14 @@ const lockKey = "((l.classid::bigint << 32) | l.objid::bigint)";
 export const holdersSql = `
 select k.key, t.kind, t.id::text as task_id, t.attempt, t.max_attempts, t.fence::text as fence,
   t.worker, l.pid, a.application_name, host(a.client_addr) as client_addr,
-  (extract(epoch from now() - coalesce(t.started_at, a.query_start)) * 1000)::float8 as held_for_ms
+  (extract(epoch from now() - coalesce(t.started_at, a.query_start)) * 1000)::float8 as held_for_ms,
+  -- The task's checkpoint (ctx.checkpoint): its progress and note when it is an object, and
+  -- its age, whichever run wrote it (a resumed run shows where it resumed from).
+  case when jsonb_typeof(t.checkpoint -> 'progress') = 'number'
+    then (t.checkpoint ->> 'progress')::float8 end as progress,
+  case when jsonb_typeof(t.checkpoint -> 'note') = 'string' then t.checkpoint ->> 'note' end as note,
+  (extract(epoch from now() - t.checkpoint_at) * 1000)::float8 as checkpoint_age_ms,
+  t.checkpoint_fence = t.fence as checkpointed_this_run
 from pg_locks l
 join holdfast.keys k on k.lock_id = ${lockKey}
 left join pg_stat_activity a on a.pid = l.pid
@@ -82,6 +89,21 @@ left join holdfast.tasks t on t.kind = kd.kind and t.state in ('pending', 'runni
 where $2::text is null or kd.kind = $2
 group by kd.kind, kd.max_running
 order by kd.kind`;
+
+/**
+ * Running tasks with their checkpoint's progress (null: none) and the seconds since the run
+ * last checkpointed (since it started when it has not): a run that stopped progressing shows
+ * a growing value. Read through the running-tasks index.
+ */
+export const runningProgressSql = `
+select t.id::text as task_id, t.kind,
+  case when jsonb_typeof(t.checkpoint -> 'progress') = 'number'
+    then (t.checkpoint ->> 'progress')::float8 end as progress,
+  greatest(0, extract(epoch from now() - coalesce(
+    case when t.checkpoint_fence = t.fence then t.checkpoint_at end, t.started_at)))::float8
+    as since_checkpoint_s
+from holdfast.tasks t
+where t.state = 'running'`;
 
 /** Recurring schedules: next_at is the leader's; null until one has read the definition. */
 export const schedulesSql = `
@@ -187,7 +209,8 @@ select t.id::text as id, t.kind, t.key, t.payload, t.state, t.priority, t.run_at
   t.attempt,
   t.max_attempts, t.dedupe_key, t.fence::text as fence, t.worker, t.holder_pid,
   t.cancel_requested, t.last_error, t.created_at, t.started_at, t.finished_at,
-  k.fence::text as key_fence, k.busy as key_busy
+  k.fence::text as key_fence, k.busy as key_busy,
+  t.checkpoint, t.checkpoint_at, t.checkpoint_fence::text as checkpoint_fence
 from holdfast.tasks t join holdfast.keys k on k.key = t.key
 where t.id = $1`;
 

@@ -10,7 +10,7 @@ import {
 } from "./queries.js";
 
 /** Version of the `--json` shape (docs/inspect.schema.json); bumped on any breaking change. */
-export const snapshotVersion = 2;
+export const snapshotVersion = 3;
 
 export interface InspectFilters {
   /** Only this key. */
@@ -33,6 +33,14 @@ export interface Holder {
   /** Null for a Unix socket, or when this role may not see other roles' sessions. */
   clientAddr: string | null;
   heldForMs: number | null;
+  /** The task's checkpoint (ctx.checkpoint): its `progress` (0 to 1) and `note`, null when
+   *  it has none, and its age (null: no checkpoint). A run whose checkpoint grows old while
+   *  it is held may be stuck. */
+  progress: number | null;
+  note: string | null;
+  checkpointAgeMs: number | null;
+  /** Whether this run wrote it (false: it resumed from an earlier attempt's, or has none). */
+  checkpointedThisRun: boolean;
 }
 
 /** A session blocked in pg_advisory_lock on a holdfast key. */
@@ -187,6 +195,10 @@ export async function readSnapshot(
       applicationName: r.application_name,
       clientAddr: r.client_addr,
       heldForMs: ms(r.held_for_ms),
+      progress: r.progress,
+      note: r.note,
+      checkpointAgeMs: ms(r.checkpoint_age_ms),
+      checkpointedThisRun: r.checkpointed_this_run === true,
     })),
     waiters: waiters.rows.map((r) => ({
       key: r.key,

@@ -12,6 +12,8 @@ export interface TaskRow {
   priority: number;
   run_at: Date;
   created_at: Date;
+  checkpoint?: unknown;
+  checkpoint_at?: Date | null;
 }
 
 export function toTask(row: TaskRow): Task {
@@ -26,6 +28,8 @@ export function toTask(row: TaskRow): Task {
     priority: row.priority,
     runAt: row.run_at,
     createdAt: row.created_at,
+    checkpoint: row.checkpoint ?? null,
+    checkpointAt: row.checkpoint_at ?? null,
   };
 }
 
@@ -40,7 +44,7 @@ const quietMs = `case when q.until = 'infinity' then 'Infinity'::float8
 
 export const sql = {
   defineKind:
-    "select holdfast.define_kind($1, $2, $3::interval, $4, $5, $6, $7::interval, $8::interval, $9::interval, $10::text[])",
+    "select holdfast.define_kind($1, $2, $3::interval, $4, $5, $6, $7, $8::interval, $9::interval, $10::interval, $11::text[])",
   enqueue:
     "select id, deduped from holdfast.enqueue_task($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9::interval, $10::interval)",
   // A claim that gets nothing also says when the next task of these kinds is due, in the same
@@ -70,6 +74,10 @@ export const sql = {
       order by d.finished_at desc, d.id desc limit $2) d
     where ($1::text is null or kd.kind = $1) order by d.finished_at desc, d.id desc limit $2`,
   assertFence: "select holdfast.assert_fence($1, $2)",
+  /** One state for each task id in $1, all of one run's fence $2 (false: any refused). */
+  checkpoint:
+    "select coalesce(bool_and(holdfast.checkpoint(i, $2, $3::jsonb)), false) as ok from unnest($1::bigint[]) i",
+  handOver: "select holdfast.hand_over($1::bigint[], $2::bigint[]) as ok",
   // A follower that fails to lead learns from the same statement whether the leader may be
   // quiet (no heartbeat expected before quiet_ms, see Sweeper).
   tryLead: `select q.leader, ${quietMs} as quiet_ms

@@ -70,13 +70,13 @@ export class Reports {
   }
 
   /** A handler returned (its session still holds its lock): queue its report. */
-  ended(run: Run, error: unknown): void {
+  ended(run: Run, error: unknown, handOver = false): void {
     // Its report records its start: a mark too would only contend with it for the task rows.
     if (this.unmarked.length > 0)
       this.unmarked = this.unmarked.filter((u) => !run.tasks.includes(u.task));
     const capped = (this.deps.kinds.get(run.task.kind)?.params.maxRunning ?? 0) > 0;
     if (error === undefined && !capped) this.completer.push({ run });
-    else this.settled.push(error === undefined ? { run } : { run, error });
+    else this.settled.push(error === undefined ? { run } : { run, error, handOver });
   }
 
   /** Takes what the next round trip on `session` carries (marks and unlocks of an earlier

@@ -1,11 +1,19 @@
+import type pg from "pg";
 import type { Logger } from "pino";
-import { HoldfastError, TaskCancelledError, translateError } from "../errors.js";
+import {
+  HoldfastError,
+  InvalidArgumentError,
+  StaleFenceError,
+  TaskCancelledError,
+  translateError,
+} from "../errors.js";
 import type { ResolvedKind } from "../options.js";
 import { sql, type TaskRow, toTask } from "../queries/tasks.js";
-import type { HandlerContext, Queryable, Task } from "../types.js";
+import type { CheckpointOptions, HandlerContext, Queryable, Task } from "../types.js";
 import type { LockSession } from "./lock-session.js";
 
-export type Outcome = "succeeded" | "failed" | "cancelled" | "lost" | "rejected";
+/** handed_over: stopped by a shutdown after a checkpoint, given back without an attempt. */
+export type Outcome = "succeeded" | "failed" | "cancelled" | "lost" | "rejected" | "handed_over";
 
 /** One handler call: a single task, or the tasks of one key claimed together (a batch). */
 export interface Run {
@@ -19,6 +27,8 @@ export interface Run {
 export interface Settlement {
   run: Run;
   error?: unknown;
+  /** Stopped by its worker's shutdown: given back (hand_over) if it checkpointed. */
+  handOver?: boolean;
 }
 
 /** A run of claimed tasks (one, or a batch of one key), with its logger and abort signal. */
@@ -34,11 +44,16 @@ export function newRun(session: LockSession, tasks: Task[], parent: Logger): Run
   return { task, tasks, controller: new AbortController(), session, logger };
 }
 
-/** Calls the kind's handler for the run; resolves or rejects as the handler does. */
-export async function callHandler(kind: ResolvedKind | undefined, run: Run): Promise<void> {
+/** Calls the kind's handler for the run; resolves or rejects as the handler does. `pool`: the
+ *  app's pool, through which a checkpoint without `{ client }` is written. */
+export async function callHandler(
+  kind: ResolvedKind | undefined,
+  run: Run,
+  pool: pg.Pool,
+): Promise<void> {
   const { task, tasks, controller, logger } = run;
   if (!kind) throw new HoldfastError("HF_CONFIG", `holdfast: no handler for kind ${task.kind}`);
-  const ctx: HandlerContext = {
+  const ctxFor = (own: Task[]): HandlerContext => ({
     signal: controller.signal,
     logger,
     assertFence: async (client: Queryable) => {
@@ -48,11 +63,53 @@ export async function callHandler(kind: ResolvedKind | undefined, run: Run): Pro
         throw translateError(err);
       }
     },
-  };
-  if (kind.batch) await kind.handler(tasks, ctx);
+    checkpoint: (state, options) => writeCheckpoint(run, own, pool, state, options),
+  });
+  if (kind.batch) await kind.handler(tasks, ctxFor(tasks));
   // Several tasks for a single-task handler (another worker set a batch size for this kind):
-  // run them one after another under the lock this run holds.
-  else for (const t of tasks) await kind.handler(t, ctx);
+  // run them one after another under the lock this run holds, each checkpointing its own.
+  else for (const t of tasks) await kind.handler(t, ctxFor([t]));
+}
+
+/**
+ * holdfast.checkpoint for `own` (or options.task) under the run's fence, on options.client or
+ * a connection of the pool: the SQL checks the fence and the holder, so any connection will do.
+ * Refused: the run no longer holds its task; its signal is aborted and StaleFenceError thrown.
+ */
+async function writeCheckpoint(
+  run: Run,
+  own: Task[],
+  pool: pg.Pool,
+  state: unknown,
+  options: CheckpointOptions = {},
+): Promise<void> {
+  const json = state === undefined ? undefined : JSON.stringify(state);
+  if (json === undefined)
+    throw new InvalidArgumentError("holdfast: a checkpoint must be a JSON value");
+  let targets = own;
+  if (options.task !== undefined) {
+    const id = typeof options.task === "number" ? options.task : options.task.id;
+    targets = own.filter((t) => t.id === id);
+    if (targets.length === 0)
+      throw new InvalidArgumentError(`holdfast: task ${id} is not one of this run's tasks`);
+  }
+  const values = [targets.map((t) => t.id), run.task.fence, json];
+  let ok: boolean | undefined;
+  try {
+    const result = (await (options.client ?? pool).query(sql.checkpoint, values)) as {
+      rows: Array<{ ok: boolean }>;
+    };
+    ok = result.rows[0]?.ok;
+  } catch (err) {
+    throw translateError(err);
+  }
+  if (ok) return;
+  const err = new StaleFenceError(
+    `holdfast: checkpoint refused: task ${targets.map((t) => t.id).join(", ")} is no longer held by this run (fence ${run.task.fence})`,
+  );
+  run.logger.warn({ event: "checkpoint_refused" }, err.message);
+  if (!run.controller.signal.aborted) run.controller.abort(err);
+  throw err;
 }
 
 /** Groups claimed rows into runs: one key's tasks share the claim's fence, in the key's order. */
@@ -75,6 +132,19 @@ export async function reportFailures(
   finish: Finish,
 ): Promise<void> {
   for (const s of failed) {
+    // A run stopped by a shutdown after it checkpointed goes back to pending in its place,
+    // its attempt not counted; otherwise it is a failed attempt like any other.
+    if (s.handOver) {
+      const ids = s.run.tasks.map((t) => t.id);
+      const [row] = await session.query<{ ok: boolean }>(sql.handOver, [
+        ids,
+        s.run.tasks.map(() => s.run.task.fence),
+      ]);
+      if (row?.ok) {
+        for (const t of s.run.tasks) finish(s.run, t, "handed_over", s.error);
+        continue;
+      }
+    }
     const err = s.error instanceof Error ? s.error : new Error(String(s.error));
     const cancelled = s.run.controller.signal.reason instanceof TaskCancelledError;
     for (const t of s.run.tasks) {
@@ -162,7 +232,12 @@ export function logOutcome(run: Run, task: Task, outcome: Outcome, error?: unkno
     if (task.attempt >= task.maxAttempts)
       log.error({ event: "task_dead_lettered" }, "holdfast: attempts used up; dead-lettered");
     else log.info({ event: "task_retry_scheduled" }, "holdfast: retry scheduled after backoff");
-  } else if (outcome === "rejected")
+  } else if (outcome === "handed_over")
+    log.info(
+      { event: "task_handed_over" },
+      "holdfast: stopped by shutdown after a checkpoint; back to pending, attempt not counted",
+    );
+  else if (outcome === "rejected")
     log.warn(
       { event: "report_rejected" },
       "holdfast: report rejected: a newer claim of the key exists",

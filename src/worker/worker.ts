@@ -181,9 +181,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
         { event: "shutdown_timeout", running: this.runs.live },
         "holdfast: aborting handlers still running",
       );
-      for (const run of this.runs.runs()) {
-        run.controller.abort(new ShutdownError("holdfast: worker shutdown timeout elapsed"));
-      }
+      this.shutdownNow(new ShutdownError("holdfast: worker shutdown timeout elapsed"));
       await drained;
     }
     await this.reports.idle(); // reports commit before the session (and its locks) ends
@@ -198,6 +196,19 @@ export class Worker extends EventEmitter<WorkerEvents> {
     await this.session?.close();
     this.state = "stopped";
     this.logger.info({ event: "worker_stopped" }, "holdfast: worker stopped");
+  }
+
+  /**
+   * Aborts every running handler's signal now with a ShutdownError (as stop() does once its
+   * timeout elapses; the CLI on a second SIGTERM). A run that checkpointed since it started
+   * and then ends (returns or throws) goes back to pending in its place without counting an
+   * attempt, and another worker is told at once; a run without a checkpoint ends as a failed
+   * attempt. Call it while stop() waits; stop() still waits for the handlers to return.
+   */
+  shutdownNow(reason = new ShutdownError("holdfast: worker shutdown")): void {
+    for (const run of this.runs.runs()) {
+      if (!run.controller.signal.aborted) run.controller.abort(reason);
+    }
   }
 
   private async waitIdle(): Promise<void> {
@@ -358,7 +369,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     run.logger.info({ event: "task_started", batch: tasks.length }, "holdfast: task started");
     for (const t of tasks) this.emit("task:start", t);
     for (const id of cancelledEarly) this.cancelRunning(id);
-    const started = callHandler(this.opts.kinds.get(run.task.kind), run);
+    const started = callHandler(this.opts.kinds.get(run.task.kind), run, this.deps.pool);
     started.then(
       () => this.settle(run, undefined),
       (err: unknown) => this.settle(run, err ?? new Error("handler rejected without a reason")),
@@ -373,7 +384,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       // The lock is gone: another worker may already run this task. Report nothing.
       for (const t of run.tasks) this.finish(run, t, "lost", error);
     } else {
-      this.reports.ended(run, error);
+      this.reports.ended(run, error, run.controller.signal.reason instanceof ShutdownError);
     }
     this.wantClaim = true;
     // Handlers that end in the same turn of the event loop are reported in one round trip.
