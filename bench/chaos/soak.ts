@@ -48,6 +48,8 @@ export interface SoakReport extends CheckResult {
   drainSeconds: number;
   /** The per-second schedule declared for the whole soak. */
   ticks: TickReport;
+  /** Tasks pruned by the leaders during the soak (checked from the checker's copies). */
+  pruned: number;
   seconds: number;
 }
 
@@ -260,6 +262,9 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   const runEnd = (r: LogRun) => exits.get(`${r.task_id}:${r.fence}`) ?? deaths.get(r.worker);
   const result = await check(pool, runEnd);
   const ticks = await checkTicks(pool, "tick", ticksUntil);
+  const { rows: gone } = await pool.query<{ n: number }>(
+    "select ((select count(*) from chaos_tasks) - (select count(*) from holdfast.tasks))::int as n",
+  );
   result.violations.push(
     ...drained.violations,
     ...(await watch.stop()),
@@ -285,6 +290,7 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     enqueued,
     drainSeconds: Math.round(drained.ms / 1000),
     ticks: ticks.report,
+    pruned: gone[0]?.n ?? 0,
     seconds: Math.round((Date.now() - started) / 1000),
   };
 }
