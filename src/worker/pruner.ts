@@ -30,9 +30,8 @@ const minPauseMs = 20;
  * claims: pruning takes at most half of it); after a partial one, the pruner sleeps until the
  * next task's retention ends (holdfast.prune_due()), and at least `idleMs`; tasks that end
  * meanwhile may expire sooner, so activity (`activity()`) brings the next batch forward to
- * `idleMs` after the last. The leader's quiet
- * deadline covers that time (holdfast.quiet_until()), so a follower takes over the duty when
- * a quiet leader died.
+ * `idleMs` after the last. The leader's quiet deadline covers that time
+ * (holdfast.quiet_until()), so a follower takes over the duty when a quiet leader died.
  */
 export class Pruner {
   private timer: NodeJS.Timeout | undefined;
