@@ -30,7 +30,7 @@ import { fmt, table } from "./stats.js";
 import { DeriverSystem } from "./systems/deriver.js";
 import { HoldfastSystem } from "./systems/holdfast.js";
 import { benchSystems } from "./systems/index.js";
-import { PgBossSystem } from "./systems/pgboss.js";
+import { loadPeers } from "./systems/peers.js";
 import {
   type OverlapCheckResult,
   overlapCheck,
@@ -81,7 +81,8 @@ const cfg = quick
       fleet: { processes: fleetSize ?? 50, idleMs: 20_000, takeovers: 10, claims: 100 },
     };
 
-const systems = benchSystems.filter(
+const peers = await loadPeers();
+const systems = benchSystems(peers).filter(
   (make) => !pick || pick.some((p) => make().label.startsWith(p)),
 );
 
@@ -202,7 +203,7 @@ async function main(): Promise<void> {
         ),
         longTasks(
           server.url,
-          new PgBossSystem(false, { expireInSeconds: 1 }),
+          new peers.PgBossSystem(false, { expireInSeconds: 1 }),
           2,
           ms,
           "expireInSeconds 1",
