@@ -269,6 +269,7 @@ export class Turns {
       this.kindsOf.set(m.id, new Set(m.kinds));
     } else if (m.t === "leave") {
       this.remove(m.id);
+      this.kindsOf.delete(m.id); // it sends its kinds again when it joins (ids do not repeat)
     } else if (m.t === "answer") {
       this.progressAt = performance.now();
       for (const s of m.skipped) {
