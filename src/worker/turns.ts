@@ -4,7 +4,7 @@ import { randomBytes } from "node:crypto";
 export const turnsChannel = "holdfast_turns";
 
 /** How long the workers in line wait for a designated worker's answer before skipping it. */
-export const turnFallbackMs = 50;
+export const turnFallbackMs = 100;
 
 /** A message on `holdfast_turns`: joined the line, left it, answered a wake; a newcomer's
  *  hello and the front's reply with the line as it stands. */
@@ -83,6 +83,9 @@ export class Turns {
   /** Answers sent and not seen back yet: until then this worker's view still counts the
    *  wake it answered, and would give it the turn again. */
   private unechoed = 0;
+  /** Whether this worker's last word put it in line (its view learns so only when the message
+   *  comes back, after later claims may have asked again). */
+  private member = false;
   /** Whether this worker was idle after its last claim. */
   private idle = false;
   /** When the outstanding wakes last moved (the first one arrived, or an answer came). */
@@ -162,8 +165,8 @@ export class Turns {
       if (runs === 0 && !idleNow) this.send({ t: "leave", id: this.id });
       return;
     }
-    if (idleNow && !this.inLine) this.join();
-    else if (!idleNow && this.inLine) this.send({ t: "leave", id: this.id });
+    if (idleNow && !this.member) this.join();
+    else if (!idleNow && this.member) this.send({ t: "leave", id: this.id });
   }
 
   /** The claim that answered `turn` failed (the lock session is lost): the turn passes on. */
@@ -275,7 +278,10 @@ export class Turns {
       for (const s of m.skipped) {
         this.remove(s);
         // Skipped as unresponsive while alive: stand in line again.
-        if (live && s === this.id && this.idle && !this.turn) this.join();
+        if (live && s === this.id) {
+          this.member = false;
+          if (this.idle && !this.turn) this.join();
+        }
       }
       const stays = m.claimed === 0 && this.kindsOf.has(m.id);
       this.remove(m.id);
@@ -296,6 +302,7 @@ export class Turns {
     this.skipped = [];
     this.clearTimer();
     this.unechoed = 0;
+    this.member = false;
     this.start();
     if (this.idle) this.join();
   }
@@ -304,7 +311,7 @@ export class Turns {
   stop(): void {
     this.clearTimer();
     this.clearHelloTimer();
-    if (this.inLine) this.send({ t: "leave", id: this.id });
+    if (this.member) this.send({ t: "leave", id: this.id });
     this.idle = false;
   }
 
@@ -314,6 +321,9 @@ export class Turns {
 
   private send(m: Message): void {
     if (m.t === "answer") this.unechoed++;
+    if (m.t === "join") this.member = true;
+    else if (m.t === "leave") this.member = false;
+    else if (m.t === "answer") this.member = m.claimed === 0;
     this.deps.send(JSON.stringify(m));
   }
 
@@ -342,8 +352,10 @@ export class Turns {
     }
     this.clearTimer();
     if (this.outstanding.size === 0) return;
-    // Out of line (busy, or not joined yet): only if no one in line answers at all.
-    const wait = (this.inLine ? 1 : 2) * this.fallbackMs;
+    // Out of line (busy, or not joined yet): only if no one in line answered for long (the
+    // whole line died, say); its claims would otherwise be a herd again whenever an answer is
+    // late under load.
+    const wait = (this.inLine ? 1 : 10) * this.fallbackMs;
     const delay = Math.max(0, this.progressAt + wait - performance.now());
     this.timer = setTimeout(() => this.fallback(), delay);
     this.timer.unref();
@@ -353,7 +365,7 @@ export class Turns {
    * Wakes stayed unanswered: the designated workers are taken as gone and the turns pass on.
    * The workers in line do this at about the same time from the same view, so they skip the
    * same ones; an answer names them, for views that differ. A worker out of line steps in
-   * only when no one in line answered for twice as long: it skips them all and claims.
+   * only when no one in line answered for ten times as long: it skips them all and claims.
    */
   private fallback(): void {
     this.timer = undefined;
