@@ -13,7 +13,6 @@ import {
   sessionBoundsValues,
   statementName,
 } from "./lock-session.js";
-import { turnsChannel } from "./turns.js";
 
 export interface ListenerHandlers {
   /** A task of this kind may be ready. */
@@ -26,8 +25,6 @@ export interface ListenerHandlers {
   schedulesChanged(): void;
   /** The sweep leader's heartbeat (it swept just now); payload: its quiet deadline (Sweeper). */
   leader(payload: string): void;
-  /** A message of the idle workers' line (Turns). */
-  turns(payload: string): void;
 }
 
 /** How often the LISTEN session proves it still receives notifications, and how long it may take. */
@@ -35,8 +32,7 @@ export const listenerPing = { intervalMs: 5_000, timeoutMs: 5_000 };
 
 /**
  * The worker's LISTEN session: one pg.Client that LISTENs on `holdfast`, `holdfast_cancel`,
- * `holdfast_schedules`, the sweep leader's heartbeat channel and the idle line's `holdfast_turns`
- * (it also sends this worker's turn messages). When the connection ends it
+ * `holdfast_schedules` and the sweep leader's heartbeat channel. When the connection ends it
  * reconnects with backoff and LISTENs again, one statement at a time (a client runs one query
  * at a time). A half-open connection never ends by itself, so when nothing arrived for a ping
  * interval the session sends a bare protocol Sync and destroys its socket when the answer
@@ -70,13 +66,7 @@ export class Listener {
     private readonly ping = listenerPing,
     private readonly bounds: LockSessionSettings = lockSessionDefaults,
   ) {
-    this.channels = [
-      "holdfast",
-      "holdfast_cancel",
-      "holdfast_schedules",
-      leaderChannel,
-      turnsChannel,
-    ];
+    this.channels = ["holdfast", "holdfast_cancel", "holdfast_schedules", leaderChannel];
   }
 
   async start(): Promise<void> {
@@ -135,21 +125,9 @@ export class Listener {
     };
   }
 
-  /** Sends a notification from this session (the line's messages); dropped while it is down,
-   *  as its failure is (Turns' fallback covers a lost message). */
-  notify(channel: string, payload: string): void {
-    const client = this.client;
-    if (!client) return;
-    const text = "select pg_notify($1, $2)";
-    client.query({ name: statementName(text), text, values: [channel, payload] }).catch((err) => {
-      this.logger.debug({ event: "notify_failed", err, channel }, "holdfast: NOTIFY failed");
-    });
-  }
-
   private dispatch(channel: string, payload: string): void {
     this.lastNotificationAt = Date.now();
     if (channel === "holdfast") this.handlers.wake(payload);
-    else if (channel === turnsChannel) this.handlers.turns(payload);
     else if (channel === leaderChannel) this.handlers.leader(payload);
     else if (channel === "holdfast_cancel") this.handlers.cancel(Number(payload));
     else if (channel === "holdfast_schedules") this.handlers.schedulesChanged();

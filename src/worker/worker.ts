@@ -25,7 +25,6 @@ import {
   type Settlement,
   settle,
 } from "./runs.js";
-import { Turns, turnsChannel } from "./turns.js";
 import { WakeTimer } from "./wake-timer.js";
 
 export interface WorkerDeps {
@@ -59,7 +58,6 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private timers: NodeJS.Timeout[] = [];
   private readonly wakeTimer: WakeTimer;
   private readonly leadership: Leadership;
-  private readonly turns: Turns;
   private reconnecting = false;
 
   constructor(
@@ -81,11 +79,6 @@ export class Worker extends EventEmitter<WorkerEvents> {
       quiet: (until, leader) => this.emit("quiet", { until, leader }),
     });
     this.wakeTimer = new WakeTimer(this.kinds, opts.rescanIntervalMs, () => this.requestClaim());
-    this.turns = new Turns(opts.name, {
-      kinds: new Set(this.kinds),
-      claim: () => this.requestClaim(),
-      send: (payload) => this.listener?.notify(turnsChannel, payload),
-    });
     this.reports = new Reports({
       kinds: opts.kinds,
       reporter: () => this.listener?.reporter(),
@@ -117,28 +110,24 @@ export class Worker extends EventEmitter<WorkerEvents> {
           wake: (kind) => {
             // The claim first: woken the other way round, a quiet leader's pump would send its
             // sweep before the claim and the task would wait for that round trip.
-            // Idle workers take turns (Turns): one claim per ready task, not one per worker.
-            if (this.opts.kinds.has(kind) && this.turns.wake(kind)) this.requestClaim();
+            if (this.opts.kinds.has(kind)) this.requestClaim();
             // Any kind: a task that may start ends the sweep leader's quiet (see Sweeper).
             this.leadership.wake();
           },
           cancel: (id) => this.cancelRunning(id),
           reconnected: () => {
-            this.turns.reset(); // messages of the line were missed
             this.leadership.wake(); // so may an enqueue that ends the sweep leader's quiet
             this.leadership.schedulesChanged(); // a schedule change may have been missed
             this.requestClaim();
           },
           schedulesChanged: () => this.leadership.schedulesChanged(),
           leader: (quietUntil) => this.leadership.heartbeat(quietUntil),
-          turns: (payload) => this.turns.message(payload),
         },
         this.logger,
         undefined,
         this.opts.lockSession,
       );
       await this.listener.start();
-      this.turns.start();
       await this.openSession();
     } catch (err) {
       this.state = "stopped";
@@ -171,7 +160,6 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.state = "stopping";
     for (const t of this.timers) clearInterval(t);
     this.wakeTimer.clear();
-    this.turns.stop();
     this.leadership.stop();
     this.logger.info(
       { event: "worker_stopping", running: this.runs.live },
@@ -250,20 +238,14 @@ export class Worker extends EventEmitter<WorkerEvents> {
     while (this.hasWork()) {
       const session = this.session;
       if (!session) return;
-      let turn: string | undefined;
       try {
         const claim = this.canClaim() && this.wantClaim;
-        if (claim) {
-          this.wantClaim = false;
-          turn = this.turns.takeTurn();
-        }
+        if (claim) this.wantClaim = false;
         if (claim || this.reports.pending) {
-          await this.reportAndClaim(session, this.reports.take(session), claim, turn);
+          await this.reportAndClaim(session, this.reports.take(session), claim);
         }
-        turn = undefined;
         await this.leadership.run(session, this.state === "running");
       } catch (err) {
-        this.turns.failed(turn);
         if (err instanceof LockLostError || session.isLost) {
           session.markLost("lock session failed", err);
           return;
@@ -281,12 +263,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
    * to batch.max tasks) in as few round trips as it can: failures one by one, then successes
    * and the claim together (holdfast.settle), one commit. Runs of a lost session end as lost.
    */
-  private async reportAndClaim(
-    session: LockSession,
-    reports: RoundTripReports,
-    claim: boolean,
-    turn: string | undefined,
-  ) {
+  private async reportAndClaim(session: LockSession, reports: RoundTripReports, claim: boolean) {
     const batch = reports.settled;
     const unconfirmed = new Map<Task, Settlement>();
     for (const s of batch) for (const t of s.run.tasks) unconfirmed.set(t, s);
@@ -325,32 +302,21 @@ export class Worker extends EventEmitter<WorkerEvents> {
         },
         end,
       );
-      if (claim) {
-        const runs = await this.startClaimed(
-          session,
-          claimed.rows,
-          free,
-          startKeys,
-          claimed.nextAt,
-        );
-        const idle = this.activeCount === 0 && this.prefetched.size === 0;
-        this.turns.claimed(turn, runs, runs === free, idle);
-      }
+      if (claim) await this.startClaimed(session, claimed.rows, free, startKeys, claimed.nextAt);
     } finally {
       // The session failed mid-report: whatever was not confirmed is not ours to claim.
       for (const [t, s] of unconfirmed) this.finish(s.run, t, "lost", s.error);
     }
   }
 
-  /** Starts the claimed runs; more may wait when every slot was filled, else arm the timer.
-   *  Returns how many runs it claimed. */
+  /** Starts the claimed runs; more may wait when every slot was filled, else arm the timer. */
   private async startClaimed(
     session: LockSession,
     rows: TaskRow[],
     free: number,
     startKeys: number,
     nextAt: Date | null | undefined,
-  ): Promise<number> {
+  ): Promise<void> {
     if (rows.length > 0)
       this.logger.debug(
         { event: "claim", tasks: rows.map((r) => Number(r.id)), free },
@@ -373,7 +339,6 @@ export class Worker extends EventEmitter<WorkerEvents> {
         nextAt !== undefined ? this.wakeTimer.armAt(nextAt) : await this.wakeTimer.arm(session);
       this.emit("idle", { nextRunAt });
     }
-    return runs.length;
   }
 
   private finish(run: Run, task: Task, outcome: Outcome, error?: unknown): void {

@@ -52,7 +52,6 @@ it("a LISTEN session cut without FIN or RST reconnects after the cut heals and r
       reconnected: () => reconnected.open(),
       schedulesChanged: () => {},
       leader: () => {},
-      turns: () => {},
     },
     logger,
     { intervalMs: 200, timeoutMs: 500 },
