@@ -132,7 +132,10 @@ export async function fleet(adminUrl: string, opts: FleetOptions): Promise<Fleet
       const holder = procs.find((p) => p.name === start.worker);
       await holder?.waitFor((e) => e.event === "end" && e.id === id, 10_000).catch(() => {});
     }
-    await sleep(1_500); // let the backends flush their counters
+    // Let the backends flush their counters: an idle backend reports up to 10 s late, and
+    // every listening backend counts a transaction for each NOTIFY it reads (Postgres wakes
+    // all listeners of the database for every notification, whatever the channel).
+    await sleep(POOL_IDLE_MS + 1_000);
     const transactionsPerTask = round(((await transactions(pool)) - c0) / opts.claims, 1);
 
     mark("claims measured");

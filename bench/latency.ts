@@ -6,6 +6,10 @@ import type { QueueSystem } from "./systems/types.js";
 
 export interface WakeResult extends Summary {
   system: string;
+  /** LISTEN systems: enqueued 25 ms after the previous task's handler returned (its
+   *  completion and whatever the worker does after it may still be on the way); the main
+   *  figures are then an idle worker's, enqueued 1 s after the previous task ended. */
+  afterCompletion?: Summary;
   note?: string;
 }
 
@@ -40,10 +44,18 @@ export async function notifyFloor(adminUrl: string, samples: number): Promise<Wa
   };
 }
 
+/** The gaps of the two wake measurements of a LISTEN system, from the previous handler's end. */
+export const wakeGaps = { idleMs: 1_000, afterCompletionMs: 25 };
+
 /**
- * Wake latency of an idle worker: enqueue one task, wait until its handler started and the
- * worker is idle again, repeat. Measured from the enqueue's commit acknowledgement to the
- * handler's first line, both in this process. Polling systems get fewer samples (time budget).
+ * Wake latency: enqueue one task, wait until its handler started and its completion is
+ * recorded, repeat. Measured from the enqueue's commit acknowledgement to the handler's first
+ * line, both in this process. A LISTEN system (`idleSamples` > 0) is measured two ways,
+ * interleaved: enqueued `wakeGaps.idleMs` after the previous handler returned (an idle worker:
+ * the main figures) and `wakeGaps.afterCompletionMs` after it (`afterCompletion`: what the
+ * worker does after a task must not delay the next one's wake). Polling systems get a random
+ * gap up to `maxGapMs` instead (it samples the poll phase uniformly) and fewer samples (time
+ * budget).
  */
 export async function wakeLatency(
   adminUrl: string,
@@ -51,18 +63,24 @@ export async function wakeLatency(
   samples: number,
   budgetMs: number,
   maxGapMs: number,
+  idleSamples = 0,
 ): Promise<WakeResult> {
   const url = await createDatabase(adminUrl, "wake");
   await system.setup(url);
   let onStart: ((t: number) => void) | undefined;
   let active = 0;
+  let endedAt = 0;
   const worker = await system.startWorker(1, async () => {
     active++;
     onStart?.(performance.now());
     active--;
+    endedAt = performance.now();
   });
-  const out: number[] = [];
+  const idle: number[] = [];
+  const after: number[] = [];
+  let late = 0;
   const deadline = Date.now() + budgetMs;
+  const total = idleSamples > 0 ? samples + idleSamples : samples;
   try {
     // Warm-up: first task pays connection and plan-cache costs.
     for (let i = 0; i < (maxGapMs > 100 ? 1 : 3); i++) {
@@ -70,21 +88,38 @@ export async function wakeLatency(
       await system.enqueue(`warm${i}`);
       await started;
     }
-    for (let i = 0; i < samples && Date.now() < deadline; i++) {
+    for (let i = 0; i < total && Date.now() < deadline; i++) {
       await until(async () => active === 0 && (await system.remaining()) === 0, 10_000, 1);
-      await sleep(3 + Math.random() * (maxGapMs - 3));
+      // Idle samples spread evenly among the others (sample i is idle when the running count
+      // of idle samples due steps up).
+      const isIdle =
+        idleSamples > 0 &&
+        Math.floor(((i + 1) * idleSamples) / total) > Math.floor((i * idleSamples) / total);
+      if (idleSamples === 0) await sleep(3 + Math.random() * (maxGapMs - 3));
+      else {
+        const wait = endedAt + (isIdle ? wakeGaps.idleMs : wakeGaps.afterCompletionMs);
+        if (performance.now() > wait) late++;
+        else await sleep(wait - performance.now());
+      }
       const started = new Promise<number>((r) => (onStart = r));
       await system.enqueue(`w${i}`);
       const committed = performance.now();
-      out.push((await started) - committed);
+      const ms = (await started) - committed;
+      if (idleSamples === 0 || isIdle) idle.push(ms);
+      else after.push(ms);
     }
   } finally {
     await worker.stop();
     await system.close();
     await dropDatabase(adminUrl, url);
   }
-  const res: WakeResult = { system: system.label, ...summarize(out) };
-  if (out.length < samples) res.note = `${out.length} samples (time budget)`;
+  const res: WakeResult = { system: system.label, ...summarize(idle) };
+  if (idleSamples > 0) res.afterCompletion = summarize(after);
+  const notes: string[] = [];
+  if (idle.length + after.length < total)
+    notes.push(`${idle.length + after.length} samples (time budget)`);
+  if (late > 0) notes.push(`${late} completions recorded after the gap`);
+  if (notes.length > 0) res.note = notes.join("; ");
   return res;
 }
 

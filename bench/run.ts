@@ -34,7 +34,7 @@ import { type StorageResult, storageSoak } from "./storage.js";
 import { DeriverSystem } from "./systems/deriver.js";
 import { HoldfastSystem } from "./systems/holdfast.js";
 import { benchSystems } from "./systems/index.js";
-import { PgBossSystem } from "./systems/pgboss.js";
+import { loadPeers } from "./systems/peers.js";
 import {
   type OverlapCheckResult,
   overlapCheck,
@@ -59,6 +59,8 @@ const storageMinutes = args.includes("--minutes") && minutesArg > 0 ? minutesArg
 const cfg = quick
   ? {
       wake: 300,
+      // Idle wake samples (1 s apart each) beside the `wake` ones 25 ms after a completion.
+      wakeIdle: 15,
       pollBudgetMs: 3_000,
       tasks: 1_000,
       tputTimeoutMs: 3_000,
@@ -75,6 +77,7 @@ const cfg = quick
     }
   : {
       wake: 500,
+      wakeIdle: 100,
       pollBudgetMs: 60_000,
       tasks: 20_000,
       tputTimeoutMs: 120_000,
@@ -88,7 +91,8 @@ const cfg = quick
       fleet: { processes: fleetSize ?? 50, idleMs: 20_000, takeovers: 10, claims: 100 },
     };
 
-const systems = benchSystems.filter(
+const peers = await loadPeers();
+const systems = benchSystems(peers).filter(
   (make) => !pick || pick.some((p) => make().label.startsWith(p)),
 );
 
@@ -127,6 +131,7 @@ async function main(): Promise<void> {
             cfg.wake,
             polls ? cfg.pollBudgetMs : 120_000,
             polls ? 2_000 : 10,
+            polls ? 0 : cfg.wakeIdle,
           ),
         );
         log(`  ${JSON.stringify(wake.at(-1))}`);
@@ -209,7 +214,7 @@ async function main(): Promise<void> {
         ),
         longTasks(
           server.url,
-          new PgBossSystem(false, { expireInSeconds: 1 }),
+          new peers.PgBossSystem(false, { expireInSeconds: 1 }),
           2,
           ms,
           "expireInSeconds 1",
@@ -359,10 +364,14 @@ function render(r: Results): string {
     );
   }
   if (r.wake) {
-    out.push("", "Wake latency, idle worker, enqueue commit → handler start (ms)");
+    out.push(
+      "",
+      "Wake latency, enqueue commit → handler start (ms): an idle worker (previous task ended 1 s",
+      "before; polling systems: at a random phase), and 25 ms after the previous task ended",
+    );
     out.push(
       table([
-        ["system", "n", "p50", "p95", "p99", "max", "note"],
+        ["system", "n", "p50", "p95", "p99", "max", "25 ms: n", "p50", "p95", "note"],
         ...r.wake.map((w) => [
           w.system,
           String(w.n),
@@ -370,6 +379,9 @@ function render(r: Results): string {
           fmt(w.p95),
           fmt(w.p99),
           fmt(w.max),
+          w.afterCompletion ? String(w.afterCompletion.n) : "",
+          w.afterCompletion ? fmt(w.afterCompletion.p50) : "",
+          w.afterCompletion ? fmt(w.afterCompletion.p95) : "",
           w.note ?? "",
         ]),
       ]),

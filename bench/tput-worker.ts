@@ -64,7 +64,7 @@ const handler = async (key: string): Promise<void> => {
 async function handle(m: ToWorker): Promise<void> {
   switch (m.type) {
     case "attach":
-      system = makeSystem(m.label);
+      system = await makeSystem(m.label);
       system.attach(m.url, m.keys);
       base = BigInt(m.base);
       holdMs = m.holdMs;

@@ -1,7 +1,6 @@
 import { DeriverSystem, deriverProduction } from "./deriver.js";
-import { GraphileSystem } from "./graphile.js";
 import { HoldfastSystem } from "./holdfast.js";
-import { PgBossSystem } from "./pgboss.js";
+import { loadPeers, type Peers } from "./peers.js";
 import type { QueueSystem } from "./types.js";
 
 /**
@@ -9,19 +8,21 @@ import type { QueueSystem } from "./types.js";
  * for the bench process and its worker child processes (bench/tput-worker.ts), so a system
  * built in a child by its label is configured exactly as in the one-process runs.
  */
-export const benchSystems: Array<() => QueueSystem> = [
-  () => new HoldfastSystem(),
-  () => new HoldfastSystem(true),
-  () => new GraphileSystem(false),
-  () => new GraphileSystem(true),
-  () => new PgBossSystem(false),
-  () => new PgBossSystem(true),
-  () => new DeriverSystem(deriverProduction),
-];
+export function benchSystems(peers: Peers): Array<() => QueueSystem> {
+  return [
+    () => new HoldfastSystem(),
+    () => new HoldfastSystem(true),
+    () => new peers.GraphileSystem(false),
+    () => new peers.GraphileSystem(true),
+    () => new peers.PgBossSystem(false),
+    () => new peers.PgBossSystem(true),
+    () => new DeriverSystem(deriverProduction),
+  ];
+}
 
 /** A new instance of the configuration labelled `label` in `benchSystems`. */
-export function makeSystem(label: string): QueueSystem {
-  for (const make of benchSystems) {
+export async function makeSystem(label: string): Promise<QueueSystem> {
+  for (const make of benchSystems(await loadPeers())) {
     const sys = make();
     if (sys.label === label) return sys;
   }

@@ -1,7 +1,7 @@
 import pg from "pg";
 import { PgBoss } from "pg-boss";
 import { quietPool } from "../db.js";
-import type { QueueSystem, RunningWorker } from "./types.js";
+import type { QueueSystem, RunningWorker } from "../systems/types.js";
 
 const queue = "noop";
 

@@ -1,7 +1,7 @@
 import { Logger, makeWorkerUtils, run, runMigrations, type WorkerUtils } from "graphile-worker";
 import pg from "pg";
 import { quietPool } from "../db.js";
-import type { QueueSystem, RunningWorker } from "./types.js";
+import type { QueueSystem, RunningWorker } from "../systems/types.js";
 
 const silent = new Logger(() => () => {});
 

@@ -1,0 +1,8 @@
+// The queues the benchmark compares holdfast with. Their packages live in bench/peers'
+// own node_modules (installed on first use by bench/systems/peers.ts), so the library's
+// install carries none of them; this module is loaded only after that install.
+import type { Peers } from "../systems/peers.js";
+import { GraphileSystem } from "./graphile.js";
+import { PgBossSystem } from "./pgboss.js";
+
+export const peers: Peers = { GraphileSystem, PgBossSystem };
