@@ -176,3 +176,42 @@ describe("a leader SIGKILLed mid-prune", () => {
     await until(async () => (await count(db, "select count(*) from holdfast.keys")) === 0);
   });
 });
+
+describe("a leader SIGKILLed while quiet with a prune due", () => {
+  const procs = useWorkerProcesses();
+
+  it("a follower leads by the quiet deadline and prunes", async () => {
+    const db = procs.db;
+    const hf = new Holdfast({ pool: db.pool, logger: silent });
+    await hf.defineKind("job", { retention: { succeeded: 1_000 } });
+    const a = await procs.start("a");
+    const b = await procs.start("b");
+    const [leader, follower] = a.events.some((e) => e.event === "leader") ? [a, b] : [b, a];
+    await leader.waitFor((e) => e.event === "leader", 15_000);
+    await hf.enqueue("job", { key: "q:1", payload: { ms: 0 } });
+    await until(
+      async () =>
+        (await count(db, "select count(*) from holdfast.tasks where state = 'succeeded'")) === 1,
+      15_000,
+      "the task succeeded",
+    );
+    const since = Date.now();
+    // Quiet, advertising the prune due in 1 s (no sooner than a minute ahead): the deadline a
+    // follower trusts. The leader dies before its own timer prunes (pruneIntervalMs 60 s).
+    const quiet = await leader.waitFor(
+      (e) => e.event === "quiet" && e.leader === true && e.at >= since,
+      15_000,
+    );
+    expect(quiet.until).not.toBeNull();
+    expect(Number(quiet.until)).toBeLessThanOrEqual(Date.now() + 61_000);
+    await leader.kill("SIGKILL");
+    await follower.waitFor((e) => e.event === "leader", 90_000);
+    const pruned = await follower.waitFor((e) => e.event === "pruned", 30_000);
+    expect(pruned.tasks).toBe(1);
+    // Led within the follower's lateness bound (2 sweeps, + jitter) after the deadline.
+    const led = follower.events.find((e) => e.event === "leader");
+    expect(led?.at).toBeLessThanOrEqual(Number(quiet.until) + 2_000);
+    expect(await count(db, "select count(*) from holdfast.tasks")).toBe(0);
+    await hf.close();
+  }, 120_000);
+});
