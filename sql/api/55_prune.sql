@@ -91,11 +91,14 @@ begin
     return next;
     return;
   end if;
-  -- Key rows without a pending or running task, locked without waiting: a row an enqueue,
-  -- a claim or an assert_fence holds is skipped (it is not unused, or not for long).
+  -- Key rows without any task left, locked without waiting: a row an enqueue, a claim or an
+  -- assert_fence holds is skipped (it is not unused, or not for long). Only rows about to be
+  -- deleted are locked, so an enqueue waits for a batch only on a key it recreates anyway.
   v_locked := array(
     select k.key from holdfast.keys k
     where k.key = any (v_keys) and k.head_id is null and not k.busy
+      and not exists (select 1 from holdfast.tasks t where t.key = k.key)
+      and not exists (select 1 from holdfast.key_kinds kk where kk.key = k.key)
     for update of k skip locked);
   -- This statement's snapshot is newer than every lock above: it sees every task committed
   -- on these keys, and no other can be added while the rows are locked. A key keeps its row
