@@ -278,18 +278,37 @@ describe("prune", () => {
 
   it("never waits for a lock an enqueue holds, and the enqueued task keeps its key", async () => {
     await hf.defineKind("pe", { retention: { succeeded: 0 } });
-    await finished("pe", "pe:k", "succeeded");
+    const old = await finished("pe", "pe:k", "succeeded");
     const producer = await session();
     await producer.query("begin");
     await producer.query("select holdfast.enqueue('pe', 'pe:k')");
     const pruner = await session();
     await pruner.query("set lock_timeout = '200ms'");
-    const { rows } = await pruner.query("select * from holdfast.prune_rows(1000)");
-    expect(rows[0]).toMatchObject({ tasks: 1, keys: 0 });
+    // The key row is held: its last finished task waits for a later batch with the row.
+    await pruner.query("select * from holdfast.prune_rows(1000)"); // no lock_timeout error
+    expect(await taskIds("pe")).toContain(old);
     await producer.query("commit");
+    await pruner.query("select * from holdfast.prune_rows(1000)");
+    expect(await taskIds("pe")).not.toContain(old);
     expect(await exists("keys", "key", "pe:k")).toBe(true);
     const t = await claim(producer, "pe");
     await producer.query("select holdfast.complete($1, $2)", [t.id, t.fence]);
+  });
+
+  it("a key held during a batch keeps its last task for a later batch, and leaves with it", async () => {
+    await hf.defineKind("ph", { retention: { succeeded: 0, cancelled: 0 } });
+    await finished("ph", "ph:k", "succeeded");
+    await finished("ph", "ph:k", "cancelled");
+    // A handler's fenced write (assert_fence's row lock) on the key while a batch runs.
+    const writer = await session();
+    await writer.query("begin");
+    await writer.query("select 1 from holdfast.keys where key = 'ph:k' for key share");
+    await pruneAll();
+    expect(await taskIds("ph")).toHaveLength(2);
+    await writer.query("commit");
+    await pruneAll();
+    expect(await taskIds("ph")).toHaveLength(0);
+    expect(await exists("keys", "key", "ph:k")).toBe(false);
   });
 
   it("an enqueue whose key row is deleted between its insert and its lock creates it again", async () => {

@@ -24,10 +24,12 @@ declare
   v_keys text[] := '{}';
   v_more_ids bigint[];
   v_more_keys text[];
-  v_ended text[] := '{}';
+  v_kk_keys text[] := '{}';
+  v_kk_kinds text[] := '{}';
+  v_more_kinds text[];
+  v_empty text[];
   v_locked text[];
   v_floor bigint;
-  v_n int;
 begin
   tasks := 0; attempts := 0; keys := 0; key_kinds := 0;
   if max_rows is null or max_rows < 1 then
@@ -59,50 +61,66 @@ begin
     v_keys := v_keys || v_more_keys;
   end loop;
 
+  -- Minimum intervals that have passed (key_kinds_ends, bounds written out as above), locked:
+  -- nothing reads them any more. Their keys may be left without a task (the tasks went in an
+  -- earlier batch, while the interval ran): they are tried below with this batch's.
+  for r in
+    select kd.kind, now() - kd.min_interval as cutoff from holdfast.kinds kd order by kd.kind
+  loop
+    exit when cardinality(v_kk_keys) >= max_rows;
+    execute format(
+      'select coalesce(array_agg(kk.key), ''{}''), coalesce(array_agg(kk.kind), ''{}'')
+       from (select kk.key, kk.kind from holdfast.key_kinds kk
+             where kk.kind = %L and kk.last_succeeded_at < %L::timestamptz
+             order by kk.last_succeeded_at limit %s for update of kk skip locked) kk',
+      r.kind, r.cutoff, max_rows - cardinality(v_kk_keys))
+    into v_more_keys, v_more_kinds;
+    v_kk_keys := v_kk_keys || v_more_keys;
+    v_kk_kinds := v_kk_kinds || v_more_kinds;
+  end loop;
+
+  -- Keys this batch leaves with nothing (no task, no key_kinds row but those it deletes): their
+  -- rows go too, so each is locked without waiting first. A key someone holds (an enqueue, a
+  -- retry of its task, an assert_fence) keeps its rows for a later batch: deleting only its
+  -- tasks would leave a key row that no later batch could find.
+  v_empty := array(
+    select k.key from holdfast.keys k
+    where k.key = any (v_keys || v_kk_keys) and k.head_id is null and not k.busy
+      and not exists (select 1 from holdfast.tasks t where t.key = k.key and t.id <> all (v_ids))
+      and not exists (
+        select 1 from holdfast.key_kinds kk where kk.key = k.key
+          and (kk.key, kk.kind) not in (select * from unnest(v_kk_keys, v_kk_kinds))));
+  v_locked := array(
+    select k.key from holdfast.keys k where k.key = any (v_empty) for update of k skip locked);
+  if cardinality(v_locked) < cardinality(v_empty) then
+    v_ids := array(select t.id from holdfast.tasks t
+      where t.id = any (v_ids) and (t.key = any (v_locked) or t.key <> all (v_empty)));
+    select coalesce(array_agg(x.key), '{}'), coalesce(array_agg(x.kind), '{}')
+    into v_kk_keys, v_kk_kinds
+    from unnest(v_kk_keys, v_kk_kinds) x (key, kind)
+    where x.key = any (v_locked) or x.key <> all (v_empty);
+  end if;
+
   if cardinality(v_ids) > 0 then
     delete from holdfast.attempts a where a.task_id = any (v_ids);
     get diagnostics attempts = row_count;
     delete from holdfast.tasks t where t.id = any (v_ids);
     get diagnostics tasks = row_count;
   end if;
+  if cardinality(v_kk_keys) > 0 then
+    delete from holdfast.key_kinds kk
+    using unnest(v_kk_keys, v_kk_kinds) x (key, kind)
+    where kk.key = x.key and kk.kind = x.kind;
+    get diagnostics key_kinds = row_count;
+  end if;
 
-  -- Minimum intervals that have passed (key_kinds_ends, bounds written out as above): nothing
-  -- reads them any more. Their keys may be left without a task (the tasks went in an earlier
-  -- batch, while the interval ran): they are tried below with this batch's.
-  for r in
-    select kd.kind, now() - kd.min_interval as cutoff from holdfast.kinds kd order by kd.kind
-  loop
-    exit when key_kinds >= max_rows;
-    execute format(
-      'with e as (select kk.key, kk.kind from holdfast.key_kinds kk
-         where kk.kind = %L and kk.last_succeeded_at < %L::timestamptz
-         order by kk.last_succeeded_at limit %s for update of kk skip locked),
-       d as (delete from holdfast.key_kinds kk using e where kk.key = e.key and kk.kind = e.kind
-         returning kk.key)
-       select coalesce(array_agg(d.key), ''{}''), count(*) from d',
-      r.kind, r.cutoff, max_rows - key_kinds)
-    into v_more_keys, v_n;
-    v_ended := v_ended || v_more_keys;
-    key_kinds := key_kinds + v_n;
-  end loop;
-  v_keys := v_keys || v_ended;
-
-  if cardinality(v_keys) = 0 then
+  if cardinality(v_locked) = 0 then
     return next;
     return;
   end if;
-  -- Key rows without any task left, locked without waiting: a row an enqueue, a claim or an
-  -- assert_fence holds is skipped (it is not unused, or not for long). Only rows about to be
-  -- deleted are locked, so an enqueue waits for a batch only on a key it recreates anyway.
-  v_locked := array(
-    select k.key from holdfast.keys k
-    where k.key = any (v_keys) and k.head_id is null and not k.busy
-      and not exists (select 1 from holdfast.tasks t where t.key = k.key)
-      and not exists (select 1 from holdfast.key_kinds kk where kk.key = k.key)
-    for update of k skip locked);
   -- This statement's snapshot is newer than every lock above: it sees every task committed
-  -- on these keys, and no other can be added while the rows are locked. A key keeps its row
-  -- while it has a task or a minimum interval still running.
+  -- on these keys (an enqueue that committed before the lock), and no other can be added
+  -- while the rows are locked.
   with d as (
     delete from holdfast.keys k
     where k.key = any (v_locked)
