@@ -80,7 +80,7 @@ export const sql = {
     select q.requeued, case when q.requeued > 0 then (
       select json_agg(json_build_object('task', o.id, 'key', o.key, 'kind', o.kind,
         'attempt', o.attempt, 'worker', o.worker, 'pid', o.holder_pid) order by o.id)
-      from holdfast.orphans o where o.holder_pid <> pg_backend_pid()) end as previous,
+      from holdfast.orphans o) end as previous,
       ${quietMs} as quiet_ms,
       pg_notify('${leaderChannel}', coalesce(case when q.until = 'infinity' then 'infinity'
         else floor(extract(epoch from q.until) * 1000)::bigint::text end, '')) is null as heartbeat
