@@ -147,7 +147,7 @@ describe.skipIf(!bin)("behind PgBouncer", () => {
       // No lock anywhere, no holdfast session, no prepared statement on the pooled backends.
       expect(await advisoryLocks()).toBe(0);
       const { rows: sessions } = await db.pool.query(
-        "select count(*)::int as n from pg_stat_activity where application_name ~ '^holdfast:(lock|listen):'",
+        "select count(*)::int as n from pg_stat_activity where datname = current_database() and application_name ~ '^holdfast:(lock|listen):'",
       );
       expect(sessions[0].n).toBe(0);
       const probe = new pg.Client({ connectionString: url });

@@ -31,26 +31,22 @@ select holdfast._grant('execute', 'function holdfast.quiet_until()', 'holdfast_w
 
 -- Running tasks whose holder no longer holds their key's lock. A live backend is not proof of
 -- a live holder: a session pooler keeps the server backend of a client that died, frees its
--- locks (DISCARD ALL) and may hand that backend, same pid and start, to another client. So a
--- holder is alive while its session (pid + backend start; where backend_start is hidden from
--- this role, the pid) exists and holds the key's lock: a bigint advisory lock is stored as
--- (classid, objid) = (high, low) 32 bits, objsubid 1. One read of pg_locks and of
--- pg_stat_activity per query, joined by hash: the cost follows the locks held (the running
--- tasks), not the number of idle sessions.
+-- locks (DISCARD ALL) and may hand that backend, same pid and start, to another client. So the
+-- lock decides: a bigint advisory lock is stored as (classid, objid) = (high, low) 32 bits,
+-- objsubid 1, held by the holder's pid. (A new backend that reused a dead holder's pid cannot
+-- hold that key: the key is busy while the task runs, so no claim takes it.) pg_locks is read
+-- once per query into a hashed subplan, and not at all when nothing runs: the cost follows the
+-- running tasks and the locks held, not the number of idle sessions.
 create view holdfast.orphans as
 select t.id, t.kind, t.key, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at
 from holdfast.tasks t
 join holdfast.keys k on k.key = t.key
 where t.state = 'running'
-  and not exists (
-    select 1 from pg_locks l
-    join pg_stat_activity a on a.pid = l.pid
-    where l.locktype = 'advisory' and l.granted and l.objsubid = 1
-      and l.database = (select d.oid from pg_database d where d.datname = current_database())
-      and l.pid = t.holder_pid
-      and l.classid = ((k.lock_id >> 32) & 4294967295)::oid
-      and l.objid = (k.lock_id & 4294967295)::oid
-      and (a.backend_start is null or a.backend_start = t.holder_started));
+  and (coalesce(t.holder_pid, 0), k.lock_id) not in (
+    select l.pid, (l.classid::bigint << 32) | l.objid::bigint
+    from pg_locks l
+    where l.locktype = 'advisory' and l.granted and l.objsubid = 1 and l.pid is not null
+      and l.database = (select d.oid from pg_database d where d.datname = current_database()));
 select holdfast._grant('select', 'holdfast.orphans', 'holdfast_worker', 'holdfast_observer');
 
 -- Returns orphaned tasks to the queue as their next attempt (or dead-letters them once their
