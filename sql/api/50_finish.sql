@@ -272,15 +272,29 @@ select holdfast._grant('execute',
   'function holdfast.settle(bigint[], bigint[], text[], text, int, int, int, bigint[], bigint[], text[])',
   'holdfast_worker');
 
--- Guards a handler's own writes: call inside the handler's transaction. Raises HF004 once a
--- newer claim of the key exists. The KEY SHARE row lock conflicts with claim's FOR UPDATE,
--- so the transaction either commits before a takeover's fence exists or is rejected.
-create function holdfast.assert_fence(key text, fence bigint) returns void
+-- Guards a handler's own writes: call inside the handler's transaction, just before commit.
+-- Raises HF004 once a newer claim of the key exists. The KEY SHARE row lock conflicts with
+-- claim's FOR UPDATE, so the transaction either commits before a takeover's fence exists or is
+-- rejected. That lock must not outlive a client that vanished (the application's pool has no
+-- TCP bounds; a partitioned client leaves its backend idle in transaction until keepalives
+-- give up, hours by default): the transaction's idle_in_transaction_session_timeout is
+-- lowered to idle_timeout (a worker passes its lock session's release bound), so the server
+-- ends it, rolled back, that long after its client went silent. A lower setting is kept.
+create function holdfast.assert_fence(
+  key text, fence bigint, idle_timeout interval default interval '20 seconds'
+) returns void
   language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
 declare
   v_fence bigint;
+  v_ms bigint := ceil(extract(epoch from idle_timeout) * 1000);
+  -- Shown with a unit ('0', '250ms', '20s', '1min'), which interval input reads.
+  v_now bigint := extract(epoch from
+    current_setting('idle_in_transaction_session_timeout')::interval) * 1000;
 begin
+  if v_ms > 0 and (v_now = 0 or v_ms < v_now) then
+    perform set_config('idle_in_transaction_session_timeout', v_ms::text, true);
+  end if;
   select k.fence into v_fence from holdfast.keys k where k.key = assert_fence.key for key share;
   if v_fence is null or assert_fence.fence is null or v_fence <> assert_fence.fence then
     perform holdfast._raise('HF004', format('holdfast: stale fence %s for key %L (current %s)',
@@ -288,4 +302,4 @@ begin
       'a newer claim of this key exists: this run lost its lock and must stop');
   end if;
 end $$;
-select holdfast._grant('execute', 'function holdfast.assert_fence(text, bigint)', 'holdfast_worker');
+select holdfast._grant('execute', 'function holdfast.assert_fence(text, bigint, interval)', 'holdfast_worker');

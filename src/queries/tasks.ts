@@ -64,7 +64,8 @@ export const sql = {
   retry: "select holdfast.retry($1, $2) as ok",
   deadLetters: `select * from holdfast.dead_letters
     where ($1::text is null or kind = $1) order by finished_at desc, id desc limit $2`,
-  assertFence: "select holdfast.assert_fence($1, $2)",
+  // $3: the lock session's release bound (ms), bounding the write transaction's idle time.
+  assertFence: "select holdfast.assert_fence($1, $2, $3::int * interval '1 millisecond')",
   // A follower that fails to lead learns from the same statement whether the leader may be
   // quiet (no heartbeat expected before quiet_ms, see Sweeper).
   tryLead: `select q.leader, ${quietMs} as quiet_ms

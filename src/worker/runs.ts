@@ -43,7 +43,7 @@ export async function callHandler(kind: ResolvedKind | undefined, run: Run): Pro
     logger,
     assertFence: async (client: Queryable) => {
       try {
-        await client.query(sql.assertFence, [task.key, task.fence]);
+        await client.query(sql.assertFence, [task.key, task.fence, run.session.releaseBoundMs]);
       } catch (err) {
         throw translateError(err);
       }
