@@ -123,6 +123,61 @@ describe.skipIf(!bin)("behind PgBouncer", () => {
     }
   }, 60_000);
 
+  it("session mode, the pooler killed and restarted: the runs behind it are aborted and taken over once each by a direct worker, in order; the worker behind it comes back", async () => {
+    const own = await startBouncer(inject("adminUrl"), "session"); // killed here, not shared
+    const mine: WorkerProcess[] = [];
+    try {
+      const hf = new Holdfast({ pool: db.pool, logger: silent });
+      const pooled = await start("p1", { HF_CONCURRENCY: "2" }, own.url(db.url));
+      mine.push(pooled);
+      const keys = ["restart:a", "restart:b"];
+      const long: number[] = [];
+      const follow: number[] = [];
+      for (const key of keys) {
+        long.push((await hf.enqueue("job", { key, payload: { ms: 6_000 } })).id);
+        follow.push((await hf.enqueue("job", { key, payload: { ms: 50 } })).id);
+      }
+      for (const id of long) await pooled.waitFor((e) => e.event === "start" && e.id === id);
+      const direct = await start("d1", { HF_CONCURRENCY: "2" }, db.url);
+      mine.push(direct);
+      const killedAt = Date.now();
+      await own.kill();
+      for (const id of long) {
+        const again = await direct.waitFor(
+          (e) => e.event === "start" && e.id === id && e.attempt === 2,
+          15_000,
+        );
+        console.log(`pooler killed: task ${id} restarted after ${again.at - killedAt} ms`);
+      }
+      const lost = await allSucceeded([...long, ...follow]);
+      expect(lost).toEqual(
+        long.map((id) => ({ task_id: id, attempt: 1, outcome: "lost", worker: "p1" })),
+      );
+      for (const [i, id] of follow.entries()) {
+        const end = await direct.waitFor((e) => e.event === "end" && e.id === long[i]);
+        const next = await direct.waitFor((e) => e.event === "start" && e.id === id);
+        expect(next.at).toBeGreaterThanOrEqual(end.at);
+      }
+      const { rows: runs } = await db.pool.query<RunRow>(
+        "select * from runs where task_id = any ($1)",
+        [[...long, ...follow]],
+      );
+      expect(overlaps(runs, () => killedAt)).toEqual([]);
+      // The aborted runs never recorded an end (their fenced write could not commit).
+      expect(runs.filter((r) => r.worker === "p1").every((r) => r.ended_at === null)).toBe(true);
+
+      // Back: the pooler restarts, the direct worker stops, and the pooled worker runs new work.
+      await own.restart();
+      await direct.kill("SIGTERM");
+      const { id: later } = await hf.enqueue("job", { key: "restart:later", payload: { ms: 10 } });
+      await pooled.waitFor((e) => e.event === "end" && e.id === later, 30_000);
+      expect(await allSucceeded([later])).toEqual([]);
+    } finally {
+      for (const p of mine) await p.kill();
+      await own.stop();
+    }
+  }, 90_000);
+
   for (const mode of ["transaction", "statement"] as const) {
     it(`${mode} mode: worker start and migrate are refused with a ConfigError naming the mode and the fix; nothing is left behind`, async () => {
       const url = through(mode);
