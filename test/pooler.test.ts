@@ -5,8 +5,9 @@
 // workers on a direct session URL.
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { startDashboard } from "../src/dashboard/server.js";
 import { ConfigError, Holdfast } from "../src/index.js";
-import { runCli } from "./support/cli.js";
+import { runCli, startCli } from "./support/cli.js";
 import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
 import { type Bouncer, type PoolMode, pgbouncerBinary, startBouncer } from "./support/pgbouncer.js";
 import { startWorkerProcess, type WorkerProcess } from "./support/processes.js";
@@ -233,10 +234,33 @@ describe.skipIf(!bin)("behind PgBouncer", () => {
       expect(cliMigrate.code).toBe(1);
       expect(cliMigrate.stderr).toContain(`${mode} mode`);
       expect(await advisoryLocks()).toBe(0);
+
+      // The fix, from the CLI: the same pooled URL, the direct one for the sessions (flag and env).
+      expect((await runCli(["migrate", "--database", url, "--session-url", db.url])).code).toBe(0);
+      const cli = startCli(["worker", "--handlers", "test/fixtures/cli-handlers.ts"], {
+        DATABASE_URL: url,
+        HOLDFAST_SESSION_URL: db.url,
+      });
+      try {
+        const enqueued = await runCli([
+          "enqueue",
+          "job",
+          `cli:${mode}`,
+          "--define",
+          "--database",
+          url,
+        ]);
+        expect(enqueued.code).toBe(0);
+        const { id } = JSON.parse(enqueued.stdout) as { id: number };
+        await cli.waitFor((l) => l.event === "task_succeeded" && l.task === id, 30_000);
+      } finally {
+        cli.child.kill("SIGTERM");
+        await cli.exited;
+      }
     }, 60_000);
   }
 
-  it("transaction mode for producers, inspect and the workers' pool; a session URL for the workers' sessions: every task runs once", async () => {
+  it("transaction mode for producers, inspect, the dashboard and the workers' pool; a session URL for the workers' sessions: every task runs once", async () => {
     const pooled = through("transaction");
     // Producers through the transaction pooler (enqueue, defineKind, schedules, cancel, retry).
     const producer = new Holdfast({ connectionString: pooled, logger: silent });
@@ -288,6 +312,17 @@ describe.skipIf(!bin)("behind PgBouncer", () => {
       const snapshot = JSON.parse(inspected.stdout);
       expect(snapshot.orphans).toEqual([]);
       expect(snapshot.capacity.connections.lockSessions).toBe(2);
+      // The dashboard on the pooled Holdfast.
+      const dashboard = await startDashboard({ hf: producer, port: 0, logger: silent });
+      try {
+        for (const page of ["api/overview", "", `tasks/${ids[0]}`]) {
+          const r = await fetch(`${dashboard.url}${page}`);
+          expect(r.status, page).toBe(200);
+          if (page === "api/overview") expect((await r.json()).snapshot.orphans).toEqual([]);
+        }
+      } finally {
+        await dashboard.close();
+      }
       for (const w of workers) await w.kill("SIGTERM");
     } finally {
       await producer.close();
