@@ -20,8 +20,8 @@ export function poolerRefusal(mode: Exclude<SessionMode, "session">, what: strin
 }
 
 /** Backend identity: a pid alone could be reused by a later backend. */
-const whoSql =
-  "select pg_backend_pid() as pid, (select backend_start::text from pg_stat_activity where pid = pg_backend_pid()) as started";
+const whoSql = `select a.pid, a.backend_start::text as started
+  from pg_stat_get_activity(pg_backend_pid()) a`;
 
 /**
  * Finds out whether `connection` keeps one server session per client connection. Two clients
@@ -57,16 +57,20 @@ export async function detectSessionMode(
     }
     const [a, b] = clients as [pg.Client, pg.Client];
     const seen: Record<"a" | "b", Set<string>> = { a: new Set(), b: new Set() };
-    for (const [name, client] of [
-      ["a", a],
-      ["b", b],
-      ["a", a],
-      ["a", a],
-      ["b", b],
-      ["b", b],
-    ] as const) {
-      const { rows } = await client.query<{ pid: number; started: string | null }>(whoSql);
-      seen[name].add(`${rows[0]?.pid}@${rows[0]?.started}`);
+    try {
+      for (const [name, client] of [
+        ["a", a],
+        ["b", b],
+        ["a", a],
+        ["a", a],
+        ["b", b],
+        ["b", b],
+      ] as const) {
+        const { rows } = await client.query<{ pid: number; started: string | null }>(whoSql);
+        seen[name].add(`${rows[0]?.pid}@${rows[0]?.started}`);
+      }
+    } catch (err) {
+      throw asConnectionError(err, "cannot check the connection for a pooler");
     }
     const shared = [...seen.a].some((id) => seen.b.has(id));
     if (seen.a.size === 1 && seen.b.size === 1 && !shared) return "session";
