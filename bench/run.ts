@@ -253,7 +253,11 @@ async function main(): Promise<void> {
     // Not in --quick unless asked (--only schedules): its holdfast part alone takes ~30 s.
     if (want("schedules") && (!quick || only)) {
       section("schedules, leader killed every 10 s…");
-      results.schedules = await scheduleBench(server.url, { quick, log });
+      results.schedules = await scheduleBench(server.url, {
+        quick,
+        log,
+        peers: peers.schedulePeers,
+      });
     }
     if (only?.has("storage")) {
       results.storage = [];

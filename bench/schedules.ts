@@ -1,5 +1,5 @@
 // Schedules under fire: each system's finest recurring schedule, run by 3 worker processes
-// (bench/schedule-worker.ts) while one of them is SIGKILLed every 10 s and restarted at once, as
+// (bench/peers/schedule-worker.ts) while one of them is SIGKILLed every 10 s and restarted at once, as
 // a supervisor would. Every job is read back and filed under its tick: ticks expected, enqueued,
 // skipped, duplicated, and how late each tick was enqueued (job created − tick) and started
 // (handler start − tick).
@@ -8,14 +8,12 @@ import { fileURLToPath } from "node:url";
 import { collectJsonLines, type JsonLines } from "../test/support/json-lines.js";
 import { createDatabase, dropDatabase, sleep, until } from "./db.js";
 import {
-  graphilePeer,
+  type Handled,
   holdfastPeer,
   type Job,
   type Peer,
-  pgbossPeer,
   type SystemName,
-} from "./schedule-peers.js";
-import type { Handled } from "./schedule-worker.js";
+} from "./schedule-systems.js";
 import { fmt, percentile, table } from "./stats.js";
 
 export interface ScheduleRow {
@@ -60,9 +58,11 @@ export interface ScheduleBenchResult {
 export interface ScheduleBenchOptions {
   quick: boolean;
   log: (line: string) => void;
+  /** graphile-worker's and pg-boss's parts (bench/peers/schedule.ts, loaded with the peers). */
+  peers: Peer[];
 }
 
-const workerScript = fileURLToPath(new URL("schedule-worker.ts", import.meta.url));
+const workerScript = fileURLToPath(new URL("peers/schedule-worker.ts", import.meta.url));
 const processes = 3;
 const killEveryMs = 10_000;
 
@@ -72,7 +72,7 @@ interface WorkerLine {
   at: number;
 }
 
-/** One bench/schedule-worker.ts child. */
+/** One bench/peers/schedule-worker.ts child. */
 class Proc {
   readonly lines: Array<WorkerLine | (Handled & { at: number })>;
   readonly started = Date.now();
@@ -314,7 +314,7 @@ export async function scheduleBench(
   const log = opts.log;
   log(`  holdfast, per second, ${opts.quick ? 20 : 60} s…`);
   const hf = await runSystem(adminUrl, holdfastPeer, opts.quick ? 20_000 : 60_000, 5_000, log);
-  const peers = [graphilePeer, pgbossPeer];
+  const peers = opts.peers;
   if (opts.quick) {
     return {
       rows: [

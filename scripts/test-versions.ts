@@ -31,6 +31,7 @@ const files = [
   "test/sql-worker.test.ts",
   "test/order-faults.test.ts",
   "test/complete-held.test.ts",
+  "test/lock-holder.test.ts",
   "test/retries.test.ts",
   "test/checkpoint.test.ts",
   "test/roles.test.ts",
@@ -39,6 +40,7 @@ const files = [
   "test/lock-loss/terminate.test.ts",
   "test/lock-loss/fence-race.test.ts",
   "test/lock-loss/partition.test.ts",
+  "test/lock-loss/fence-hostage.test.ts",
 ];
 
 interface JsonReport {

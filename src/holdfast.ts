@@ -1,4 +1,4 @@
-import type pg from "pg";
+import pg from "pg";
 import type { Logger } from "pino";
 import {
   asConnectionError,
@@ -16,6 +16,7 @@ import {
   resolveOptions,
   resolveWorkerOptions,
 } from "./options.js";
+import { requireSessions } from "./pooler.js";
 import { type DeadLetterRow, sql, toDeadLetter } from "./queries/tasks.js";
 import {
   type Schedule,
@@ -61,13 +62,22 @@ export class Holdfast {
 
   /** Applies pending SQL migrations once, however many processes call it at the same time. */
   async migrate(): Promise<MigrateResult> {
-    const client = await this.connect();
+    // Its advisory lock needs one server session: checked before it is taken, on the session
+    // URL when there is one (the pool may go through any pooler).
+    await requireSessions(this.opts.connection, "migrate's connection");
+    const client = new pg.Client(this.opts.connection);
+    client.on("error", () => {}); // a dropped connection fails the query in progress
+    try {
+      await client.connect();
+    } catch (err) {
+      throw asConnectionError(err, "cannot connect to Postgres");
+    }
     try {
       return await migrate(client, this.opts.logger);
     } catch (err) {
       throw translateError(err);
     } finally {
-      client.release();
+      await client.end().catch(() => {});
     }
   }
 
@@ -204,14 +214,6 @@ export class Holdfast {
     this.closed = true;
     await Promise.all([...this.workers].map((w) => w.stop()));
     if (this.opts.ownsPool) await this.opts.pool.end();
-  }
-
-  private async connect(): Promise<pg.PoolClient> {
-    try {
-      return await this.opts.pool.connect();
-    } catch (err) {
-      throw asConnectionError(err, "cannot connect to Postgres");
-    }
   }
 
   private async query<R extends pg.QueryResultRow>(text: string, values: unknown[]): Promise<R[]> {

@@ -17,6 +17,14 @@ export interface HoldfastOptions {
   /** The application's pool: holdfast enqueues through it, and copies its settings for the
    *  worker's two dedicated sessions (lock and LISTEN), which never come from the pool. */
   pool?: pg.Pool;
+  /**
+   * A direct (or session-pooled) URL for the sessions that must keep one server session: the
+   * worker's lock and LISTEN sessions and `migrate`. Set it when `pool`/`connectionString` goes
+   * through a transaction or statement pooler (a managed provider's pooled URL): producers,
+   * inspect and the dashboard keep using that. Default: the settings of `pool` or
+   * `connectionString`.
+   */
+  sessionConnectionString?: string;
   /** pino logger; default: pino at `HOLDFAST_LOG_LEVEL` (default `info`) named `holdfast`. */
   logger?: Logger;
 }
@@ -33,16 +41,37 @@ export function resolveOptions(opts: HoldfastOptions): ResolvedOptions {
   if (typeof opts !== "object" || opts === null) {
     throw new ConfigError("holdfast: options must be an object ({ connectionString } or { pool })");
   }
-  const { connectionString, pool } = opts;
+  const { connectionString, pool, sessionConnectionString } = opts;
   if ((connectionString === undefined) === (pool === undefined)) {
     throw new ConfigError("holdfast: pass exactly one of `connectionString` or `pool`");
   }
+  if (sessionConnectionString !== undefined)
+    validateConnectionString(sessionConnectionString, "sessionConnectionString");
   const logger =
     opts.logger ?? pino({ name: "holdfast", level: process.env.HOLDFAST_LOG_LEVEL ?? "info" });
+  // The session URL names the server; other settings of the pool (ssl, timeouts) carry over.
+  const direct = (fallback: pg.ClientConfig): pg.ClientConfig => {
+    if (sessionConnectionString === undefined) return fallback;
+    const {
+      connectionString: _url,
+      host: _host,
+      port: _port,
+      database: _db,
+      user: _user,
+      password: _password,
+      ...rest
+    } = fallback;
+    return { ...rest, connectionString: sessionConnectionString };
+  };
   if (connectionString !== undefined) {
-    validateConnectionString(connectionString);
-    const connection: pg.ClientConfig = { connectionString };
-    return { pool: new pg.Pool({ connectionString, max: 4 }), ownsPool: true, connection, logger };
+    validateConnectionString(connectionString, "connectionString");
+    // No named prepared statement and no session state goes through this pool (any pooler).
+    return {
+      pool: new pg.Pool({ connectionString, max: 4 }),
+      ownsPool: true,
+      connection: direct({ connectionString }),
+      logger,
+    };
   }
   if (!(pool instanceof pg.Pool)) {
     throw new ConfigError("holdfast: `pool` must be a pg.Pool");
@@ -53,24 +82,24 @@ export function resolveOptions(opts: HoldfastOptions): ResolvedOptions {
     idleTimeoutMillis: _idle,
     ...connection
   } = (pool as unknown as { options: pg.PoolConfig }).options;
-  return { pool, ownsPool: false, connection, logger };
+  return { pool, ownsPool: false, connection: direct(connection), logger };
 }
 
-function validateConnectionString(value: unknown): void {
+function validateConnectionString(value: unknown, name: string): void {
   if (typeof value !== "string" || value.trim() === "") {
-    throw new ConfigError("holdfast: `connectionString` must be a non-empty string");
+    throw new ConfigError(`holdfast: \`${name}\` must be a non-empty string`);
   }
   let url: URL;
   try {
     url = new URL(value);
   } catch {
     throw new ConfigError(
-      "holdfast: `connectionString` is not a URL (expected postgres://user:password@host:port/database)",
+      `holdfast: \`${name}\` is not a URL (expected postgres://user:password@host:port/database)`,
     );
   }
   if (url.protocol !== "postgres:" && url.protocol !== "postgresql:") {
     throw new ConfigError(
-      `holdfast: \`connectionString\` must start with postgres:// or postgresql://, got ${url.protocol}//`,
+      `holdfast: \`${name}\` must start with postgres:// or postgresql://, got ${url.protocol}//`,
     );
   }
 }

@@ -31,6 +31,10 @@ describe("chaos checker", () => {
     const result = await check(db.pool, () => undefined);
     const kinds = result.violations.map((v) => v.kind).sort();
     expect(kinds).toEqual(["fence-order", "not-ended", "overlap"]);
+    // Slow or stuck: the unfinished task's time in state and its key's last progress.
+    expect(result.violations.find((v) => v.kind === "not-ended")?.detail).toMatch(
+      /^task \d+ is still pending \(for \d+ s\); its key k1 last progressed \d+ s ago$/,
+    );
   });
 
   it("closes a run without an end at the time its handler exited", async () => {

@@ -74,6 +74,27 @@ describe("bad options, payloads and connections get a typed error and write noth
     expect(() => new Holdfast({ connectionString: db.url, pool: new pg.Pool() })).toThrow(
       ConfigError,
     );
+    expect(
+      () => new Holdfast({ connectionString: db.url, sessionConnectionString: "mysql://x@h/db" }),
+    ).toThrow(/sessionConnectionString/);
+    expect(() => new Holdfast({ pool: db.pool, sessionConnectionString: "" })).toThrow(ConfigError);
+  });
+
+  it("an unreachable session URL: migrate and worker.start fail with ConnectionError, enqueue works through the pool", async () => {
+    const port = await freePort(); // nothing listens there
+    const split = new Holdfast({
+      pool: db.pool,
+      sessionConnectionString: `postgres://u:p@127.0.0.1:${port}/db`,
+      logger: silent,
+    });
+    await expect(split.migrate()).rejects.toBeInstanceOf(ConnectionError);
+    await expect(split.worker({ handlers: { job: () => {} } }).start()).rejects.toBeInstanceOf(
+      ConnectionError,
+    );
+    const { id } = await split.enqueue("job", { key: "split" });
+    expect(id).toBeGreaterThan(0);
+    expect(await split.cancel(id)).toBe(true);
+    await split.close();
   });
 
   it("an unreachable database: enqueue, migrate and worker.start fail with ConnectionError", async () => {

@@ -29,6 +29,9 @@ it("when the sweep leader is SIGKILLed together with a task's holder, a follower
     ),
   );
   expect(survivors.map((p) => p.name)).toContain(second.worker);
+  // The new leader's "leader" line and the restart's "start" line come through different
+  // pipes: the first may arrive after the second.
+  await Promise.race(survivors.map((p) => p.waitFor((e) => e.event === "leader", 5_000)));
   const elected = survivors.filter((p) => p.events.some((e) => e.event === "leader"));
   expect(elected).toHaveLength(1);
   const { rows } = await t.db.pool.query(

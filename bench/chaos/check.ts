@@ -20,9 +20,10 @@ export interface Violation {
     | "order"
     | "over-cap"
     | "extra-session"
+    | "stuck-handler"
+    | "stuck"
     | "tick-skipped"
-    | "tick-duplicated"
-    | "stuck";
+    | "tick-duplicated";
   detail: string;
 }
 
@@ -105,8 +106,19 @@ export async function check(
     finals: number;
     /** Same priority group, strict kind, enqueued without a delay: its order is checked. */
     order_group: string | null;
+    /** Seconds in its state (running: since its start; pending: since it was due). */
+    in_state_s: number;
+    /** Seconds since its key last progressed (a run started or an attempt ended), null: never. */
+    key_idle_s: number | null;
   }>(
     `select t.id, t.key, t.state,
+            extract(epoch from now() - case when t.state = 'running' then t.started_at
+              else greatest(t.run_at, t.created_at) end)::float8 as in_state_s,
+            extract(epoch from now() - greatest(
+              (select max(l.started_at) from chaos_log l where l.key = t.key),
+              (select max(a.finished_at) from holdfast.attempts a
+               join holdfast.tasks o on o.id = a.task_id where o.key = t.key)))::float8
+              as key_idle_s,
             case when kd.strict_order and t.place_at = t.created_at
               then t.key || ' ' || t.priority end as order_group,
             (select count(*)::int from chaos_attempts a
@@ -196,7 +208,14 @@ export async function check(
     if (t.state === "succeeded") succeeded++;
     else if (t.state === "failed") deadLettered++;
     else {
-      violations.push({ kind: "not-ended", detail: `task ${t.id} is still ${t.state}` });
+      // Time in state and the key's progress tell slow (a key still moving: a backlog) from
+      // stuck (a key that has not moved for the soak's bound).
+      const idle =
+        t.key_idle_s === null ? "never ran" : `last progressed ${secs(t.key_idle_s)} ago`;
+      violations.push({
+        kind: "not-ended",
+        detail: `task ${t.id} is still ${t.state} (for ${secs(t.in_state_s)}); its key ${t.key} ${idle}`,
+      });
       continue;
     }
     const terminal = t.succeeded + t.finals;
@@ -228,6 +247,8 @@ export async function check(
     violations,
   };
 }
+
+const secs = (s: number | null) => `${Math.round(s ?? 0)} s`;
 
 /** The most runs open at one instant, and when; a run that ends as another starts is not open. */
 function peakOpen(runs: LogRun[], end: (r: LogRun) => number): { open: number; at: number } {

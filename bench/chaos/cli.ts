@@ -1,4 +1,5 @@
-// npm run chaos -- [--minutes N] [--workers 4] [--faults kill,partition,restart]
+// npm run chaos -- [--minutes N] [--workers 4] [--faults kill,partition,restart[,pooler]]
+// (pooler: w0 goes through a session PgBouncer that is SIGKILLed and restarted.)
 // Exits non-zero if the checker finds any violation.
 import { type Fault, soak } from "./soak.js";
 
@@ -16,7 +17,9 @@ const report = await soak({
   concurrency: Number(arg("concurrency") ?? 3),
   faults,
   faultEveryMs: Number(arg("fault-every-ms") ?? 4_000),
-  drainTimeoutMs: 600_000, // a cap; stuck keys are found by their progress
+  // Drains while keys progress; a key 60 s without progress is stuck.
+  drainTimeoutMs: 900_000,
+  stuckMs: 60_000,
   log: (l) => process.stderr.write(`${l}\n`),
 });
 

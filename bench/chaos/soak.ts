@@ -5,6 +5,7 @@ import pg from "pg";
 import { pino } from "pino";
 import { Holdfast } from "../../src/index.js";
 import { lockSessionDefaults, serverReleaseMs } from "../../src/worker/lock-session.js";
+import { type Bouncer, pgbouncerBinary, startBouncer } from "../../test/support/pgbouncer.js";
 import { type EmbeddedServer, startEmbedded } from "../../test/support/postgres.js";
 import { startProxy, type TcpProxy } from "../../test/support/tcp-proxy.js";
 import { createDatabase } from "../db.js";
@@ -19,7 +20,9 @@ import {
 import { drain } from "./progress.js";
 import { checkTicks, type TickReport } from "./ticks.js";
 
-export type Fault = "kill" | "partition" | "restart";
+/** pooler: worker w0 reaches Postgres through a session-mode PgBouncer, which is SIGKILLed and
+ *  started again. */
+export type Fault = "kill" | "partition" | "restart" | "pooler";
 
 export interface SoakOptions {
   durationMs: number;
@@ -28,11 +31,11 @@ export interface SoakOptions {
   faults: Fault[];
   /** Mean pause between faults. */
   faultEveryMs: number;
-  /** Once faults stop, a key with unfinished tasks and no progress for this long is stuck
-   *  (default: twice the server's release bound for a silent worker, plus the longest task). */
-  stuckMs?: number;
-  /** The longest the drain may take however it progresses. */
+  /** Once faults stop, the soak waits for every task to end while keys progress (a task
+   *  enqueued, started, an attempt ended); a key with unfinished tasks and no progress for
+   *  `stuckMs` (default 60 s) is stuck, and `drainTimeoutMs` caps the wait whatever happens. */
   drainTimeoutMs: number;
+  stuckMs?: number;
   /** Retention of every kind's finished tasks (default 2000 ms), pruned by the leader every
    *  second: pruning races the faults. The checker reads its own copies (createHistoryCopies). */
   retentionMs?: number;
@@ -78,7 +81,7 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   const url = await createDatabase(server.url, "chaos");
   const hf = new Holdfast({ connectionString: url, logger: pino({ level: "silent" }) });
   await hf.migrate();
-  // Bounded: a query of the soak itself must never wait forever (a restart, a lost socket).
+  // A query timeout: a drain query sent as Postgres restarts must not wait forever.
   const pool = new pg.Pool({
     connectionString: url,
     max: 3,
@@ -110,6 +113,8 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
 
   // Handler exits (from worker events) and kill times, to close runs that recorded no end.
   const exits = new Map<string, number>();
+  // Handlers started and not yet exited, by run: one still there after the drain is stuck.
+  const live = new Map<string, { worker: string; at: number; abortedAt?: number }>();
   const instances = new Map<string, Instance>();
   const all: Instance[] = [];
   const proxies: TcpProxy[] = [];
@@ -141,6 +146,13 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
       try {
         const e = JSON.parse(line) as { event: string; id?: number; fence?: number; at: number };
         if (e.event === "ready") ready();
+        const run = `${e.id}:${e.fence}`;
+        if (e.event === "start") live.set(run, { worker: name, at: e.at });
+        if (e.event === "abort") {
+          const l = live.get(run);
+          if (l) l.abortedAt = e.at;
+        }
+        if (e.event === "exit") live.delete(run);
         // A run ends when its handler exits or is told to stop, whichever comes first.
         if (e.event === "exit" || e.event === "abort") {
           const k = `${e.id}:${e.fence}`;
@@ -172,7 +184,16 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     return inst;
   };
 
-  for (let i = 0; i < opts.workers; i++) proxies.push(await startProxy(server.url));
+  // With the pooler fault, w0 goes through a session PgBouncer (behind its proxy, so that a
+  // partition of w0 still cuts it off).
+  let bouncer: Bouncer | undefined;
+  if (opts.faults.includes("pooler")) {
+    const { bin, reason } = pgbouncerBinary();
+    if (!bin) throw new Error(`chaos: the pooler fault needs pgbouncer: ${reason}`);
+    bouncer = await startBouncer(server.url, "session");
+  }
+  for (let i = 0; i < opts.workers; i++)
+    proxies.push(await startProxy(i === 0 && bouncer ? bouncer.url(server.url) : server.url));
   for (let i = 0; i < opts.workers; i++) await spawnWorker(i);
   log(`chaos: ${opts.workers} workers up, faults: ${opts.faults.join(", ") || "none"}`);
   const watch = watchSessions(pool, serverReleaseMs(lockSessionDefaults));
@@ -184,10 +205,11 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     while (!stop) {
       n++;
       try {
-        // ~11 enqueues/s; one in 40 is long (avg 3.5 s): about one slot of work per second for
-        // the cap's 2 slots, so the capped backlog drains instead of growing for the whole soak.
+        // About 10 enqueues/s, one in 40 long (4 s on average): ~1 slot of the cap of 2 is
+        // busy, so the long kind keeps up through faults (one in 15 made 2.8 slots of work for
+        // 2 slots: a backlog the drain could not finish, reported as stuck tasks).
         if (n % 40 === 0) {
-          await hf.enqueue("long", { key: `long${n % 4}`, payload: { ms: rand(2_000, 5_000) } });
+          await hf.enqueue("long", { key: `long${n % 4}`, payload: { ms: rand(2_000, 6_000) } });
         } else {
           await hf.enqueue("short", {
             key: `k${Math.floor(rand(0, 12))}`,
@@ -203,7 +225,7 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     }
   })();
 
-  const counts: Record<Fault, number> = { kill: 0, partition: 0, restart: 0 };
+  const counts: Record<Fault, number> = { kill: 0, partition: 0, restart: 0, pooler: 0 };
   // The soak's duration counts from when its workers are up: on a loaded machine their start
   // alone could eat a short soak (one run enqueued a single task).
   const deadline = Date.now() + opts.durationMs;
@@ -230,6 +252,11 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
       (proxies[slot] as TcpProxy).partition();
       await sleep(ms);
       (proxies[slot] as TcpProxy).heal();
+    } else if (fault === "pooler" && bouncer) {
+      log("chaos: SIGKILL the pooler in front of w0, then start it again");
+      await bouncer.kill();
+      await sleep(rand(200, 2_000));
+      await bouncer.restart();
     } else {
       log("chaos: restart Postgres");
       await server.halt();
@@ -241,19 +268,37 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   stop = true;
   await producer;
   log(`chaos: faults stopped after ${Math.round((Date.now() - started) / 1000)} s; draining`);
+
   // Ticks are checked up to 3 s before the schedule is removed: one due just before could
   // still be on its way (a leader that took over fires it within a second).
   await sleep(3_000);
   const ticksUntil = new Date(Date.now() - 3_000);
   await hf.unschedule("chaos-tick");
 
-  // Drain: every task must reach a terminal state without further faults, and no key may go
-  // without progress for longer than a silent worker's locks can take to be freed.
+  // Drain: every task must reach a terminal state without further faults, as long as its key
+  // progresses; a backlog is slow, a key without progress for stuckMs is stuck.
   const drained = await drain(pool, {
-    stuckMs: opts.stuckMs ?? 2 * serverReleaseMs(lockSessionDefaults) + 6_000,
+    stuckMs: opts.stuckMs ?? 60_000,
     maxMs: opts.drainTimeoutMs,
   });
   log(`chaos: drained in ${Math.round(drained.ms / 1000)} s`);
+  // Handlers still running now have nothing left to run for: give them the worker pool's
+  // query timeout to notice, then any left is stuck (e.g. waiting forever on its pool).
+  const handlersEnd = Date.now() + 20_000;
+  const stillLive = () =>
+    [...live.entries()].filter(([, l]) => {
+      const inst = all.find((i) => i.name === l.worker);
+      return inst !== undefined && inst.exitedAt === undefined;
+    });
+  while (stillLive().length > 0 && Date.now() < handlersEnd) await sleep(250);
+  const stuckHandlers = stillLive().map(([run, l]) => ({
+    kind: "stuck-handler" as const,
+    detail: `run ${run} on ${l.worker} started ${Math.round((Date.now() - l.at) / 1000)} s ago${
+      l.abortedAt === undefined
+        ? ""
+        : `, told to stop ${Math.round((Date.now() - l.abortedAt) / 1000)} s ago`
+    }, has not exited`,
+  }));
 
   // A run with no recorded end stopped when its handler exited, or when its process died
   // (killed by us, or crashed on its own: counted in `crashes`).
@@ -269,6 +314,7 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     ...drained.violations,
     ...(await watch.stop()),
     ...(await extraSessions(pool)),
+    ...stuckHandlers,
     ...ticks.violations,
   );
 
@@ -280,6 +326,7 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   }
   process.off("exit", killAll);
   await Promise.all(proxies.map((p) => p.close()));
+  await bouncer?.stop();
   await hf.close();
   await pool.end();
   await server.stop();

@@ -13,13 +13,14 @@ const say = (event: string, data: Record<string, unknown> = {}) =>
     `${JSON.stringify({ event, worker: name, pid: process.pid, at: Date.now(), ...data })}\n`,
   );
 
-// Bounded: a handler's write through a partitioned proxy fails after 10 s instead of waiting
-// forever on its pool (the run is then aborted and reported like any failure).
+// A query timeout: a handler whose connection went silent (a partitioned proxy) fails its
+// write instead of waiting on it forever; the server ends that transaction on its side
+// (assert_fence bounds it).
 const pool = new pg.Pool({
   connectionString: url,
   max: 6,
   connectionTimeoutMillis: 5_000,
-  query_timeout: 10_000,
+  query_timeout: 15_000,
 });
 pool.on("error", () => {});
 const hf = new Holdfast({ pool, logger: pino({ level: process.env.HF_LOG ?? "silent" }) });

@@ -4,5 +4,10 @@
 import type { Peers } from "../systems/peers.js";
 import { GraphileSystem } from "./graphile.js";
 import { PgBossSystem } from "./pgboss.js";
+import { graphilePeer, pgbossPeer } from "./schedule.js";
 
-export const peers: Peers = { GraphileSystem, PgBossSystem };
+export const peers: Peers = {
+  GraphileSystem,
+  PgBossSystem,
+  schedulePeers: [graphilePeer, pgbossPeer],
+};

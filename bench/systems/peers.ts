@@ -1,12 +1,15 @@
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import type { Peer } from "../schedule-systems.js";
 import type { QueueSystem } from "./types.js";
 
 /** The peer systems' constructors, as bench/peers/index.ts exports them. */
 export interface Peers {
   GraphileSystem: new (tuned: boolean) => QueueSystem;
   PgBossSystem: new (tuned: boolean, queueOptions?: { expireInSeconds?: number }) => QueueSystem;
+  /** Their parts of the schedules bench. */
+  schedulePeers: Peer[];
 }
 
 const dir = fileURLToPath(new URL("../peers/", import.meta.url));

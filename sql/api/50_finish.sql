@@ -10,10 +10,10 @@
 -- holder null: the caller's session holds the tasks, and their key locks are released here.
 -- holder = pid of another session of the caller's login role (a worker's lock session, while
 -- its LISTEN session reports): each task's key lock must be held by that session now (read
--- from pg_locks), and the locks stay held: the holder releases them afterwards (settle's
--- unlock_keys), so the key is never free before the report is committed. A success already
--- recorded under the same fence and holder is accepted again (a report whose commit the
--- caller could not confirm is sent again).
+-- from pg_locks, whether or not its backend start is visible), and the locks stay held: the
+-- holder releases them afterwards (settle's unlock_keys), so the key is never free before the
+-- report is committed. A success already recorded under the same fence and holder is accepted
+-- again (a report whose commit the caller could not confirm is sent again).
 create function holdfast._finish_many(
   ids bigint[], fences bigint[], outcome text, error jsonb, retry_in interval,
   holder int default null
@@ -33,21 +33,22 @@ begin
   if holder is null then
     v_started := holdfast._session_started();
   else
-    -- The holder must be a live session of the caller's login role; alive and the claimer of
-    -- a task (same backend start), it still holds the task's key lock (released only after
-    -- its report). Where backend_start is hidden from this function's owner, the locks the
-    -- holder holds now are read instead (pg_locks: about 1 ms).
+    -- The holder must be a live session of the caller's login role (same backend start as at
+    -- the claim, where visible) that holds the task's key lock now (pg_locks): a live backend
+    -- alone is no proof, since a session pooler keeps the backend of a client that died and
+    -- frees its locks. The holder keeps the lock until its report is committed.
     select timestamptz 'epoch' + (extract(epoch from a.backend_start) * 1000000)::bigint
              * interval '1 microsecond'
     into v_started from pg_stat_get_activity(holder) a
     where a.usesysid = (select r.oid from pg_roles r where r.rolname = session_user);
     if not found then
       v_held := '{}'; -- no such session, or another role's: nothing is ended
-    elsif v_started is null then
+    else
       -- A bigint advisory lock is (classid, objid) = (high, low) 32 bits, objsubid 1.
       select coalesce(array_agg((l.classid::bigint << 32) | l.objid::bigint), '{}') into v_held
       from pg_locks l
-      where l.locktype = 'advisory' and l.pid = holder and l.granted and l.objsubid = 1;
+      where l.locktype = 'advisory' and l.pid = holder and l.granted and l.objsubid = 1
+        and l.database = (select d.oid from pg_database d where d.datname = current_database());
     end if;
   end if;
   -- (A holder's worker reports only tasks it claimed: an unknown id there is just rejected.)
@@ -87,8 +88,8 @@ begin
       else holdfast._next_state(_finish_many.outcome, t.cancel_requested, t.attempt, t.max_attempts)
       end as next) n
     where t.fence = d.fence and t.state = 'running' and t.holder_pid = v_pid
-      and case when v_held is null then t.holder_started = v_started
-               else holdfast.lock_id(t.key) = any (v_held) end
+      and (v_started is null or t.holder_started = v_started)
+      and (v_held is null or holdfast.lock_id(t.key) = any (v_held))
       and (holder is null or t.slot is null)
   ),
   upd as (
@@ -275,15 +276,29 @@ select holdfast._grant('execute',
   'function holdfast.settle(bigint[], bigint[], text[], text, int, int, int, bigint[], bigint[], text[])',
   'holdfast_worker');
 
--- Guards a handler's own writes: call inside the handler's transaction. Raises HF004 once a
--- newer claim of the key exists. The KEY SHARE row lock conflicts with claim's FOR UPDATE,
--- so the transaction either commits before a takeover's fence exists or is rejected.
-create function holdfast.assert_fence(key text, fence bigint) returns void
+-- Guards a handler's own writes: call inside the handler's transaction, just before commit.
+-- Raises HF004 once a newer claim of the key exists. The KEY SHARE row lock conflicts with
+-- claim's FOR UPDATE, so the transaction either commits before a takeover's fence exists or is
+-- rejected. That lock must not outlive a client that vanished (the application's pool has no
+-- TCP bounds; a partitioned client leaves its backend idle in transaction until keepalives
+-- give up, hours by default): the transaction's idle_in_transaction_session_timeout is
+-- lowered to idle_timeout (a worker passes its lock session's release bound), so the server
+-- ends it, rolled back, that long after its client went silent. A lower setting is kept.
+create function holdfast.assert_fence(
+  key text, fence bigint, idle_timeout interval default interval '20 seconds'
+) returns void
   language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
 declare
   v_fence bigint;
+  v_ms bigint := ceil(extract(epoch from idle_timeout) * 1000);
+  -- Shown with a unit ('0', '250ms', '20s', '1min'), which interval input reads.
+  v_now bigint := extract(epoch from
+    current_setting('idle_in_transaction_session_timeout')::interval) * 1000;
 begin
+  if v_ms > 0 and (v_now = 0 or v_ms < v_now) then
+    perform set_config('idle_in_transaction_session_timeout', v_ms::text, true);
+  end if;
   select k.fence into v_fence from holdfast.keys k where k.key = assert_fence.key for key share;
   if v_fence is null or assert_fence.fence is null or v_fence <> assert_fence.fence then
     perform holdfast._raise('HF004', format('holdfast: stale fence %s for key %L (current %s)',
@@ -291,4 +306,4 @@ begin
       'a newer claim of this key exists: this run lost its lock and must stop');
   end if;
 end $$;
-select holdfast._grant('execute', 'function holdfast.assert_fence(text, bigint)', 'holdfast_worker');
+select holdfast._grant('execute', 'function holdfast.assert_fence(text, bigint, interval)', 'holdfast_worker');

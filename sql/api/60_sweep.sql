@@ -40,23 +40,34 @@ create function holdfast.quiet_until() returns timestamptz
 $$;
 select holdfast._grant('execute', 'function holdfast.quiet_until()', 'holdfast_worker');
 
--- Running tasks whose holder session no longer exists (cheap pre-filter: pid + backend
--- start). Where backend_start is hidden from this role, an existing pid counts as alive.
+-- Running tasks whose holder no longer holds their key's lock. A live backend is not proof of
+-- a live holder: a session pooler keeps the server backend of a client that died, frees its
+-- locks (DISCARD ALL) and may hand that backend, same pid and start, to another client. So the
+-- lock decides: a bigint advisory lock is stored as (classid, objid) = (high, low) 32 bits,
+-- objsubid 1, held by the holder's pid. (A new backend that reused a dead holder's pid cannot
+-- hold that key: the key is busy while the task runs, so no claim takes it.) pg_locks is read
+-- once per query into a hashed subplan, and not at all when nothing runs: the cost follows the
+-- running tasks and the locks held, not the number of idle sessions.
 create view holdfast.orphans as
 select t.id, t.kind, t.key, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at
 from holdfast.tasks t
+join holdfast.keys k on k.key = t.key
 where t.state = 'running'
-  and not exists (
-    select 1 from pg_stat_activity a
-    where a.pid = t.holder_pid and (a.backend_start is null or a.backend_start = t.holder_started));
+  and (coalesce(t.holder_pid, 0), k.lock_id) not in (
+    select l.pid, (l.classid::bigint << 32) | l.objid::bigint
+    from pg_locks l
+    where l.locktype = 'advisory' and l.granted and l.objsubid = 1 and l.pid is not null
+      and l.database = (select d.oid from pg_database d where d.datname = current_database()));
 select holdfast._grant('select', 'holdfast.orphans', 'holdfast_worker', 'holdfast_observer');
 
 -- Returns orphaned tasks to the queue as their next attempt (or dead-letters them once their
 -- attempts are used up), and notifies idle workers. A requeued task keeps its place in its
 -- key's order (place_at) and may start at once (run_at = now): it is its key's head again,
--- ahead of the tasks queued behind it, whatever the kind's strict_order. Each orphan is confirmed under the key's
--- advisory lock and row lock: a holder that is alive, or committing its completion, holds one
--- of them, so a live run is never taken away.
+-- ahead of the tasks queued behind it, whatever the kind's strict_order. Each orphan is
+-- confirmed under the key's advisory lock and row lock: a holder that is alive, or committing
+-- its completion, holds one of them, so a live run is never taken away. An orphan recorded
+-- under this very session (a pooler gave this backend to a new client) is swept too: the view
+-- found its lock not held here, so the try-lock below is a real one, not a re-entry.
 create function holdfast.sweep() returns int
   language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
@@ -68,7 +79,7 @@ declare
 begin
   for r in
     select o.id, o.key, o.fence, holdfast.lock_id(o.key) as lock_id
-    from holdfast.orphans o where o.holder_pid <> pg_backend_pid()
+    from holdfast.orphans o
   loop
     continue when not pg_try_advisory_lock(r.lock_id);
     perform 1 from holdfast.keys k where k.key = r.key for no key update;

@@ -24,7 +24,8 @@ export async function runDashboard(
     application_name: "holdfast:dashboard",
     max: 3,
     connectionTimeoutMillis: 5_000,
-    statement_timeout: 10_000,
+    // Client-side: a startup statement_timeout is refused by PgBouncer (and others).
+    query_timeout: 10_000,
   });
   const hf = new Holdfast({ pool, logger: log });
   try {

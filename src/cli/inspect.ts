@@ -29,7 +29,8 @@ export async function runInspect(opts: InspectCommandOptions, io: Output): Promi
         connectionString: opts.database,
         application_name: "holdfast:inspect",
         connectionTimeoutMillis: 5_000,
-        statement_timeout: 10_000,
+        // Client-side: a startup statement_timeout is refused by PgBouncer (and others).
+        query_timeout: 10_000,
       });
       c.on("error", () => {}); // a dropped connection surfaces on the next query
       try {

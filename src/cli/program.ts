@@ -40,6 +40,11 @@ const seconds = (value: string): number => {
 
 const databaseOption = () =>
   new Option("-d, --database <url>", "Postgres connection string (default: $DATABASE_URL)");
+const sessionUrlOption = () =>
+  new Option(
+    "--session-url <url>",
+    "direct (or session-pooled) URL for the lock and LISTEN sessions and migrate, when --database goes through a transaction pooler (default: $HOLDFAST_SESSION_URL)",
+  );
 
 /** Builds the `holdfast` program; `exitCode()` is the code of the action that ran. */
 export function buildProgram(io: Output = processOutput): {
@@ -63,13 +68,18 @@ export function buildProgram(io: Output = processOutput): {
   };
   const logger = (level?: string): Logger =>
     pino({ name: "holdfast", level: level ?? process.env.HOLDFAST_LOG_LEVEL ?? "info" });
+  /** The session URL from --session-url or HOLDFAST_SESSION_URL, as a Holdfast option. */
+  const sessionUrl = (opts: { sessionUrl?: string }): { sessionConnectionString?: string } => {
+    const u = opts.sessionUrl ?? process.env.HOLDFAST_SESSION_URL;
+    return u === undefined || u === "" ? {} : { sessionConnectionString: u };
+  };
   /** Runs a command with a Holdfast client, closing it after. */
   const withClient = async <T>(
-    opts: { database?: string },
+    opts: { database?: string; sessionUrl?: string },
     fn: (hf: Holdfast) => Promise<T>,
     log: Logger = logger("warn"),
   ): Promise<T> => {
-    const hf = new Holdfast({ connectionString: url(opts), logger: log });
+    const hf = new Holdfast({ connectionString: url(opts), ...sessionUrl(opts), logger: log });
     try {
       return await fn(hf);
     } finally {
@@ -82,6 +92,7 @@ export function buildProgram(io: Output = processOutput): {
     .command("migrate")
     .description("apply pending schema migrations (safe to run from many processes at once)")
     .addOption(databaseOption())
+    .addOption(sessionUrlOption())
     .action(async (opts) => {
       print(await withClient(opts, (hf) => hf.migrate()));
     });
@@ -152,9 +163,10 @@ export function buildProgram(io: Output = processOutput): {
     )
     .option("--log-level <level>", "pino level (default $HOLDFAST_LOG_LEVEL or info)")
     .addOption(databaseOption())
+    .addOption(sessionUrlOption())
     .action(async (opts) => {
       const log = logger(opts.logLevel);
-      const hf = new Holdfast({ connectionString: url(opts), logger: log });
+      const hf = new Holdfast({ connectionString: url(opts), ...sessionUrl(opts), logger: log });
       try {
         code = await runWorker(
           hf,

@@ -78,10 +78,10 @@ const orphans: Section<Overview> = {
   render: (o) =>
     o.snapshot.orphans.length === 0
       ? empty("None: every running task has a live holder.")
-      : html`<table><thead><tr><th>Key</th><th>Kind</th><th class="num">Task</th><th class="num">Attempt</th><th class="num">Attempt age</th><th class="num">Fence</th><th>Worker</th><th class="num">Dead PID</th></tr></thead><tbody>${o.snapshot.orphans.map(
+      : html`<table><thead><tr><th>Key</th><th>Kind</th><th class="num">Task</th><th class="num">Attempt</th><th class="num">Attempt age</th><th class="num">Fence</th><th>Worker</th><th class="num">Holder PID</th></tr></thead><tbody>${o.snapshot.orphans.map(
           (t) =>
             html`<tr data-task="${t.taskId}"><td class="key">${t.key}</td><td>${t.kind}</td><td class="num">${taskLink(t.taskId)}</td><td class="num">${t.attempt}</td><td class="num">${formatDuration(t.runningForMs)}</td><td class="num mono">${t.fence}</td><td>${dash(t.worker)}</td><td class="num">${dash(t.holderPid)}</td></tr>`,
-        )}</tbody></table><p class="note">Their holder session ended; a live worker's sweep requeues them within its sweep interval. If they stay, no worker is running.</p>`,
+        )}</tbody></table><p class="note">Their holder no longer holds the key's lock (its session ended, or a pooler reset it); a live worker's sweep requeues them within its sweep interval. If they stay, no worker is running.</p>`,
 };
 
 const waiting: Section<Overview> = {
@@ -225,7 +225,7 @@ export function taskLive(t: TaskDetail, snapshot: Snapshot, actions: ActionMode)
   const stateText =
     t.state === "running"
       ? orphan
-        ? "running, but its holder is gone (orphaned): the next sweep requeues it"
+        ? "running, but its holder no longer holds the key's lock (orphaned): the next sweep requeues it"
         : holder
           ? `running for ${formatDuration(holder.heldForMs)} on ${dash(t.worker)} (pid ${holder.pid})`
           : "running"

@@ -164,11 +164,12 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
         ]),
         width,
         s.orphans.map(
-          (o) => `fence ${o.fence}  worker ${text(o.worker)}  dead pid ${o.holderPid ?? "-"}`,
+          (o) => `fence ${o.fence}  worker ${text(o.worker)}  holder pid ${o.holderPid ?? "-"}`,
         ),
       ),
-      "  The holder died within the attempt's age. A live worker's sweeper requeues",
-      "  orphans within its sweep interval: if they stay, no worker is running.",
+      "  The holder lost the key's lock within the attempt's age (its session ended, or a",
+      "  pooler reset it). A live worker's sweeper requeues orphans within its sweep",
+      "  interval: if they stay, no worker is running.",
     ]),
   );
 

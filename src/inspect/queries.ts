@@ -49,8 +49,9 @@ where ${advisoryInThisDb} and not l.granted
 order by waiting_ms desc nulls last, k.key`;
 
 /**
- * Running tasks whose holder session is gone (holdfast.orphans) and whose key lock nobody
- * holds: the sweeper of a live worker requeues them within its sweep interval.
+ * Running tasks whose holder no longer holds their key's lock (holdfast.orphans: its session
+ * ended, or a pooler reset it, the backend alive) and whose key lock nobody holds: the sweeper
+ * of a live worker requeues them within its sweep interval.
  */
 export const orphansSql = `
 select o.key, o.kind, o.id::text as task_id, o.attempt, o.fence::text as fence, o.worker,

@@ -73,7 +73,8 @@ export const sql = {
     cross join lateral (select * from holdfast.dead_letters d where d.kind = kd.kind
       order by d.finished_at desc, d.id desc limit $2) d
     where ($1::text is null or kd.kind = $1) order by d.finished_at desc, d.id desc limit $2`,
-  assertFence: "select holdfast.assert_fence($1, $2)",
+  // $3: the lock session's release bound (ms), bounding the write transaction's idle time.
+  assertFence: "select holdfast.assert_fence($1, $2, $3::int * interval '1 millisecond')",
   /** One state for each task id in $1, all of one run's fence $2 (false: any refused). */
   checkpoint:
     "select coalesce(bool_and(holdfast.checkpoint(i, $2, $3::jsonb)), false) as ok from unnest($1::bigint[]) i",
@@ -93,7 +94,7 @@ export const sql = {
     select q.requeued, case when q.requeued > 0 then (
       select json_agg(json_build_object('task', o.id, 'key', o.key, 'kind', o.kind,
         'attempt', o.attempt, 'worker', o.worker, 'pid', o.holder_pid) order by o.id)
-      from holdfast.orphans o where o.holder_pid <> pg_backend_pid()) end as previous,
+      from holdfast.orphans o) end as previous,
       ${quietMs} as quiet_ms,
       pg_notify('${leaderChannel}', coalesce(case when q.until = 'infinity' then 'infinity'
         else floor(extract(epoch from q.until) * 1000)::bigint::text end, '')) is null as heartbeat

@@ -201,6 +201,12 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
     return this.ended;
   }
 
+  /** Earliest the server may free this session's locks once the client is silent: a handler's
+   *  fenced write transaction is bounded by the same (assert_fence's idle_timeout). */
+  get releaseBoundMs(): number {
+    return serverReleaseMs(this.settings);
+  }
+
   async query<R extends pg.QueryResultRow>(text: string, values?: unknown[]): Promise<R[]> {
     return await this.serialized(text, async () => {
       const { rows } = await this.client.query<R>({ name: statementName(text), text, values });

@@ -58,7 +58,7 @@ export async function callHandler(
     logger,
     assertFence: async (client: Queryable) => {
       try {
-        await client.query(sql.assertFence, [task.key, task.fence]);
+        await client.query(sql.assertFence, [task.key, task.fence, run.session.releaseBoundMs]);
       } catch (err) {
         throw translateError(err);
       }

@@ -4,6 +4,7 @@ import type { Logger } from "pino";
 import { HoldfastError, LockLostError, ShutdownError, TaskCancelledError } from "../errors.js";
 import { defineKind } from "../kinds.js";
 import type { ResolvedWorkerOptions } from "../options.js";
+import { requireSessions } from "../pooler.js";
 import type { TaskRow } from "../queries/tasks.js";
 import type { Task } from "../types.js";
 import { retryWithBackoff } from "./backoff.js";
@@ -104,6 +105,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
       throw new HoldfastError("HF_STATE", `holdfast: worker already ${this.state}`);
     this.state = "starting";
     try {
+      // Before anything else (no lock, no LISTEN, no prepared statement): a transaction or
+      // statement pooler would strand them on a backend another client gets next.
+      await requireSessions(this.deps.connection, "the worker's session connection");
       for (const k of this.opts.kinds.values()) await defineKind(this.deps.pool, k.kind, k.params);
       // LISTEN before the first scan, so a task enqueued in between still wakes us.
       this.listener = new Listener(

@@ -1,41 +1,28 @@
-// One worker process of the schedules bench (bench/schedules.ts), started with
+// One worker process of the schedules bench (bench/schedules.ts; here, beside the peers' packages), started with
 // `node --import tsx` and SIGKILLed by the parent. It runs one system's worker on the database
 // the parent set up (the schedule is declared there already) with a no-op handler for the
 // scheduled job, and prints JSON lines on stdout: `ready`, `leader` (holdfast: this process was
 // elected sweep leader, the one that fires ticks) and `handled` per job with the moment its
 // handler started. Env: SCHED_SYSTEM (holdfast | graphile | pgboss), DATABASE_URL, SCHED_NAME.
 import { Logger, run } from "graphile-worker";
-import pg from "pg";
 import { PgBoss } from "pg-boss";
 import { pino } from "pino";
-import { Holdfast } from "../src/index.js";
-import { quietPool } from "./db.js";
-import { tickJob } from "./schedule-peers.js";
+import { Holdfast } from "../../src/index.js";
+import { tickJob } from "../schedule-systems.js";
 
 const system = process.env.SCHED_SYSTEM ?? "";
 const url = process.env.DATABASE_URL ?? "";
 const name = process.env.SCHED_NAME ?? `w${process.pid}`;
 
-/** A `handled` line (the parent imports this type only: importing the module runs it). */
-export interface Handled {
-  event: "handled";
-  worker: string;
-  /** The system's job or task id. */
-  id: string;
-  /** The tick, where the job carries it (graphile-worker's `_cron.ts`), ms epoch. */
-  tick?: number;
-  /** When the job was created (graphile-worker only: it deletes completed jobs), ms epoch. */
-  created?: number;
-  /** When the handler started, ms epoch. */
-  started: number;
-}
-
 const say = (event: string, data: Record<string, unknown> = {}) =>
   process.stdout.write(`${JSON.stringify({ event, worker: name, at: Date.now(), ...data })}\n`);
 
 async function holdfast(): Promise<void> {
-  const pool = quietPool(new pg.Pool({ connectionString: url, max: 4 }));
-  const hf = new Holdfast({ pool, logger: pino({ level: process.env.HF_LOG ?? "silent" }) });
+  // Its own pool from the URL: this file's `pg` is bench/peers' copy, not the library's.
+  const hf = new Holdfast({
+    connectionString: url,
+    logger: pino({ level: process.env.HF_LOG ?? "silent" }),
+  });
   const worker = hf.worker({
     name,
     concurrency: 1,
