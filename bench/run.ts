@@ -1,4 +1,5 @@
-// npm run bench [-- --quick] [-- --only wake,throughput,throughput4,...] [-- --fleet N]: holdfast
+// npm run bench [-- --quick] [-- --only wake,throughput,throughput4,...] [-- --fleet N]
+// [-- --only storage --minutes N] (the storage soak, never in a quick or full run): holdfast
 // side by side with graphile-worker, pg-boss and a model of the deriver's stale-timeout scheme,
 // on one embedded Postgres (fsync on). A full run writes bench/results.json and
 // bench/chart.svg; --quick, --only and --systems write them to bench/.runs/.
@@ -29,6 +30,7 @@ import {
 import { idleResources, type ResourceResult } from "./resources.js";
 import { renderSchedules, type ScheduleBenchResult, scheduleBench } from "./schedules.js";
 import { fmt, table } from "./stats.js";
+import { type StorageResult, storageSoak } from "./storage.js";
 import { DeriverSystem } from "./systems/deriver.js";
 import { HoldfastSystem } from "./systems/holdfast.js";
 import { benchSystems } from "./systems/index.js";
@@ -50,6 +52,9 @@ const sysArg = args[args.indexOf("--systems") + 1];
 const pick = args.includes("--systems") && sysArg ? sysArg.split(",") : undefined;
 const fleetArg = Number(args[args.indexOf("--fleet") + 1]);
 const fleetSize = args.includes("--fleet") && fleetArg > 0 ? fleetArg : undefined;
+// The storage soak runs only when asked (--only storage): 2 × --minutes (default 10) of load.
+const minutesArg = Number(args[args.indexOf("--minutes") + 1]);
+const storageMinutes = args.includes("--minutes") && minutesArg > 0 ? minutesArg : 10;
 
 const cfg = quick
   ? {
@@ -254,6 +259,22 @@ async function main(): Promise<void> {
         peers: peers.schedulePeers,
       });
     }
+    if (only?.has("storage")) {
+      results.storage = [];
+      for (const retention of ["1 minute", null]) {
+        section(`storage soak, retention ${retention ?? "forever"}, ${storageMinutes} min…`);
+        results.storage.push(
+          await storageSoak(server.url, {
+            minutes: storageMinutes,
+            distinctPerSecond: 1_000,
+            hotPerSecond: 100,
+            retention,
+            sampleMs: 10_000,
+            log,
+          }),
+        );
+      }
+    }
   } finally {
     await server.stop();
   }
@@ -293,6 +314,7 @@ interface Results {
   resources?: ResourceResult[];
   fleet?: FleetResult;
   schedules?: ScheduleBenchResult;
+  storage?: StorageResult[];
 }
 
 /** The cells a one-process and a 4-process throughput row share. */
@@ -313,6 +335,38 @@ function render(r: Results): string {
   out.push(
     `machine: ${m.cpus}, ${m.memoryGiB} GiB, ${m.node}, ${m.postgres}, fsync ${m.fsync}${m.quick ? ", --quick" : ""}`,
   );
+  if (r.storage) {
+    out.push(
+      "",
+      "Storage, steady state: one worker, 1,000 tasks/s on distinct keys + 100/s on 100 hot keys",
+    );
+    out.push(
+      table([
+        [
+          "retention",
+          "minutes",
+          "offered/s",
+          "handled/s",
+          "end / minute 3",
+          "bytes/task",
+          "pruned/s",
+          "autovacuums",
+          "MB at end",
+        ],
+        ...r.storage.map((s) => [
+          s.retention,
+          String(s.minutes),
+          String(s.offered),
+          String(s.perSecond),
+          s.growth === null ? "-" : fmt(s.growth),
+          String(s.bytesPerTask ?? "-"),
+          String(s.prunedPerSecond),
+          String(s.autovacuums),
+          fmt((s.samples.at(-1)?.bytes ?? 0) / 2 ** 20),
+        ]),
+      ]),
+    );
+  }
   if (r.wake) {
     out.push(
       "",

@@ -49,6 +49,7 @@ export type {
   KindSettings,
   LockSessionOptions,
   Queryable,
+  Retention,
   Task,
   WorkerOptions,
 } from "./types.js";

@@ -1,7 +1,7 @@
 import type pg from "pg";
 import { asKnownError, type HoldfastError } from "./errors.js";
 import { sql } from "./queries/tasks.js";
-import type { DefineKindOptions, Interval } from "./types.js";
+import type { DefineKindOptions, Interval, Retention } from "./types.js";
 
 /** Parameters of `holdfast.define_kind` (null keeps the stored value). */
 export interface KindParams {
@@ -13,14 +13,22 @@ export interface KindParams {
   /** 0 removes the cap. */
   maxRunning: number | null;
   keepCheckpoint: boolean | null;
+  /** Interval literals per end state (null keeps the stored value). */
+  retainSucceeded: string | null;
+  retainCancelled: string | null;
+  retainFailed: string | null;
+  /** End states kept forever. */
+  keepForever: string[] | null;
 }
+
+const endStates = ["succeeded", "cancelled", "failed"] as const;
 
 type ErrorCtor = new (message: string) => HoldfastError;
 
 /** Validates kind settings before anything is written; throws `Err` saying what to fix. */
 export function kindParams(kind: string, opts: DefineKindOptions, Err: ErrorCtor): KindParams {
   const where = `kind ${JSON.stringify(kind)}`;
-  const { maxAttempts, minInterval, batch, strictOrder, maxRunning } = opts;
+  const { maxAttempts, minInterval, batch, strictOrder, maxRunning, retention } = opts;
   if (
     maxRunning !== undefined &&
     maxRunning !== null &&
@@ -43,7 +51,9 @@ export function kindParams(kind: string, opts: DefineKindOptions, Err: ErrorCtor
   if (keepCheckpoint !== undefined && typeof keepCheckpoint !== "boolean") {
     throw new Err(`holdfast: ${where}: keepCheckpoint must be true or false`);
   }
+  const retain = retentionParams(retention, where, Err);
   return {
+    ...retain,
     maxAttempts: maxAttempts ?? null,
     minInterval:
       minInterval === undefined ? null : intervalLiteral(minInterval, "minInterval", where, Err),
@@ -51,6 +61,42 @@ export function kindParams(kind: string, opts: DefineKindOptions, Err: ErrorCtor
     strictOrder: strictOrder ?? null,
     maxRunning: maxRunning === undefined ? null : (maxRunning ?? 0),
     keepCheckpoint: keepCheckpoint ?? null,
+  };
+}
+
+/** Retention per end state: an interval literal, or the state listed as kept forever. */
+function retentionParams(
+  retention: Retention | undefined,
+  where: string,
+  Err: ErrorCtor,
+): Pick<KindParams, "retainSucceeded" | "retainCancelled" | "retainFailed" | "keepForever"> {
+  const literal: Record<(typeof endStates)[number], string | null> = {
+    succeeded: null,
+    cancelled: null,
+    failed: null,
+  };
+  const forever: string[] = [];
+  if (retention !== undefined) {
+    if (retention === null || typeof retention !== "object" || Array.isArray(retention))
+      throw new Err(`holdfast: ${where}: retention must be { succeeded, cancelled, failed }`);
+    for (const name of Object.keys(retention)) {
+      if (!(endStates as readonly string[]).includes(name))
+        throw new Err(
+          `holdfast: ${where}: retention.${name} is not an end state (succeeded, cancelled, failed)`,
+        );
+    }
+    for (const state of endStates) {
+      const value = retention[state];
+      if (value === undefined) continue;
+      if (value === null) forever.push(state);
+      else literal[state] = intervalLiteral(value, `retention.${state}`, where, Err);
+    }
+  }
+  return {
+    retainSucceeded: literal.succeeded,
+    retainCancelled: literal.cancelled,
+    retainFailed: literal.failed,
+    keepForever: forever.length > 0 ? forever : null,
   };
 }
 
@@ -83,6 +129,10 @@ export async function defineKind(pool: pg.Pool, kind: string, p: KindParams): Pr
       p.strictOrder,
       p.maxRunning,
       p.keepCheckpoint,
+      p.retainSucceeded,
+      p.retainCancelled,
+      p.retainFailed,
+      p.keepForever,
     ]);
   } catch (err) {
     throw asKnownError(err);

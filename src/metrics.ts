@@ -28,6 +28,7 @@ export class HoldfastMetrics {
   private readonly running: Gauge<"kind">;
   private readonly wakeLatency: Histogram<"kind">;
   private readonly runTime: Histogram<"kind" | "outcome">;
+  private readonly pruned: Counter<"table">;
   private readonly tickLateness: Histogram<"schedule">;
   private readonly observed = new Map<Worker, () => void>();
 
@@ -94,6 +95,12 @@ export class HoldfastMetrics {
       buckets: [0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 15, 60],
       registers,
     });
+    this.pruned = new Counter({
+      name: "holdfast_pruned_rows_total",
+      help: "Rows this process deleted as the sweep leader's pruning, per table (tasks, attempts, keys, key_kinds).",
+      labelNames: ["table"] as const,
+      registers,
+    });
     if (pool) {
       this.registerQueueGauges(pool, registers);
       this.registerProgressGauges(pool, registers);
@@ -136,6 +143,12 @@ export class HoldfastMetrics {
     };
     const takeover = ({ requeued }: { requeued: number }) => this.takeovers.inc(requeued);
     const lockLost = () => this.lockLosses.inc();
+    const pruned = (p: { tasks: number; attempts: number; keys: number; keyKinds: number }) => {
+      this.pruned.inc({ table: "tasks" }, p.tasks);
+      this.pruned.inc({ table: "attempts" }, p.attempts);
+      this.pruned.inc({ table: "keys" }, p.keys);
+      this.pruned.inc({ table: "key_kinds" }, p.keyKinds);
+    };
     const fired = ({ schedule, lateMs }: { schedule: string; lateMs: number[] }) => {
       for (const ms of lateMs) this.tickLateness.observe({ schedule }, ms / 1000);
     };
@@ -144,12 +157,14 @@ export class HoldfastMetrics {
     worker.on("takeover", takeover);
     worker.on("lock:lost", lockLost);
     worker.on("schedule:fired", fired);
+    worker.on("pruned", pruned);
     const detach = () => {
       worker.off("task:start", start);
       worker.off("task:end", end);
       worker.off("takeover", takeover);
       worker.off("lock:lost", lockLost);
       worker.off("schedule:fired", fired);
+      worker.off("pruned", pruned);
       this.observed.delete(worker);
     };
     this.observed.set(worker, detach);

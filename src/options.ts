@@ -110,6 +110,8 @@ export const workerDefaults = {
   prefetch: 0,
   sweepIntervalMs: 250,
   rescanIntervalMs: 30_000,
+  pruneBatchSize: 1000,
+  pruneIntervalMs: 60_000,
   shutdownTimeoutMs: 30_000,
   reconnectMaxDelayMs: 5_000,
 } as const;
@@ -121,6 +123,8 @@ export interface ResolvedWorkerOptions {
   kinds: Map<string, ResolvedKind>;
   sweepIntervalMs: number;
   rescanIntervalMs: number;
+  pruneBatchSize: number;
+  pruneIntervalMs: number;
   shutdownTimeoutMs: number;
   reconnectMaxDelayMs: number;
   lockSession: LockSessionSettings;
@@ -201,6 +205,16 @@ export function resolveWorkerOptions(opts: WorkerOptions): ResolvedWorkerOptions
       "rescanIntervalMs",
       opts.rescanIntervalMs,
       workerDefaults.rescanIntervalMs,
+    ),
+    pruneBatchSize: positiveInt(
+      "pruneBatchSize",
+      opts.pruneBatchSize,
+      workerDefaults.pruneBatchSize,
+    ),
+    pruneIntervalMs: positiveInt(
+      "pruneIntervalMs",
+      opts.pruneIntervalMs,
+      workerDefaults.pruneIntervalMs,
     ),
     shutdownTimeoutMs: positiveInt(
       "shutdownTimeoutMs",

@@ -94,6 +94,19 @@ export interface KindSettings {
   /** A success keeps the task's checkpoint, e.g. to read a run's final progress afterwards
    *  (default false: a success clears it; a failure, a dead letter or a cancel keeps it). */
   keepCheckpoint?: boolean;
+  /** How long finished tasks of the kind are kept (see Retention); omitted: kept as stored. */
+  retention?: Retention;
+}
+
+/**
+ * How long a task is kept after it ended, per end state, before the sweep leader prunes it with
+ * its attempts: ms or interval text; `null` keeps it forever; a state left out keeps its stored
+ * setting. Defaults: succeeded 1 day, cancelled 7 days, failed (dead letters) 30 days.
+ */
+export interface Retention {
+  succeeded?: Interval | null;
+  cancelled?: Interval | null;
+  failed?: Interval | null;
 }
 
 export interface DefineKindOptions extends KindSettings {
@@ -141,6 +154,12 @@ export interface WorkerOptions {
   sweepIntervalMs?: number;
   /** Safety rescan in case a notification was missed (default 30 s). */
   rescanIntervalMs?: number;
+  /** Finished tasks the sweep leader prunes per batch, one short transaction each (default
+   *  1000; see README "Retention"). */
+  pruneBatchSize?: number;
+  /** The sweep leader prunes at most this often once it has caught up (default 60 s): an idle
+   *  cluster is not woken for pruning more often. */
+  pruneIntervalMs?: number;
   /** stop(): how long to wait for running handlers before aborting their signal (default 30 s). */
   shutdownTimeoutMs?: number;
   /** Upper bound of the reconnect backoff of the lock session (default 5 s). */

@@ -1,6 +1,6 @@
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { check, watchSessions } from "../bench/chaos/check.js";
+import { check, createHistoryCopies, watchSessions } from "../bench/chaos/check.js";
 import { drain } from "../bench/chaos/progress.js";
 import { freshDatabase, type TestDatabase } from "./support/db.js";
 import { until } from "./support/wait.js";
@@ -13,6 +13,7 @@ beforeAll(async () => {
     task_id bigint not null, key text not null, attempt int not null, fence bigint not null,
     worker text not null, started_at timestamptz not null, ended_at timestamptz)`);
   await db.pool.query("select holdfast.define_kind('short')");
+  await createHistoryCopies(db.pool);
 });
 afterAll(async () => await db?.drop());
 
@@ -145,6 +146,7 @@ describe("chaos drain: slow is not stuck", () => {
     const d = await freshDatabase();
     try {
       await d.pool.query("select holdfast.define_kind('slow')");
+      await createHistoryCopies(d.pool);
       // A slow backlog: one task of key s ends every 300 ms, 6 in all (1.8 s > stuckMs).
       await d.pool.query("select holdfast.enqueue('slow', 's') from generate_series(1, 6)");
       const worker = (async () => {

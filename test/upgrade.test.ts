@@ -114,6 +114,11 @@ it("a 0.1.0 database upgrades with its tasks, a held lock and its grants, to the
     "select id::int, state from holdfast.tasks order by id",
   );
   expect(states).toEqual(ids.map((id) => ({ id, state: "succeeded" })));
+  // A kind from before retention has the defaults (README "Retention", Upgrading).
+  const { rows: kinds } = await old.pool.query(
+    "select retain_succeeded::text as s, retain_cancelled::text as c, retain_failed::text as f from holdfast.kinds",
+  );
+  expect(kinds).toEqual([{ s: "1 day", c: "7 days", f: "30 days" }]);
 });
 
 it("a database with only part of 0.1.0's migrations is refused, changing nothing", async () => {

@@ -38,6 +38,38 @@ export interface CheckResult {
 }
 
 /**
+ * The checker reads tasks and attempts from its own copies, kept by triggers on holdfast's
+ * tables (inserts and updates, not deletes): the soak runs with a short retention, and a task
+ * pruned before the check must still be checked. Create them before the first task.
+ */
+export async function createHistoryCopies(pool: pg.Pool): Promise<void> {
+  await pool.query(`
+    create table chaos_tasks (like holdfast.tasks);
+    alter table chaos_tasks add primary key (id);
+    create table chaos_attempts (like holdfast.attempts);
+    alter table chaos_attempts add primary key (task_id, attempt);
+    -- (Schema-qualified: they fire inside holdfast's functions, whose search_path is fixed.)
+    create function public.chaos_copy_task() returns trigger language plpgsql as $f$
+    begin
+      delete from public.chaos_tasks where id = new.id;
+      insert into public.chaos_tasks select new.*;
+      return null;
+    end $f$;
+    create function public.chaos_copy_attempt() returns trigger language plpgsql as $f$
+    begin
+      delete from public.chaos_attempts where task_id = new.task_id and attempt = new.attempt;
+      insert into public.chaos_attempts select new.*;
+      return null;
+    end $f$;
+    create trigger chaos_copy after insert or update on holdfast.tasks
+      for each row execute function public.chaos_copy_task();
+    create trigger chaos_copy after insert or update on holdfast.attempts
+      for each row execute function public.chaos_copy_attempt();
+    insert into chaos_tasks select * from holdfast.tasks;
+    insert into chaos_attempts select * from holdfast.attempts;`);
+}
+
+/**
  * `runEnd(run)`: when a run without a recorded end stopped (its handler's exit event, or the
  * kill of its process); undefined if unknown, which counts as still running.
  */
@@ -58,7 +90,7 @@ export async function check(
     `select l.task_id, l.key, t.kind, l.attempt, l.fence, l.worker,
             extract(epoch from l.started_at) * 1000 as started,
             extract(epoch from l.ended_at) * 1000 as ended
-     from chaos_log l join holdfast.tasks t on t.id = l.task_id`,
+     from chaos_log l join chaos_tasks t on t.id = l.task_id`,
   );
   const runs: LogRun[] = raw.map((r) => ({
     ...r,
@@ -89,12 +121,12 @@ export async function check(
               as key_idle_s,
             case when kd.strict_order and t.place_at = t.created_at
               then t.key || ' ' || t.priority end as order_group,
-            (select count(*)::int from holdfast.attempts a
+            (select count(*)::int from chaos_attempts a
              where a.task_id = t.id and a.outcome = 'succeeded') as succeeded,
-            (select count(*)::int from holdfast.attempts a
+            (select count(*)::int from chaos_attempts a
              where a.task_id = t.id and a.outcome in ('failed', 'lost')
                and a.attempt >= t.max_attempts) as finals
-     from holdfast.tasks t join holdfast.kinds kd on kd.kind = t.kind`,
+     from chaos_tasks t join holdfast.kinds kd on kd.kind = t.kind`,
   );
   const violations: Violation[] = [];
 

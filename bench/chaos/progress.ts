@@ -26,11 +26,11 @@ export async function openKeys(pool: pg.Pool): Promise<KeyProgress[]> {
          else greatest(f.run_at, f.created_at) end) * 1000 as in_state_ms
      from (select t.key, count(*) filter (where t.state in ('pending', 'running'))::int as open,
              max(greatest(t.created_at, t.started_at, t.finished_at)) as last_task
-           from holdfast.tasks t group by t.key) o
-     cross join lateral (select max(at.finished_at) as last_end from holdfast.attempts at
-                         join holdfast.tasks x on x.id = at.task_id where x.key = o.key) a
+           from chaos_tasks t group by t.key) o
+     cross join lateral (select max(at.finished_at) as last_end from chaos_attempts at
+                         join chaos_tasks x on x.id = at.task_id where x.key = o.key) a
      cross join lateral (select t.id, t.state, t.started_at, t.run_at, t.created_at
-                         from holdfast.tasks t
+                         from chaos_tasks t
                          where t.key = o.key and t.state in ('pending', 'running')
                          order by t.id limit 1) f
      where o.open > 0`,

@@ -9,7 +9,14 @@ import { type Bouncer, pgbouncerBinary, startBouncer } from "../../test/support/
 import { type EmbeddedServer, startEmbedded } from "../../test/support/postgres.js";
 import { startProxy, type TcpProxy } from "../../test/support/tcp-proxy.js";
 import { createDatabase } from "../db.js";
-import { type CheckResult, check, extraSessions, type LogRun, watchSessions } from "./check.js";
+import {
+  type CheckResult,
+  check,
+  createHistoryCopies,
+  extraSessions,
+  type LogRun,
+  watchSessions,
+} from "./check.js";
 import { drain } from "./progress.js";
 import { checkTicks, type TickReport } from "./ticks.js";
 
@@ -29,6 +36,9 @@ export interface SoakOptions {
    *  `stuckMs` (default 60 s) is stuck, and `drainTimeoutMs` caps the wait whatever happens. */
   drainTimeoutMs: number;
   stuckMs?: number;
+  /** Retention of every kind's finished tasks (default 2000 ms), pruned by the leader every
+   *  second: pruning races the faults. The checker reads its own copies (createHistoryCopies). */
+  retentionMs?: number;
   log?: (line: string) => void;
 }
 
@@ -41,6 +51,8 @@ export interface SoakReport extends CheckResult {
   drainSeconds: number;
   /** The per-second schedule declared for the whole soak. */
   ticks: TickReport;
+  /** Tasks pruned by the leaders during the soak (checked from the checker's copies). */
+  pruned: number;
   seconds: number;
 }
 
@@ -81,12 +93,17 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     task_id bigint not null, key text not null, attempt int not null, fence bigint not null,
     worker text not null, started_at timestamptz not null, ended_at timestamptz)`);
   // Long tasks run on 4 keys under a cap of 2: the cap must hold through every fault.
+  await createHistoryCopies(pool);
+  const keep = `${opts.retentionMs ?? 2_000} milliseconds`;
+  const retain = "retain_succeeded => $1, retain_cancelled => $1, retain_failed => $1";
   await pool.query(
-    "select holdfast.define_kind('short', 20), holdfast.define_kind('long', 20, max_running => 2)",
+    `select holdfast.define_kind('short', 20, ${retain}),
+       holdfast.define_kind('long', 20, max_running => 2, ${retain})`,
+    [keep],
   );
   // A per-second schedule for the whole soak: every tick must be enqueued exactly once,
   // whatever happens to the sweep leader (killed, partitioned, its Postgres restarted).
-  await pool.query("select holdfast.define_kind('tick', 20)");
+  await pool.query(`select holdfast.define_kind('tick', 20, ${retain})`, [keep]);
   await hf.schedule("chaos-tick", {
     cron: "* * * * * *",
     kind: "tick",
@@ -119,6 +136,7 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
         DATABASE_URL: (proxies[slot] as TcpProxy).url.replace(/\/postgres$/, new URL(url).pathname),
         HF_NAME: name,
         HF_CONCURRENCY: String(opts.concurrency),
+        HF_PRUNE_MS: "1000",
       },
       stdio: ["ignore", "pipe", "inherit"],
     });
@@ -289,6 +307,9 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   const runEnd = (r: LogRun) => exits.get(`${r.task_id}:${r.fence}`) ?? deaths.get(r.worker);
   const result = await check(pool, runEnd);
   const ticks = await checkTicks(pool, "tick", ticksUntil);
+  const { rows: gone } = await pool.query<{ n: number }>(
+    "select ((select count(*) from chaos_tasks) - (select count(*) from holdfast.tasks))::int as n",
+  );
   result.violations.push(
     ...drained.violations,
     ...(await watch.stop()),
@@ -316,6 +337,7 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     enqueued,
     drainSeconds: Math.round(drained.ms / 1000),
     ticks: ticks.report,
+    pruned: gone[0]?.n ?? 0,
     seconds: Math.round((Date.now() - started) / 1000),
   };
 }

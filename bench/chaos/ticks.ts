@@ -31,7 +31,7 @@ export async function checkTicks(
   const { rows } = await pool.query<{ tick: Date; n: number; late_ms: number }>(
     `select place_at as tick, count(*)::int as n,
        min(extract(epoch from created_at - place_at) * 1000)::float8 as late_ms
-     from holdfast.tasks where key = $1 and place_at < $2
+     from chaos_tasks where key = $1 and place_at < $2
      group by place_at order by place_at`,
     [key, until],
   );

@@ -1,6 +1,7 @@
 // A chaos worker process. Handlers "short", "long" and "tick" sleep payload.ms (abortable) and write
 // their start and end to chaos_log through the app pool, each write fenced with assert_fence.
-// Events go to stdout as JSON lines. Env: DATABASE_URL, HF_NAME, HF_CONCURRENCY.
+// Events go to stdout as JSON lines. Env: DATABASE_URL, HF_NAME, HF_CONCURRENCY, HF_PRUNE_MS
+// (pruneIntervalMs).
 import pg from "pg";
 import { pino } from "pino";
 import { type HandlerContext, Holdfast, type Task } from "../../src/index.js";
@@ -87,6 +88,7 @@ async function run(task: Task<{ ms: number; fail?: boolean }>, ctx: HandlerConte
 const worker = hf.worker({
   name,
   concurrency: Number(process.env.HF_CONCURRENCY ?? 3),
+  pruneIntervalMs: Number(process.env.HF_PRUNE_MS ?? 60_000),
   handlers: { short: run, long: run, tick: run },
 });
 worker.on("lock:lost", () => say("lock-lost"));

@@ -65,10 +65,15 @@ select holdfast._grant('execute', 'function holdfast.lock_id(text)',
 
 -- Fences are monotonic across crashes and failovers: a claim whose commit is lost still
 -- handed out a fence below any fence issued later, because fences track the wall clock
--- (1024 per millisecond) and never go below the key's last committed fence + 1.
+-- (1024 per millisecond) and never go below the key's last committed fence + 1. A key row
+-- that is new (fence 0) may be one that pruning deleted and an enqueue created again: its
+-- first fence is also above every deleted key row's (fence_floor), whatever the clock says.
+-- (The floor is read only then: a key row is deleted, and its floor raised, in one commit
+-- that precedes the commit creating the row again, so a claim that sees the row sees it.)
 create function holdfast._next_fence(current bigint) returns bigint
   language sql volatile
-  as $$ select greatest(current + 1, (extract(epoch from clock_timestamp()) * 1000)::bigint * 1024) $$;
+  as $$ select greatest(current + 1, (extract(epoch from clock_timestamp()) * 1000)::bigint * 1024,
+    case when current = 0 then (select f.fence + 1 from holdfast.fence_floor f) end) $$;
 
 -- The caller's session identity, recorded as the holder of what it claims.
 -- Cached in a session setting: reading it from pg_stat_get_activity costs ~30 us per call. A

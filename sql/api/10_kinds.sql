@@ -1,9 +1,13 @@
--- Kinds: their settings (attempts, minimum interval per key, batch size, order of retries, cap).
+-- Kinds: their settings (attempts, minimum interval per key, batch size, order of retries, cap,
+-- retention).
 
 -- Registers a kind or updates the settings that are given (null keeps the current value).
 -- strict_order (default true): a failed task waiting out its retry backoff keeps its place in
 -- its key's order, so the key's later tasks wait for it; false lets them pass it.
 -- max_running: the kind's cap on runs at once cluster-wide (api/35_caps.sql); 0 removes it.
+-- retain_*: how long a task that ended succeeded, cancelled or failed (a dead letter) is kept
+-- after it ended (api/55_prune.sql; defaults 1 day, 7 days, 30 days); keep_forever lists end
+-- states whose tasks are never pruned (an interval given for the same state is refused).
 create function holdfast.define_kind(
   kind text,
   max_attempts int default null,
@@ -11,7 +15,11 @@ create function holdfast.define_kind(
   batch_max int default null,
   strict_order boolean default null,
   max_running int default null,
-  keep_checkpoint boolean default null
+  keep_checkpoint boolean default null,
+  retain_succeeded interval default null,
+  retain_cancelled interval default null,
+  retain_failed interval default null,
+  keep_forever text[] default null
 ) returns void
   language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
@@ -32,6 +40,19 @@ begin
   if define_kind.max_running is not null and define_kind.max_running not between 0 and 10000 then
     perform holdfast._raise('HF002', 'holdfast: max_running must be between 1 and 10000 (0: no cap)');
   end if;
+  if define_kind.retain_succeeded < interval '0' or define_kind.retain_cancelled < interval '0'
+     or define_kind.retain_failed < interval '0' then
+    perform holdfast._raise('HF002', 'holdfast: a retention must not be negative');
+  end if;
+  if exists (select 1 from unnest(define_kind.keep_forever) s
+             where s is null or s not in ('succeeded', 'cancelled', 'failed')) then
+    perform holdfast._raise('HF002', 'holdfast: keep_forever lists end states: succeeded, cancelled, failed');
+  end if;
+  if ('succeeded' = any (define_kind.keep_forever) and define_kind.retain_succeeded is not null)
+     or ('cancelled' = any (define_kind.keep_forever) and define_kind.retain_cancelled is not null)
+     or ('failed' = any (define_kind.keep_forever) and define_kind.retain_failed is not null) then
+    perform holdfast._raise('HF002', 'holdfast: a state is given a retention and keep_forever at once');
+  end if;
   insert into holdfast.kinds as k (kind, max_attempts, min_interval, batch_max, strict_order,
                                    max_running)
   values (define_kind.kind, coalesce(define_kind.max_attempts, 5),
@@ -49,10 +70,23 @@ begin
     update holdfast.kinds k set keep_checkpoint = define_kind.keep_checkpoint
     where k.kind = define_kind.kind;
   end if;
+  -- A new kind has the columns' default retention (migrations/0004_retention.sql).
+  if define_kind.retain_succeeded is not null or define_kind.retain_cancelled is not null
+     or define_kind.retain_failed is not null or define_kind.keep_forever is not null then
+    update holdfast.kinds k set
+      retain_succeeded = case when 'succeeded' = any (define_kind.keep_forever) then null
+        else coalesce(define_kind.retain_succeeded, k.retain_succeeded) end,
+      retain_cancelled = case when 'cancelled' = any (define_kind.keep_forever) then null
+        else coalesce(define_kind.retain_cancelled, k.retain_cancelled) end,
+      retain_failed = case when 'failed' = any (define_kind.keep_forever) then null
+        else coalesce(define_kind.retain_failed, k.retain_failed) end
+    where k.kind = define_kind.kind;
+  end if;
   -- A raised or removed cap makes room: the kind's workers may be waiting for a slot.
   if define_kind.max_running is not null then
     perform pg_notify('holdfast', define_kind.kind);
   end if;
 end $$;
-select holdfast._grant('execute', 'function holdfast.define_kind(text, int, interval, int, boolean, int, boolean)',
+select holdfast._grant('execute',
+  'function holdfast.define_kind(text, int, interval, int, boolean, int, boolean, interval, interval, interval, text[])',
   'holdfast_worker');

@@ -17,6 +17,9 @@ begin
   end if;
   perform 1 from holdfast.keys k where k.key = t.key for no key update;
   select * into t from holdfast.tasks where id = task_id;
+  if not found then -- pruned meanwhile
+    perform holdfast._raise('HF003', format('holdfast: no task with id %s', task_id));
+  end if;
   return t;
 end $$;
 

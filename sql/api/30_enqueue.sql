@@ -63,13 +63,17 @@ begin
     perform holdfast._raise('HF002', 'holdfast: max_wait needs debounce');
   end if;
 
-  insert into holdfast.keys (key, lock_id)
-  values (enqueue_task.key, holdfast.lock_id(enqueue_task.key))
-  on conflict do nothing;
   -- Lock the key row first (lock order everywhere: key row, then task rows). Holding it, no
   -- claim can start this key's pending task before we commit, so a deduped request is never
-  -- folded into a task that already started.
-  perform 1 from holdfast.keys k where k.key = enqueue_task.key for no key update;
+  -- folded into a task that already started, and no prune deletes the row (api/55_prune.sql).
+  -- A row pruned between the insert and the lock is created again.
+  loop
+    insert into holdfast.keys (key, lock_id)
+    values (enqueue_task.key, holdfast.lock_id(enqueue_task.key))
+    on conflict do nothing;
+    perform 1 from holdfast.keys k where k.key = enqueue_task.key for no key update;
+    exit when found;
+  end loop;
 
   if enqueue_task.dedupe_key is not null then
     for attempt in 1..2 loop
@@ -189,6 +193,10 @@ begin
     max_attempts = t.attempt + coalesce(retry.extra_attempts,
       (select kd.max_attempts from holdfast.kinds kd where kd.kind = t.kind))
   where u.id = t.id;
+  if not found then
+    -- Pruned meanwhile (a prune batch had locked it before we read it).
+    perform holdfast._raise('HF003', format('holdfast: no task with id %s', t.id));
+  end if;
   perform holdfast._refresh_key(t.key);
   perform pg_notify('holdfast', t.kind);
   return true;

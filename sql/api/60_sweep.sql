@@ -11,15 +11,18 @@ select holdfast._grant('execute', 'function holdfast.try_lead()', 'holdfast_work
 -- heartbeat: the earliest moment a leader duty falls due. null when a task is running (its
 -- holder may die) or a key's head is due now (a claim may start it at any moment); otherwise
 -- the earliest of: a key's head_run_at (a head becomes due without anyone being told), a
--- schedule's next tick (next_at, stored by the leader that fired the previous one), and
--- 'infinity' when there is none. So a leader that dies while quiet is replaced by the time its
--- next duty is due (src/worker/sweeper.ts). A schedule no leader has read yet has next_at null:
--- its declaration NOTIFYs holdfast_schedules, which ends the quiet like a task's NOTIFY does.
+-- schedule's next tick (next_at, stored by the leader that fired the previous one), the next
+-- prune (prune_due(), api/55_prune.sql), but no sooner than a minute from now (an idle cluster
+-- is woken for pruning at most that often), and 'infinity' when there is none. So a leader
+-- that dies while quiet is replaced by the time its next duty is due (src/worker/sweeper.ts).
+-- A schedule no leader has read yet has next_at null: its declaration NOTIFYs
+-- holdfast_schedules, which ends the quiet like a task's NOTIFY does.
 -- Every other way to a running task starts with a NOTIFY on channel holdfast (enqueue, retry,
 -- a cancel that uncovers a due head, a finish, the sweep itself), which ends the leader's quiet.
 -- Cheap with millions of pending or finished tasks: the first live entry of tasks_running, one
 -- keys_next_run_at probe per kind (as next_run_at does; a busy key has a running task, so the
--- partial index's "not busy" leaves nothing out), and the schedules (one row each).
+-- partial index's "not busy" leaves nothing out), the schedules (one row each), and four
+-- index probes per kind for the next prune.
 -- Volatile: in the sweep's statement it runs after sweep() and must see what sweep() changed.
 create function holdfast.quiet_until() returns timestamptz
   language sql volatile security definer set search_path = pg_catalog, pg_temp as $$
@@ -31,7 +34,8 @@ create function holdfast.quiet_until() returns timestamptz
           select k.head_run_at as at from holdfast.keys k
           where k.head_kind = kd.kind and k.head_id is not null and not k.busy
           order by k.head_run_at limit 1) x), 'infinity'),
-        coalesce((select min(s.next_at) from holdfast.schedules s), 'infinity')) end as at
+        coalesce((select min(s.next_at) from holdfast.schedules s), 'infinity'),
+        greatest(holdfast.prune_due(), now() + interval '1 minute')) end as at
     offset 0) q -- not pulled up: the probes would run once per mention of q.at
 $$;
 select holdfast._grant('execute', 'function holdfast.quiet_until()', 'holdfast_worker');

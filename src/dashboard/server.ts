@@ -34,7 +34,7 @@ export interface DashboardOptions {
   logger: Logger;
   /** How often an open page redraws (default 2000 ms). */
   refreshMs?: number;
-  /** The last hour's activity scans holdfast.attempts: reuse it for this long (default 10 s). */
+  /** The last hour's activity (its attempts, read by time): reuse it for this long (default 10 s). */
   activityMaxAgeMs?: number;
 }
 

@@ -43,7 +43,8 @@ const quietMs = `case when q.until = 'infinity' then 'Infinity'::float8
     else (extract(epoch from q.until - clock_timestamp()) * 1000)::float8 end`;
 
 export const sql = {
-  defineKind: "select holdfast.define_kind($1, $2, $3::interval, $4, $5, $6, $7)",
+  defineKind:
+    "select holdfast.define_kind($1, $2, $3::interval, $4, $5, $6, $7, $8::interval, $9::interval, $10::interval, $11::text[])",
   enqueue:
     "select id, deduped from holdfast.enqueue_task($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9::interval, $10::interval)",
   // A claim that gets nothing also says when the next task of these kinds is due, in the same
@@ -66,8 +67,12 @@ export const sql = {
   fail: "select holdfast.fail($1, $2, $3, $4::interval, $5) as ok",
   cancel: "select holdfast.cancel($1) as ok",
   retry: "select holdfast.retry($1, $2) as ok",
-  deadLetters: `select * from holdfast.dead_letters
-    where ($1::text is null or kind = $1) order by finished_at desc, id desc limit $2`,
+  // The latest per kind first (tasks_finished, read backwards), so the read does not grow with
+  // the dead letters kept.
+  deadLetters: `select d.* from holdfast.kinds kd
+    cross join lateral (select * from holdfast.dead_letters d where d.kind = kd.kind
+      order by d.finished_at desc, d.id desc limit $2) d
+    where ($1::text is null or kd.kind = $1) order by d.finished_at desc, d.id desc limit $2`,
   // $3: the lock session's release bound (ms), bounding the write transaction's idle time.
   assertFence: "select holdfast.assert_fence($1, $2, $3::int * interval '1 millisecond')",
   /** One state for each task id in $1, all of one run's fence $2 (false: any refused). */

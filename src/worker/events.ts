@@ -27,6 +27,9 @@ export interface WorkerEvents {
   /** This worker, the sweep leader, enqueued a schedule's due ticks; lateMs[i]: how long after
    *  ticks[i] the enqueue committed. */
   "schedule:fired": [{ schedule: string; ticks: Date[]; lateMs: number[] }];
+  /** This worker, the sweep leader, pruned a batch of finished tasks past their retention:
+   *  rows deleted per table (tasks, their attempts, key rows, ended minimum intervals). */
+  pruned: [{ tasks: number; attempts: number; keys: number; keyKinds: number }];
   /** The sweep returned orphaned tasks to the queue; `previous`: their dead holders. */
   takeover: [{ requeued: number; previous: PreviousHolder[] }];
   error: [unknown];

@@ -1,33 +1,39 @@
 import type { Logger } from "pino";
 import type { PreviousHolder } from "./events.js";
 import type { LockSession } from "./lock-session.js";
+import { type PruneResult, Pruner } from "./pruner.js";
 import { ScheduleTicker } from "./schedule-ticker.js";
 import { Sweeper } from "./sweeper.js";
 
 export interface LeadershipOptions {
   sweepIntervalMs: number;
   rescanIntervalMs: number;
+  pruneBatchSize: number;
+  pruneIntervalMs: number;
 }
 
 export interface LeadershipEvents {
-  /** Something is due on the lock session (a sweep, a schedule tick). */
+  /** Something is due on the lock session (a sweep, a schedule tick, a prune batch). */
   kick(): void;
   elected(): void;
   takeover(requeued: number, previous: PreviousHolder[]): void;
   quiet(until: Date | null, leader: boolean): void;
   scheduleFired(schedule: string, ticks: Date[], lateMs: number[]): void;
+  pruned(result: PruneResult): void;
 }
 
 /**
- * The sweep leader's duties and a follower's watch: orphan sweeps (Sweeper) and recurring
- * schedules (ScheduleTicker), both run on the lock session when due. Leadership is a lock of
+ * The sweep leader's duties and a follower's watch: orphan sweeps (Sweeper), recurring
+ * schedules (ScheduleTicker) and pruning (Pruner), each run on the lock session when due. Leadership is a lock of
  * the session it was won on, so it is dropped with that session.
  */
 export class Leadership {
   private readonly sweeper: Sweeper;
   private readonly ticker: ScheduleTicker;
+  private readonly pruner: Pruner;
   private sweepDue = false;
   private scheduleDue = false;
+  private pruneDue = false;
   private timer: NodeJS.Timeout | undefined;
 
   constructor(
@@ -46,6 +52,12 @@ export class Leadership {
       },
     );
     this.ticker = new ScheduleTicker(logger, () => this.requestSchedules(), on.scheduleFired);
+    this.pruner = new Pruner(
+      logger,
+      { batchSize: opts.pruneBatchSize, idleMs: opts.pruneIntervalMs },
+      () => this.requestPrune(),
+      on.pruned,
+    );
   }
 
   get isLeader(): boolean {
@@ -65,6 +77,7 @@ export class Leadership {
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.ticker.stop();
+    this.pruner.stop();
     this.sweeper.clear();
   }
 
@@ -80,6 +93,13 @@ export class Leadership {
     this.on.kick();
   }
 
+  /** Pruning is the leader's: others ignore the request. */
+  requestPrune(): void {
+    if (!this.sweeper.isLeader) return;
+    this.pruneDue = true;
+    this.on.kick();
+  }
+
   /** A schedule may have changed (or a change was missed): reread them. A new schedule is a
    *  duty that may be due before any task is enqueued, so it is also a wake: a quiet leader
    *  reads it now, a follower expects a heartbeat within lateMs (and leads if none comes). */
@@ -92,6 +112,7 @@ export class Leadership {
   /** A task may start (a wake, a claim, a reconnect): the leader must not be quiet. */
   wake(): void {
     this.sweeper.wake();
+    this.pruner.activity();
   }
 
   /** The leader's heartbeat arrived (payload: its quiet deadline, if any). */
@@ -103,11 +124,14 @@ export class Leadership {
   drop(): void {
     this.sweeper.reset();
     this.ticker.stop();
+    this.pruner.stop();
   }
 
-  /** A sweep, or this leader's schedules, wait for the lock session. */
+  /** A sweep, or this leader's schedules or pruning, wait for the lock session. */
   due(running: boolean): boolean {
-    return this.sweepDue || (running && this.scheduleDue && this.sweeper.isLeader);
+    return (
+      this.sweepDue || (running && (this.scheduleDue || this.pruneDue) && this.sweeper.isLeader)
+    );
   }
 
   /** Runs what is due on `session`. */
@@ -119,12 +143,17 @@ export class Leadership {
         this.on.elected();
         this.ticker.invalidate();
         this.scheduleDue = true;
+        this.pruner.start();
       }
       if (result.requeued > 0) this.on.takeover(result.requeued, result.previous);
     }
     if (running && this.scheduleDue && this.sweeper.isLeader) {
       this.scheduleDue = false;
       await this.ticker.run(session);
+    }
+    if (running && this.pruneDue && this.sweeper.isLeader) {
+      this.pruneDue = false;
+      await this.pruner.run(session);
     }
   }
 }

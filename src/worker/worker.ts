@@ -80,6 +80,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       quiet: (until, leader) => this.emit("quiet", { until, leader }),
       scheduleFired: (schedule, ticks, lateMs) =>
         this.emit("schedule:fired", { schedule, ticks, lateMs }),
+      pruned: (result) => this.emit("pruned", result),
     });
     this.wakeTimer = new WakeTimer(this.kinds, opts.rescanIntervalMs, () => this.requestClaim());
     this.reports = new Reports({
