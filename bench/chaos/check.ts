@@ -279,7 +279,8 @@ export async function extraSessions(pool: pg.Pool): Promise<Violation[]> {
 async function sessionsOverOne(pool: pg.Pool): Promise<{ app: string; n: number }[]> {
   const { rows } = await pool.query<{ app: string; n: number }>(
     `select application_name as app, count(*)::int as n from pg_stat_activity
-     where application_name like 'holdfast:%' group by 1 having count(*) > 1 order by 1`,
+     where application_name like 'holdfast:%' and datname = current_database()
+     group by 1 having count(*) > 1 order by 1`,
   );
   return rows;
 }

@@ -148,7 +148,8 @@ it("a partitioned worker aborts its handler before the server frees the lock; th
     (
       await db.pool.query<{ app: string; n: number }>(
         `select application_name as app, count(*)::int as n from pg_stat_activity
-         where application_name like 'holdfast:%:a' group by 1 order by 1`,
+         where application_name like 'holdfast:%:a' and datname = current_database()
+         group by 1 order by 1`,
       )
     ).rows;
   await until(

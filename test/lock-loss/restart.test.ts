@@ -113,7 +113,8 @@ it("after a Postgres restart with tasks running, every task ends exactly once an
   // Failed reconnect attempts left nothing behind: one lock and one LISTEN session per worker.
   const { rows: sessions } = await db.pool.query<{ app: string; n: number }>(
     `select application_name as app, count(*)::int as n from pg_stat_activity
-     where application_name like 'holdfast:%' group by 1 order by 1`,
+     where application_name like 'holdfast:%' and datname = current_database()
+     group by 1 order by 1`,
   );
   expect(sessions).toEqual(
     ["lock", "listen"]

@@ -57,7 +57,9 @@ it("the server probes a worker's lock and LISTEN sessions after tcpKeepalivesIdl
   try {
     const { rows } = await db.pool.query<{ app: string; port: number; server_port: number }>(
       `select application_name as app, client_port as port, inet_server_port() as server_port
-       from pg_stat_activity where application_name like 'holdfast:%:bounded' order by 1`,
+       from pg_stat_activity
+       where application_name like 'holdfast:%:bounded' and datname = current_database()
+       order by 1`,
     );
     expect(rows.map((r) => r.app)).toEqual(["holdfast:listen:bounded", "holdfast:lock:bounded"]);
     // A socket with data in flight (a health check just sent) shows its retransmit timer, not
