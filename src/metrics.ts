@@ -182,19 +182,7 @@ export class HoldfastMetrics {
 
   /** Running tasks' checkpoints, read at scrape time from every worker's tasks. */
   private registerProgressGauges(pool: pg.Pool, registers: Registry[]): void {
-    let inFlight: Promise<ProgressDbRow[] | undefined> | undefined;
-    const load = () => {
-      inFlight ??= pool
-        .query<ProgressDbRow>(runningProgressSql)
-        .then(
-          (r) => r.rows,
-          () => undefined,
-        )
-        .finally(() => {
-          inFlight = undefined;
-        });
-      return inFlight;
-    };
+    const load = scrapeQuery<ProgressDbRow>(pool, runningProgressSql, []);
     new Gauge({
       name: "holdfast_task_progress",
       help: "Progress (0 to 1) of each running task whose checkpoint carries one, read at scrape time.",
@@ -227,20 +215,7 @@ export class HoldfastMetrics {
 
   /** Queue depth is read at scrape time (one grouped query), so it covers every producer. */
   private registerQueueGauges(pool: pg.Pool, registers: Registry[]): void {
-    // Both gauges collect at once during a scrape: they share the query while it is in flight.
-    let inFlight: Promise<QueueDbRow[] | undefined> | undefined;
-    const load = () => {
-      inFlight ??= pool
-        .query<QueueDbRow>(queueSql, [null, null])
-        .then(
-          (r) => r.rows,
-          () => undefined, // keep the last values: a scrape must not fail on a DB hiccup
-        )
-        .finally(() => {
-          inFlight = undefined;
-        });
-      return inFlight;
-    };
+    const load = scrapeQuery<QueueDbRow>(pool, queueSql, [null, null]);
     new Gauge({
       name: "holdfast_queue_tasks",
       help: "Tasks per kind and state (pending = ready now, delayed, running, dead_lettered), read at scrape time.",
@@ -287,4 +262,29 @@ interface QueueDbRow {
   delayed: number;
   dead_lettered: number;
   oldest_pending_ms: number | null;
+}
+
+/**
+ * A query read at scrape time by several gauges: those collecting at once share the query
+ * while it is in flight. undefined on an error: the gauges keep their last values (a scrape
+ * must not fail on a database hiccup).
+ */
+function scrapeQuery<R extends pg.QueryResultRow>(
+  pool: pg.Pool,
+  text: string,
+  values: unknown[],
+): () => Promise<R[] | undefined> {
+  let inFlight: Promise<R[] | undefined> | undefined;
+  return () => {
+    inFlight ??= pool
+      .query<R>(text, values)
+      .then(
+        (r) => r.rows,
+        () => undefined,
+      )
+      .finally(() => {
+        inFlight = undefined;
+      });
+    return inFlight;
+  };
 }

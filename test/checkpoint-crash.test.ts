@@ -3,8 +3,8 @@
 // checkpoint is refused once the task was taken over.
 import pg from "pg";
 import { expect, inject, it } from "vitest";
-import { Holdfast, type LockSessionOptions, StaleFenceError, type Task } from "../src/index.js";
-import { gate, lockHolder, waitEvent } from "./lock-loss/support.js";
+import { Holdfast, StaleFenceError, type Task } from "../src/index.js";
+import { fastLockSession as fast, gate, lockHolder, waitEvent } from "./lock-loss/support.js";
 import { silent } from "./support/db.js";
 import { useWorkerProcesses } from "./support/processes.js";
 import { startProxy } from "./support/tcp-proxy.js";
@@ -70,18 +70,6 @@ it("after SIGKILL mid-run, the next attempt on another process resumes from the 
   expect(task).toEqual({ state: "succeeded", attempt: 2, checkpoint: null });
   await hf.close();
 });
-
-// Short bounds, as in lock-loss/partition.test.ts: behind the user-space proxy the server
-// frees the partitioned session through idle_session_timeout (PostgreSQL 14+).
-const fast: LockSessionOptions = {
-  healthCheckIntervalMs: 200,
-  healthCheckTimeoutMs: 800,
-  tcpKeepalivesIdleSec: 1,
-  tcpKeepalivesIntervalSec: 1,
-  tcpKeepalivesCount: 2,
-  tcpUserTimeoutMs: 3_000,
-  idleSessionTimeoutMs: 3_000,
-};
 
 it("a partitioned zombie's late checkpoint is refused after the takeover and leaves the new holder's checkpoint intact", async ({
   skip,

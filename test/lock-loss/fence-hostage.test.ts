@@ -7,26 +7,14 @@
 // write never commits.
 import pg from "pg";
 import { afterAll, beforeAll, expect, inject, it } from "vitest";
-import { Holdfast, type LockSessionOptions } from "../../src/index.js";
+import { Holdfast } from "../../src/index.js";
 import { freshDatabase, silent, type TestDatabase } from "../support/db.js";
 import { startProxy, type TcpProxy } from "../support/tcp-proxy.js";
-import { gate, waitEvent } from "./support.js";
+import { fastLockSession as fast, gate, waitEvent } from "./support.js";
 
 let db: TestDatabase;
 let proxy: TcpProxy;
 const cleanup: Array<() => Promise<unknown>> = [];
-
-// The server frees a silent lock session after 3 s (idle_session_timeout: behind the proxy,
-// TCP keepalives are answered by the proxy's kernel).
-const fast: LockSessionOptions = {
-  healthCheckIntervalMs: 200,
-  healthCheckTimeoutMs: 800,
-  tcpKeepalivesIdleSec: 1,
-  tcpKeepalivesIntervalSec: 1,
-  tcpKeepalivesCount: 2,
-  tcpUserTimeoutMs: 3_000,
-  idleSessionTimeoutMs: 3_000,
-};
 
 beforeAll(async () => {
   db = await freshDatabase();

@@ -2,27 +2,21 @@
 // forwarding without FIN or RST. The handler must be aborted before the server frees the lock.
 import pg from "pg";
 import { afterAll, beforeAll, expect, inject, it } from "vitest";
-import { Holdfast, LockLostError, type LockSessionOptions } from "../../src/index.js";
+import { Holdfast, LockLostError } from "../../src/index.js";
 import { freshDatabase, silent, type TestDatabase } from "../support/db.js";
 import { startProxy, type TcpProxy } from "../support/tcp-proxy.js";
-import { aborted, lockHolder, type RunLog, until, waitEvent } from "./support.js";
+import {
+  aborted,
+  fastLockSession as fast,
+  lockHolder,
+  type RunLog,
+  until,
+  waitEvent,
+} from "./support.js";
 
 let db: TestDatabase;
 let proxy: TcpProxy;
 const cleanup: Array<() => Promise<unknown>> = [];
-
-// Short settings: the client gives up within 200 + 800 ms of silence; the server may free the
-// locks after 3 s. Through a user-space proxy the proxy's kernel answers the server's TCP
-// keepalives, so here idle_session_timeout is what frees the lock (see README).
-const fast: LockSessionOptions = {
-  healthCheckIntervalMs: 200,
-  healthCheckTimeoutMs: 800,
-  tcpKeepalivesIdleSec: 1,
-  tcpKeepalivesIntervalSec: 1,
-  tcpKeepalivesCount: 2,
-  tcpUserTimeoutMs: 3_000,
-  idleSessionTimeoutMs: 3_000,
-};
 
 // idle_session_timeout, what frees the lock behind the proxy here, exists from PostgreSQL 14 on;
 // 13 ignores idleSessionTimeoutMs (the lock stays held until the partition heals).

@@ -1,9 +1,25 @@
 import type pg from "pg";
-import type { Task, Worker, WorkerEvents } from "../../src/index.js";
+import type { LockSessionOptions, Task, Worker, WorkerEvents } from "../../src/index.js";
 
 import { until } from "../support/wait.js";
 
 export { until };
+
+/**
+ * Short lock-session bounds for partition tests: the client gives up within 200 + 800 ms of
+ * silence; the server may free the locks after 3 s. Through a user-space proxy the proxy's
+ * kernel answers the server's TCP keepalives, so idle_session_timeout (PostgreSQL 14+) is what
+ * frees the lock (see README).
+ */
+export const fastLockSession: LockSessionOptions = {
+  healthCheckIntervalMs: 200,
+  healthCheckTimeoutMs: 800,
+  tcpKeepalivesIdleSec: 1,
+  tcpKeepalivesIntervalSec: 1,
+  tcpKeepalivesCount: 2,
+  tcpUserTimeoutMs: 3_000,
+  idleSessionTimeoutMs: 3_000,
+};
 
 /** Resolves when `signal` aborts (with the time it did). */
 export function aborted(signal: AbortSignal): Promise<number> {
