@@ -1,4 +1,4 @@
-import pg from "pg";
+import type pg from "pg";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { freshDatabase, type TestDatabase } from "./support/db.js";
 
@@ -9,15 +9,7 @@ import { freshDatabase, type TestDatabase } from "./support/db.js";
 // (also when the sweep runs on that very backend), and a report for that holder is rejected.
 
 let db: TestDatabase;
-const clients: pg.Client[] = [];
-
-async function session(): Promise<pg.Client> {
-  const c = new pg.Client({ connectionString: db.url });
-  c.on("error", () => {});
-  await c.connect();
-  clients.push(c);
-  return c;
-}
+const session = () => db.session();
 
 const pidOf = async (c: pg.Client) =>
   (await c.query<{ pid: number }>("select pg_backend_pid() as pid")).rows[0]?.pid as number;
@@ -47,7 +39,6 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await Promise.all(clients.map((c) => c.end().catch(() => {})));
   await db.drop();
 });
 

@@ -1,4 +1,4 @@
-import pg from "pg";
+import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Holdfast, InvalidArgumentError, TaskNotFoundError } from "../src/index.js";
 import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
@@ -6,15 +6,7 @@ import { sleep, until } from "./support/wait.js";
 
 let db: TestDatabase;
 let hf: Holdfast;
-const clients: pg.Client[] = [];
-
-async function session(): Promise<pg.Client> {
-  const c = new pg.Client({ connectionString: db.url });
-  c.on("error", () => {});
-  await c.connect();
-  clients.push(c);
-  return c;
-}
+const session = () => db.session();
 
 beforeAll(async () => {
   db = await freshDatabase();
@@ -22,7 +14,6 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await Promise.all(clients.map((c) => c.end().catch(() => {})));
   await hf.close();
   await db.drop();
 });

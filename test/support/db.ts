@@ -17,6 +17,8 @@ export interface TestDatabase {
   url: string;
   /** A pool on the test database for assertions. */
   pool: pg.Pool;
+  /** A dedicated session of its own (a lock holder, a producer), ended by drop(). */
+  session(): Promise<pg.Client>;
   drop(): Promise<void>;
 }
 
@@ -41,10 +43,19 @@ export async function freshDatabase(
   }
   const pool = new pg.Pool({ connectionString: url, max: 5 });
   pool.on("error", () => {});
+  const sessions: pg.Client[] = [];
   return {
     url,
     pool,
+    session: async () => {
+      const c = new pg.Client({ connectionString: url });
+      c.on("error", () => {}); // a test may terminate it
+      await c.connect();
+      sessions.push(c);
+      return c;
+    },
     drop: async () => {
+      await Promise.all(sessions.map((c) => c.end().catch(() => {})));
       await pool.end();
       const a = new pg.Client({ connectionString: adminUrl });
       await a.connect();
