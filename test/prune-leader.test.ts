@@ -185,7 +185,8 @@ describe("a leader SIGKILLed while quiet with a prune due", () => {
   it("a follower leads by the quiet deadline and prunes", async () => {
     const db = procs.db;
     const hf = new Holdfast({ pool: db.pool, logger: silent });
-    await hf.defineKind("job", { retention: { succeeded: 1_000 } });
+    // Long enough that the leader, pruning one retention after the task ran, is killed first.
+    await hf.defineKind("job", { retention: { succeeded: 20_000 } });
     const a = await procs.start("a");
     const b = await procs.start("b");
     const [leader, follower] = a.events.some((e) => e.event === "leader") ? [a, b] : [b, a];
@@ -198,8 +199,8 @@ describe("a leader SIGKILLed while quiet with a prune due", () => {
       "the task succeeded",
     );
     const since = Date.now();
-    // Quiet, advertising the prune due in 1 s (no sooner than a minute ahead): the deadline a
-    // follower trusts. The leader dies before its own timer prunes (pruneIntervalMs 60 s).
+    // Quiet, advertising the prune due in 20 s (no sooner than a minute ahead): the deadline a
+    // follower trusts. The leader dies before its own timer prunes (20 s after the task ran).
     const quiet = await leader.waitFor(
       (e) => e.event === "quiet" && e.leader === true && e.at >= since,
       15_000,
