@@ -192,7 +192,11 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   const server = await startBenchServer(taskCostServerFlags);
   try {
     const peers = await loadPeers();
-    const systems: QueueSystem[] = [new HoldfastSystem(true), new peers.GraphileSystem(true)];
+    const systems: QueueSystem[] = [
+      new HoldfastSystem(true),
+      new HoldfastSystem(true, false),
+      new peers.GraphileSystem(true),
+    ];
     const results: TaskCostResult[] = [];
     for (const s of systems) {
       if (pick && !pick.some((p) => s.label.includes(p))) continue;

@@ -26,7 +26,7 @@ describe("pruning, a duty of the sweep leader", () => {
   });
 
   it("the leader prunes in batches, counts rows per table, and leaves unexpired work", async () => {
-    await hf.defineKind("gone", { retention: { succeeded: 0 } });
+    await hf.defineKind("gone", { retention: { succeeded: 1 } });
     await hf.defineKind("kept"); // 1 day
     const metrics = new HoldfastMetrics(undefined);
     const worker = hf.worker({

@@ -35,10 +35,11 @@ const minSpacingMs = 250;
  * next batch comes when the first of them can have expired (the shortest retention of any
  * kind, read with each batch) and at least half that retention after the last batch, so
  * finished work waits at most about 1.5 retentions; a batch that deleted tasks counts as
- * activity too (a fleet draining a backlog may send the leader no wake). Without activity, a
- * partial batch is followed by the next task's expiry (holdfast.prune_due()) and at least
- * `idleMs`: an idle cluster is woken for pruning at most that often. The leader's quiet deadline covers that
- * time (holdfast.quiet_until()), so a follower takes over the duty when a quiet leader died.
+ * activity too, and one that saw tasks running comes back after the same spacing, doubled
+ * each time until something expires (a fleet draining a backlog sends the leader no wake; a
+ * ten-hour run alone costs a batch a minute). Without activity, a partial batch is followed
+ * by the next task's expiry (holdfast.prune_due()) and at least `idleMs`: an idle cluster is
+ * woken for pruning at most that often. The leader's quiet deadline covers that time (holdfast.quiet_until()), so a follower takes over the duty when a quiet leader died.
  */
 export class Pruner {
   private timer: NodeJS.Timeout | undefined;
@@ -51,6 +52,8 @@ export class Pruner {
   private keepMs = Number.POSITIVE_INFINITY;
   /** A wake came since the last batch: tasks are running and will expire. */
   private active = false;
+  /** Partial batches in a row that saw tasks running and nothing else (see runOnce). */
+  private runningOnly = 0;
 
   constructor(
     private readonly logger: Logger,
@@ -103,11 +106,15 @@ export class Pruner {
       key_kinds: number;
       due_ms: number | null;
       keep_ms: number | null;
+      running: boolean;
     }>(pruneSql, [this.opts.batchSize]);
     this.keepMs = row?.keep_ms ?? Number.POSITIVE_INFINITY;
-    // Tasks expiring now are a sign of more to come, as a wake is.
+    // Tasks expiring now are activity as a wake is. Tasks only running will end and expire
+    // too, but a long run must not keep the leader pruning every spacing: back off, doubling
+    // up to idleMs.
     const active = this.active || (row?.tasks ?? 0) > 0;
     this.active = false;
+    this.runningOnly = active || row?.running !== true ? 0 : this.runningOnly + 1;
     const took = performance.now() - started;
     const result: PruneResult = {
       tasks: row?.tasks ?? 0,
@@ -127,7 +134,11 @@ export class Pruner {
     const due = row?.due_ms ?? Number.POSITIVE_INFINITY;
     const nextInMs = full
       ? Math.max(minPauseMs, took)
-      : Math.max(active ? this.spacingMs() : this.opts.idleMs, due);
+      : active
+        ? Math.max(this.spacingMs(), due)
+        : this.runningOnly > 0
+          ? Math.min(this.opts.idleMs, this.spacingMs() * 2 ** this.runningOnly)
+          : Math.max(this.opts.idleMs, due);
     return { ...result, nextInMs };
   }
 
@@ -162,5 +173,6 @@ const pruneSql = `with p as materialized (select * from holdfast.prune_rows($1::
     case when d.at = 'infinity' then null
       else greatest(0, extract(epoch from d.at - clock_timestamp()) * 1000)::float8 end as due_ms,
     (select extract(epoch from min(least(kd.retain_succeeded, kd.retain_cancelled,
-       kd.retain_failed))) * 1000 from holdfast.kinds kd)::float8 as keep_ms
+       kd.retain_failed))) * 1000 from holdfast.kinds kd)::float8 as keep_ms,
+    exists (select 1 from holdfast.tasks t where t.state = 'running') as running
   from p, lateral (select holdfast.prune_due() as at from p) d`;
