@@ -6,10 +6,11 @@
 //   <!-- snippet: skip: why -->    not checked (a fragment, or output); keep these few
 //   <!-- snippet: run -->          ts or python: also executed, with DATABASE_URL set
 //   <!-- snippet: fails: HF004 --> sql: its last statement must fail with this SQLSTATE
+// Imports of the package and its subpaths resolve to src/ through package.json `exports`.
 // TypeScript snippets may use two names without declaring them: `hf` (a Holdfast) and `pool`
 // (a pg.Pool), as built in docs/getting-started.md.
 import { spawn, spawnSync } from "node:child_process";
-import { mkdirSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import ts from "typescript";
 import { afterAll, describe, expect, it } from "vitest";
@@ -26,6 +27,20 @@ const slug = (s: Snippet) => `${s.file.replace(/[^A-Za-z0-9]+/g, "_")}_${s.line}
 
 rmSync(dir, { recursive: true, force: true });
 mkdirSync(dir, { recursive: true });
+
+/** The package's entry points (package.json `exports`), each mapped to its source file. */
+const entries: Record<string, string> = (() => {
+  const pkg = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as {
+    name: string;
+    exports: Record<string, { types: string }>;
+  };
+  return Object.fromEntries(
+    Object.entries(pkg.exports).map(([sub, e]) => [
+      sub === "." ? pkg.name : `${pkg.name}/${sub.replace(/^\.\//, "")}`,
+      e.types.replace(/^\.\/dist\//, "src/").replace(/\.d\.ts$/, ".ts"),
+    ]),
+  );
+})();
 
 const opened: TestDatabase[] = [];
 afterAll(async () => {
@@ -93,7 +108,7 @@ describe("TypeScript snippets", () => {
       declaration: false,
       sourceMap: false,
       baseUrl: root,
-      paths: { holdfast: ["src/index.ts"] },
+      paths: Object.fromEntries(Object.entries(entries).map(([name, src]) => [name, [src]])),
     });
     const problems: string[] = [];
     for (const { path, s } of files) {
@@ -203,9 +218,11 @@ describe("quick starts", () => {
         const db = await database();
         const path = join(dir, `${slug(s)}.${py ? "py" : "ts"}`);
         // The package is this repository's source: the same code `npm install holdfast` ships.
-        const code = py
-          ? s.code
-          : s.code.replaceAll('from "holdfast"', `from "${root}src/index.ts"`);
+        let code = s.code;
+        if (!py) {
+          for (const [name, src] of Object.entries(entries))
+            code = code.replaceAll(`from "${name}"`, `from "${root}${src}"`);
+        }
         writeFileSync(path, code);
         const child = spawn(
           py ? python : process.execPath,
