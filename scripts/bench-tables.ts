@@ -223,7 +223,7 @@ export function blocks(r: BenchResults): Record<string, string> {
       table(
         ["system", "keys", "tasks", "seconds", "tasks/s", "overlaps", "handled per process"],
         r.throughput4.map((t) => [...tputRow(t), t.handledPerProcess.join(" / ")]),
-        [0, 1],
+        [0, 1, 6],
       ),
       ...(c
         ? [
