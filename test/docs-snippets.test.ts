@@ -125,9 +125,13 @@ describe("TypeScript snippets", () => {
   }, 120_000);
 });
 
-/** psql's `\gset` and `:name` / `:'name'` variables, so a page's SQL pastes into psql as is. */
-function statements(code: string): Array<{ text: string; gset: boolean }> {
-  const out: Array<{ text: string; gset: boolean }> = [];
+/**
+ * psql's `\gset` and `:name` / `:'name'` variables, so a page's SQL pastes into psql as is. A
+ * statement whose line ends in a comment starting `-- true`, `-- false` or `-- 7` must return
+ * that as its first column.
+ */
+function statements(code: string): Array<{ text: string; gset: boolean; result?: string }> {
+  const out: Array<{ text: string; gset: boolean; result?: string }> = [];
   let buf: string[] = [];
   for (const line of code.split("\n")) {
     buf.push(line);
@@ -135,8 +139,9 @@ function statements(code: string): Array<{ text: string; gset: boolean }> {
     const gset = bare.endsWith("\\gset");
     if (gset || bare.endsWith(";")) {
       const text = buf.join("\n").replace(/\\gset\s*(--.*)?$/, "");
+      const result = /--\s*(true|false|-?\d+)(?=$|[\s:])/.exec(line)?.[1];
       buf = [];
-      out.push({ text, gset });
+      out.push(result === undefined ? { text, gset } : { text, gset, result });
     }
   }
   if (buf.join("").trim() !== "") out.push({ text: buf.join("\n"), gset: false });
@@ -186,6 +191,10 @@ describe("SQL snippets", () => {
             if (st.gset) {
               if (rows.length !== 1) throw new Error(`\\gset needs one row, got ${rows.length}`);
               for (const [k, v] of Object.entries(rows[0] as object)) vars.set(k, String(v));
+            }
+            if (st.result !== undefined) {
+              const got = rows[0] ? String(Object.values(rows[0] as object)[0]) : "no row";
+              if (got !== st.result) throw new Error(`expected ${st.result}, got ${got}`);
             }
             if (expected && last) throw new Error(`expected SQLSTATE ${expected}, but it ran`);
           } catch (err) {
