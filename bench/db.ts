@@ -6,8 +6,8 @@ import { type EmbeddedServer, startEmbedded } from "../test/support/postgres.js"
 export { withDatabase };
 
 /** The benchmark's one server: embedded Postgres with fsync ON (commits cost a real flush). */
-export async function startBenchServer(): Promise<EmbeddedServer> {
-  return await startEmbedded(["-c", "fsync=on", "-c", "synchronous_commit=on"]);
+export async function startBenchServer(flags: string[] = []): Promise<EmbeddedServer> {
+  return await startEmbedded(["-c", "fsync=on", "-c", "synchronous_commit=on", ...flags]);
 }
 
 /** Creates an empty database and returns its URL; each scenario and system gets its own. */

@@ -1,4 +1,4 @@
-// npm run bench [-- --quick] [-- --only wake,throughput,throughput4,...] [-- --fleet N]
+// npm run bench [-- --quick] [-- --only wake,throughput,throughput4,cost,...] [-- --fleet N]
 // [-- --only storage --minutes N] (the storage soak, never in a quick or full run): holdfast
 // side by side with graphile-worker, pg-boss and a model of the deriver's stale-timeout scheme,
 // on one embedded Postgres (fsync on). A full run writes bench/results.json and
@@ -35,6 +35,7 @@ import { DeriverSystem } from "./systems/deriver.js";
 import { HoldfastSystem } from "./systems/holdfast.js";
 import { benchSystems } from "./systems/index.js";
 import { loadPeers } from "./systems/peers.js";
+import { renderTaskCost, type TaskCostResult, taskCost, taskCostServerFlags } from "./task-cost.js";
 import {
   type OverlapCheckResult,
   overlapCheck,
@@ -259,6 +260,25 @@ async function main(): Promise<void> {
         peers: peers.schedulePeers,
       });
     }
+    if (want("cost")) {
+      // Its own server: pg_stat_statements must be preloaded, and track_functions costs the
+      // function-heavy systems time the other sections must not pay.
+      section("per-task cost (WAL, rows, index entries, statements)…");
+      const costServer = await startBenchServer(taskCostServerFlags);
+      try {
+        results.cost = [];
+        const costSystems = systems.filter((make) => {
+          const label = make().label;
+          return label.startsWith("holdfast (prefetch") || label === "graphile-worker (tuned)";
+        });
+        for (const make of costSystems) {
+          results.cost.push(await taskCost(costServer.url, make(), quick ? 2_000 : 5_000));
+          log(`  ${JSON.stringify(results.cost.at(-1))}`);
+        }
+      } finally {
+        await costServer.stop();
+      }
+    }
     if (only?.has("storage")) {
       results.storage = [];
       for (const retention of ["1 minute", null]) {
@@ -315,6 +335,7 @@ interface Results {
   fleet?: FleetResult;
   schedules?: ScheduleBenchResult;
   storage?: StorageResult[];
+  cost?: TaskCostResult[];
 }
 
 /** The cells a one-process and a 4-process throughput row share. */
@@ -335,6 +356,10 @@ function render(r: Results): string {
   out.push(
     `machine: ${m.cpus}, ${m.memoryGiB} GiB, ${m.node}, ${m.postgres}, fsync ${m.fsync}${m.quick ? ", --quick" : ""}`,
   );
+  if (r.cost) {
+    out.push("", "Per task, from the server (distinct keys, one worker, concurrency 10)");
+    out.push(renderTaskCost(r.cost));
+  }
   if (r.storage) {
     out.push(
       "",

@@ -44,6 +44,12 @@ export interface BenchResults {
     note: string;
   }>;
   claimScale?: Array<Summary & { pending: number }>;
+  cost?: Array<{
+    system: string;
+    tasks: number;
+    enqueue: PhaseCost;
+    drain: PhaseCost;
+  }>;
   featureCost?: Array<Summary & { op: string; variant: string }>;
   checkpointCost?: Array<Summary & { variant: string }>;
   resources?: Array<{
@@ -127,6 +133,18 @@ function find<T extends { system: string }>(rows: T[], system: string, extra?: (
   const row = rows.find((r) => r.system === system && (extra?.(r) ?? true));
   if (!row) throw new Error(`bench-tables: no row for ${system} in bench/results.json`);
   return row;
+}
+
+/** Per task, one phase of bench/task-cost.ts. */
+interface PhaseCost {
+  walBytes: number;
+  heapInserts: number;
+  heapUpdates: number;
+  hotUpdates: number;
+  heapDeletes: number;
+  btreeEntries: number;
+  commits: number;
+  statements: number;
 }
 
 /** Every generated block, by marker name. */
@@ -343,6 +361,40 @@ export function blocks(r: BenchResults): Record<string, string> {
       out.schedules += `\n\nholdfast, leader killed → next leader elected: ${reelect.map(sec).join(", ")} s.`;
     }
   }
+  out.taskCost = r.cost
+    ? table(
+        [
+          "system",
+          "phase",
+          "WAL bytes",
+          "heap inserts",
+          "updates",
+          "of them HOT",
+          "deletes",
+          "btree entries",
+          "commits",
+          "statements",
+        ],
+        r.cost.flatMap((c) =>
+          (["enqueue", "drain"] as const).map((phase) => {
+            const p = c[phase];
+            return [
+              c.system,
+              phase,
+              int(Math.round(p.walBytes)),
+              f(p.heapInserts),
+              f(p.heapUpdates + p.hotUpdates),
+              f(p.hotUpdates),
+              f(p.heapDeletes),
+              f(p.btreeEntries),
+              f(p.commits, 3),
+              f(p.statements, 3),
+            ];
+          }),
+        ),
+        [0, 1],
+      )
+    : "Not in this run: `npm run bench -- --only cost` measures it.";
   return out;
 }
 

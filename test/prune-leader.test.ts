@@ -26,7 +26,7 @@ describe("pruning, a duty of the sweep leader", () => {
   });
 
   it("the leader prunes in batches, counts rows per table, and leaves unexpired work", async () => {
-    await hf.defineKind("gone", { retention: { succeeded: 0 } });
+    await hf.defineKind("gone", { retention: { succeeded: 1 } });
     await hf.defineKind("kept"); // 1 day
     const metrics = new HoldfastMetrics(undefined);
     const worker = hf.worker({
@@ -185,7 +185,8 @@ describe("a leader SIGKILLed while quiet with a prune due", () => {
   it("a follower leads by the quiet deadline and prunes", async () => {
     const db = procs.db;
     const hf = new Holdfast({ pool: db.pool, logger: silent });
-    await hf.defineKind("job", { retention: { succeeded: 1_000 } });
+    // Long enough that the leader, pruning one retention after the task ran, is killed first.
+    await hf.defineKind("job", { retention: { succeeded: 20_000 } });
     const a = await procs.start("a");
     const b = await procs.start("b");
     const [leader, follower] = a.events.some((e) => e.event === "leader") ? [a, b] : [b, a];
@@ -198,8 +199,8 @@ describe("a leader SIGKILLed while quiet with a prune due", () => {
       "the task succeeded",
     );
     const since = Date.now();
-    // Quiet, advertising the prune due in 1 s (no sooner than a minute ahead): the deadline a
-    // follower trusts. The leader dies before its own timer prunes (pruneIntervalMs 60 s).
+    // Quiet, advertising the prune due in 20 s (no sooner than a minute ahead): the deadline a
+    // follower trusts. The leader dies before its own timer prunes (20 s after the task ran).
     const quiet = await leader.waitFor(
       (e) => e.event === "quiet" && e.leader === true && e.at >= since,
       15_000,

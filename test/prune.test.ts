@@ -125,7 +125,7 @@ describe("retention settings", () => {
 
 describe("prune", () => {
   it("deletes finished tasks past their kind's retention for their end state, with their attempts", async () => {
-    await hf.defineKind("pa", { retention: { succeeded: 0, cancelled: "1 hour", failed: null } });
+    await hf.defineKind("pa", { retention: { succeeded: 1, cancelled: "1 hour", failed: null } });
     await hf.defineKind("pb"); // defaults: 1 day, 7 days, 30 days
     const aOk = await finished("pa", "pa:1", "succeeded");
     const aCancelled = await finished("pa", "pa:2", "cancelled");
@@ -168,7 +168,7 @@ describe("prune", () => {
   });
 
   it("does one bounded batch per call", async () => {
-    await hf.defineKind("pbatch", { retention: { succeeded: 0 } });
+    await hf.defineKind("pbatch", { retention: { succeeded: 1 } });
     for (let i = 0; i < 5; i++) await finished("pbatch", `pbatch:${i}`, "succeeded");
     const n = await prune(2); // 2 tasks, their 2 attempts, their 2 keys
     expect(n).toBe(6);
@@ -178,7 +178,7 @@ describe("prune", () => {
   });
 
   it("keeps fences monotonic across a pruned and recreated key: a zombie's old fence is refused", async () => {
-    await hf.defineKind("fz", { retention: { succeeded: 0 } });
+    await hf.defineKind("fz", { retention: { succeeded: 1 } });
     const zombie = await session();
     await zombie.query("select holdfast.enqueue('fz', 'fz:k')");
     const z = await claim(zombie, "fz");
@@ -212,7 +212,7 @@ describe("prune", () => {
   it("keeps fences monotonic across a pruned key whose fences ran ahead of the clock", async () => {
     // Fences track the clock; a key claimed while the server's clock was an hour ahead (a
     // failover, a clock step back) holds fences the clock will not reach for an hour.
-    await hf.defineKind("fc", { retention: { succeeded: 0 } });
+    await hf.defineKind("fc", { retention: { succeeded: 1 } });
     const c = await session();
     await c.query("select holdfast.enqueue('fc', 'fc:k')");
     await c.query(
@@ -233,7 +233,7 @@ describe("prune", () => {
 
   it("keeps a key's minimum interval after its last success was pruned", async () => {
     const intervalMs = 2_000;
-    await hf.defineKind("mi", { minInterval: intervalMs, retention: { succeeded: 0 } });
+    await hf.defineKind("mi", { minInterval: intervalMs, retention: { succeeded: 1 } });
     const c = await session();
     await finished("mi", "mi:k", "succeeded");
     await pruneAll();
@@ -268,7 +268,7 @@ describe("prune", () => {
   });
 
   it("never waits for a lock an enqueue holds, and the enqueued task keeps its key", async () => {
-    await hf.defineKind("pe", { retention: { succeeded: 0 } });
+    await hf.defineKind("pe", { retention: { succeeded: 1 } });
     const old = await finished("pe", "pe:k", "succeeded");
     const producer = await session();
     await producer.query("begin");
@@ -287,7 +287,7 @@ describe("prune", () => {
   });
 
   it("a key held during a batch keeps its last task for a later batch, and leaves with it", async () => {
-    await hf.defineKind("ph", { retention: { succeeded: 0, cancelled: 0 } });
+    await hf.defineKind("ph", { retention: { succeeded: 1, cancelled: 0 } });
     await finished("ph", "ph:k", "succeeded");
     await finished("ph", "ph:k", "cancelled");
     // A handler's fenced write (assert_fence's row lock) on the key while a batch runs.
@@ -303,7 +303,7 @@ describe("prune", () => {
   });
 
   it("an enqueue whose key row is deleted between its insert and its lock creates it again", async () => {
-    await hf.defineKind("pr", { retention: { succeeded: 0 } });
+    await hf.defineKind("pr", { retention: { succeeded: 1 } });
     await finished("pr", "pr:k", "succeeded");
     await db.pool.query("delete from holdfast.tasks where kind = 'pr'");
     // A prune batch at the moment it holds the key row (as prune_rows does before its delete).
@@ -333,7 +333,7 @@ describe("prune", () => {
   });
 
   it("enqueues, claims and completions racing prunes of the same keys lose nothing", async () => {
-    await hf.defineKind("prace", { retention: { succeeded: 0 } });
+    await hf.defineKind("prace", { retention: { succeeded: 1 } });
     const stopAt = Date.now() + 3_000;
     const keys = ["prace:a", "prace:b", "prace:c"];
     let pruned = 0;
@@ -372,5 +372,59 @@ describe("prune", () => {
       "select (select count(*)::int from holdfast.tasks where kind = 'prace') as tasks, (select count(*)::int from holdfast.keys where key like 'prace:%') as keys",
     );
     expect(left[0]).toEqual({ tasks: 0, keys: 0 });
+  });
+});
+
+describe("a succeeded retention of 0: the task leaves at completion", () => {
+  it("deletes the task with no attempt row, and the pruner takes its emptied key row with the fence floor", async () => {
+    await hf.defineKind("instant", { retention: { succeeded: 0 } });
+    const c = await session();
+    await c.query("select holdfast.enqueue('instant', 'inst:1')");
+    const first = await claim(c, "instant");
+    await c.query("select holdfast.complete($1, $2)", [first.id, first.fence]);
+    const { rows: gone } = await db.pool.query(
+      `select (select count(*)::int from holdfast.tasks where id = $1) as tasks,
+              (select count(*)::int from holdfast.attempts where task_id = $1) as attempts,
+              (select emptied_at is not null from holdfast.keys where key = 'inst:1') as emptied`,
+      [first.id],
+    );
+    expect(gone[0]).toEqual({ tasks: 0, attempts: 0, emptied: true });
+    // The next batch takes the key row (found through keys_emptied, no task to prune).
+    expect(await prune()).toBeGreaterThan(0);
+    const { rows: keyLeft } = await db.pool.query(
+      "select count(*)::int as n from holdfast.keys where key = 'inst:1'",
+    );
+    expect(keyLeft[0].n).toBe(0);
+    // The key again: a higher fence, and the first run's fence is refused.
+    await c.query("select holdfast.enqueue('instant', 'inst:1')");
+    const second = await claim(c, "instant");
+    expect(BigInt(second.fence)).toBeGreaterThan(BigInt(first.fence));
+    await expect(
+      db.pool.query("select holdfast.assert_fence('inst:1', $1)", [first.fence]),
+    ).rejects.toMatchObject({ code: "HF004" });
+    await c.query("select holdfast.complete($1, $2)", [second.id, second.fence]);
+  });
+
+  it("a key with another task queued is not marked empty, and its next task runs", async () => {
+    await hf.defineKind("instant2", { retention: { succeeded: 0 } });
+    const c = await session();
+    await c.query("select holdfast.enqueue('instant2', 'inst:2')");
+    await c.query("select holdfast.enqueue('instant2', 'inst:2')");
+    const a = await claim(c, "instant2");
+    await c.query("select holdfast.complete($1, $2)", [a.id, a.fence]);
+    const { rows } = await db.pool.query(
+      "select emptied_at is null as kept from holdfast.keys where key = 'inst:2'",
+    );
+    expect(rows[0].kept).toBe(true);
+    const b = await claim(c, "instant2");
+    expect(BigInt(b.id)).toBeGreaterThan(BigInt(a.id));
+    await c.query("select holdfast.complete($1, $2)", [b.id, b.fence]);
+    // Emptied now; an enqueue before the batch clears the mark and the pruner keeps the key.
+    await c.query("select holdfast.enqueue('instant2', 'inst:2')");
+    await pruneAll();
+    const { rows: after } = await db.pool.query(
+      "select emptied_at is null as kept, head_id is not null as headed from holdfast.keys where key = 'inst:2'",
+    );
+    expect(after[0]).toEqual({ kept: true, headed: true });
   });
 });

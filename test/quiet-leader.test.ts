@@ -111,6 +111,7 @@ describe("Sweeper quiet rules", () => {
           dueNow?.();
         },
         quiet: (until, leader) => events.quiet.push({ until, leader }),
+        elected: () => {},
       },
     );
     const nextDue = () => new Promise<void>((resolve) => (dueNow = resolve));
@@ -216,6 +217,10 @@ describe("a quiet sweep leader SIGKILLed", () => {
       ),
     );
     expect(survivors.map((p) => p.name)).toContain(second.worker);
+    // Attempt 2 started after a sweep requeued it, so some follower had been elected. Lines of
+    // different processes reach this process in no set order (a busy machine delays one pipe
+    // behind another): wait for that follower's line instead of reading what has arrived.
+    await Promise.race(followers.map((p) => p.waitFor((e) => e.event === "leader", 10_000)));
     const elections = followers.flatMap((p) => p.events.filter((e) => e.event === "leader"));
     expect(elections.length).toBeGreaterThan(0);
     // Quiet followers did not try to lead before there was work.

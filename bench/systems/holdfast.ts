@@ -17,8 +17,14 @@ export class HoldfastSystem implements QueueSystem {
   private workers: Holdfast[] = [];
   private url = "";
 
-  constructor(private readonly tuned = false) {
-    this.label = tuned ? "holdfast (prefetch)" : "holdfast";
+  /** keep: whether successes are kept (the default day) or leave at completion (retention 0,
+   *  graphile-worker's own behaviour: the like-for-like row). */
+  constructor(
+    private readonly tuned = false,
+    private readonly keep = true,
+  ) {
+    const notes = [...(tuned ? ["prefetch"] : []), ...(keep ? [] : ["retention 0"])];
+    this.label = notes.length > 0 ? `holdfast (${notes.join(", ")})` : "holdfast";
   }
 
   async setup(url: string): Promise<void> {
@@ -27,7 +33,11 @@ export class HoldfastSystem implements QueueSystem {
     quietPool(this.pool);
     this.hf = new Holdfast({ pool: this.pool, logger: silent });
     await this.hf.migrate();
-    await this.pool.query("select holdfast.define_kind('noop')");
+    await this.pool.query(
+      this.keep
+        ? "select holdfast.define_kind('noop')"
+        : "select holdfast.define_kind('noop', retain_succeeded => interval '0')",
+    );
   }
 
   attach(url: string): void {

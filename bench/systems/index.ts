@@ -12,6 +12,7 @@ export function benchSystems(peers: Peers): Array<() => QueueSystem> {
   return [
     () => new HoldfastSystem(),
     () => new HoldfastSystem(true),
+    () => new HoldfastSystem(true, false),
     () => new peers.GraphileSystem(false),
     () => new peers.GraphileSystem(true),
     () => new peers.PgBossSystem(false),

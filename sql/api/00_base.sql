@@ -70,6 +70,8 @@ select holdfast._grant('execute', 'function holdfast.lock_id(text)',
 -- first fence is also above every deleted key row's (fence_floor), whatever the clock says.
 -- (The floor is read only then: a key row is deleted, and its floor raised, in one commit
 -- that precedes the commit creating the row again, so a claim that sees the row sees it.)
+-- claim writes this rule out in its statement (one clock reading and floor read per claim,
+-- not a call per key): a change here is a change there.
 create function holdfast._next_fence(current bigint) returns bigint
   language sql volatile
   as $$ select greatest(current + 1, (extract(epoch from clock_timestamp()) * 1000)::bigint * 1024,

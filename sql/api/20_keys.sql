@@ -51,6 +51,9 @@ create function holdfast._refresh_keys(ks text[], requeue boolean default false)
 begin
   update holdfast.keys k set
     busy = exists (select 1 from holdfast.tasks t where t.key = k.key and t.state = 'running'),
+    -- Left without any task (a success deleted at completion): for the pruner to take.
+    emptied_at = case when exists (select 1 from holdfast.tasks t where t.key = k.key) then null
+                      else coalesce(k.emptied_at, now()) end,
     (head_id, head_kind, head_priority, head_run_at) = (
       select t.id, t.kind, t.priority,
         greatest(t.run_at, kk.last_succeeded_at + kd.min_interval, case when requeue then now() end)

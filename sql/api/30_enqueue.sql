@@ -134,6 +134,7 @@ begin
      or (enqueue_task.priority, v_run_at, v_id) < (v_head.priority, v_head.place_at, v_head.id) then
     update holdfast.keys k
     set head_id = v_id, head_kind = enqueue_task.kind, head_priority = enqueue_task.priority,
+        emptied_at = null,
         head_run_at = greatest(v_run_at, holdfast._interval_bound(enqueue_task.key, enqueue_task.kind))
     where k.key = enqueue_task.key;
   end if;

@@ -54,11 +54,16 @@ begin
     limit least(max_tasks, coalesce(max_keys, max_tasks))
   )
   select array_agg(c.key order by c.head_priority, c.head_run_at, c.head_id),
-         array_agg(holdfast._next_fence(c.fence) order by c.head_priority, c.head_run_at, c.head_id),
+         -- _next_fence, written out: one clock reading and one read of the floor per claim
+         -- (in this statement's snapshot, as the key rows are), not a function call per key.
+         array_agg(greatest(c.fence + 1, n.clock,
+                            case when c.fence = 0 then (select f.fence + 1 from holdfast.fence_floor f) end)
+                   order by c.head_priority, c.head_run_at, c.head_id),
          array_agg(c.head_kind order by c.head_priority, c.head_run_at, c.head_id),
          bool_or(c.capped)
   into v_keys, v_fences, v_kinds, v_capped
-  from c where pg_try_advisory_lock(c.lock_id);
+  from c cross join (select (extract(epoch from clock_timestamp()) * 1000)::bigint * 1024 as clock) n
+  where pg_try_advisory_lock(c.lock_id);
   if v_keys is null then
     return;
   end if;

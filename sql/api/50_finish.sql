@@ -69,6 +69,8 @@ begin
   t as (
     select t.id, t.key, t.kind, t.attempt, t.fence, t.worker, t.holder_pid, t.started_at, t.slot,
       n.next, kd.strict_order, kd.min_interval, kd.keep_checkpoint,
+      -- A success of a kind that keeps none is deleted now, as pruning would at once.
+      n.next = 'succeeded' and kd.retain_succeeded = interval '0' as gone,
       -- A failed attempt to be retried waits out its backoff until retry_at. Tasks of one batch
       -- share a fence and may be reported one by one: each takes the retry time of those
       -- already reported, so the batch is due, and claimed again, whole.
@@ -106,7 +108,10 @@ begin
       -- a retry, a dead letter or a cancel keeps it: a later attempt resumes from it.
       checkpoint = case when t.next = 'succeeded' and not t.keep_checkpoint then null
                         else u.checkpoint end
-    from t where u.id = t.id
+    from t where u.id = t.id and not t.gone
+  ),
+  gone as (
+    delete from holdfast.tasks g using t where g.id = t.id and t.gone
   ),
   att as (
     insert into holdfast.attempts as a (task_id, attempt, fence, worker, pid, started_at,
@@ -115,7 +120,7 @@ begin
     select t.id, t.attempt, t.fence, t.worker, t.holder_pid, coalesce(t.started_at, now()), now(),
       case when t.next = 'cancelled' then 'cancelled' else _finish_many.outcome end,
       _finish_many.error
-    from t where _finish_many.outcome <> 'released'
+    from t where _finish_many.outcome <> 'released' and not t.gone
     -- An attempt that was running when this migration ran has its row already.
     on conflict (task_id, attempt) do update set finished_at = excluded.finished_at,
       outcome = excluded.outcome, error = excluded.error

@@ -30,6 +30,7 @@ declare
   v_empty text[];
   v_locked text[];
   v_floor bigint;
+  v_emptied text[];
 begin
   tasks := 0; attempts := 0; keys := 0; key_kinds := 0;
   if max_rows is null or max_rows < 1 then
@@ -79,6 +80,12 @@ begin
     v_kk_kinds := v_kk_kinds || v_more_kinds;
   end loop;
 
+  -- Key rows completions left without a task (a success deleted at completion), oldest first;
+  -- one whose mark is stale (a task was enqueued since) is kept below and its mark cleared.
+  v_emptied := array(select k.key from holdfast.keys k where k.emptied_at is not null
+    order by k.emptied_at limit max_rows);
+  v_keys := v_keys || v_emptied;
+
   -- Keys this batch leaves with nothing (no task, no key_kinds row but those it deletes): their
   -- rows go too, so each is locked without waiting first. A key someone holds (an enqueue, a
   -- retry of its task, an assert_fence) keeps its rows for a later batch: deleting only its
@@ -114,6 +121,13 @@ begin
     get diagnostics key_kinds = row_count;
   end if;
 
+  if cardinality(v_emptied) > cardinality(v_locked) then
+    update holdfast.keys k set emptied_at = null
+    from (select s.key from holdfast.keys s
+          where s.key = any (v_emptied) and s.key <> all (v_empty) and s.emptied_at is not null
+          for update of s skip locked) s
+    where k.key = s.key;
+  end if;
   if cardinality(v_locked) = 0 then
     return next;
     return;
@@ -153,6 +167,7 @@ select holdfast._grant('execute', 'function holdfast.prune(int)', 'holdfast_work
 create function holdfast.prune_due() returns timestamptz
   language sql volatile security definer set search_path = pg_catalog, pg_temp as $$
   select coalesce(least(
+    (select min(k.emptied_at) from holdfast.keys k where k.emptied_at is not null),
     (select min(x.at) from holdfast.kinds kd
      cross join lateral (values ('succeeded', kd.retain_succeeded),
                                 ('cancelled', kd.retain_cancelled),

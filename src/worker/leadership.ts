@@ -49,6 +49,7 @@ export class Leadership {
       {
         due: () => this.requestSweep(),
         quiet: (until, leader) => on.quiet(Number.isFinite(until) ? new Date(until) : null, leader),
+        elected: () => on.elected(),
       },
     );
     this.ticker = new ScheduleTicker(logger, () => this.requestSchedules(), on.scheduleFired);
@@ -140,7 +141,6 @@ export class Leadership {
       this.sweepDue = false;
       const result = await this.sweeper.tick(session);
       if (result.elected) {
-        this.on.elected();
         this.ticker.invalidate();
         this.scheduleDue = true;
         this.pruner.start();

@@ -24,6 +24,9 @@ export interface SweeperCallbacks {
   /** This worker stopped expecting sweeps until `until` (ms epoch, Infinity: until woken):
    *  the leader skips its timer sweeps, a follower expects no heartbeat. */
   quiet(until: number, leader: boolean): void;
+  /** Won the election: called before the first sweep, so whatever that sweep sets off (a
+   *  takeover by another worker) comes after the news that this worker leads. */
+  elected(): void;
 }
 
 /** Timers cannot wait longer than ~24.8 days; a longer watch fires early and re-arms. */
@@ -205,7 +208,10 @@ export class Sweeper {
       this.followerQuiet = false;
       this.leader = elected = true;
     }
-    if (elected) this.logger.info({ event: "leader" }, "holdfast: elected to sweep orphaned tasks");
+    if (elected) {
+      this.logger.info({ event: "leader" }, "holdfast: elected to sweep orphaned tasks");
+      this.on.elected();
+    }
     const [row] = await session.query<{
       requeued: number;
       previous: PreviousHolder[] | null;
