@@ -175,11 +175,12 @@ export function resolveWorkerOptions(opts: WorkerOptions): ResolvedWorkerOptions
           `holdfast: the handler of kind ${JSON.stringify(kind)} must be a function`,
         );
       }
-      // A worker states the batch size its handler takes: 1 for a single-task handler.
+      // A single-task handler declares no batch size: the stored one stays (hf.defineKind owns
+      // it; a batch claimed for this worker runs task by task under its lock, see runs.ts).
       const params = kindParams(kind, { ...def, batch: undefined }, ConfigError);
       kinds.set(kind, {
         kind,
-        params: { ...params, batchMax: 1 },
+        params,
         batchMax: 1,
         handler: def.handler,
         batch: false,
