@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { Holdfast, type Task, UnknownKindError } from "../src/index.js";
+import { kindNamePattern } from "../src/options.js";
 import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
 import { captureLogger } from "./support/log-capture.js";
 import { until } from "./support/wait.js";
@@ -107,4 +108,15 @@ it("two workers declaring different settings for a kind: each start that changes
     await hfA.close();
     await hfB.close();
   }
+});
+
+it("the kind name pattern is one: the table's check, define_kind's and the worker options' agree", async () => {
+  const { rows } = await db.pool.query(`select
+      (select string_agg(pg_get_constraintdef(c.oid), ' ') from pg_constraint c
+       where c.conrelid = 'holdfast.kinds'::regclass and c.contype = 'c') as "check",
+      (select p.prosrc from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+       where n.nspname = 'holdfast' and p.proname = 'define_kind') as define_kind`);
+  const literal = `'${kindNamePattern.source}'`;
+  expect(rows[0].check).toContain(literal);
+  expect(rows[0].define_kind).toContain(literal);
 });
