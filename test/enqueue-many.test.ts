@@ -147,7 +147,24 @@ it("one bad item refuses the whole call with its index, and nothing is written",
     expect((err as Error).message).toContain(`tasks[${index}]`);
   }
   expect(await counts()).toEqual(before);
-  // A dedupe key pending on another key, from SQL: the index is in the error's detail.
+  // From SQL: the index is in the error's detail, and a wrong shape is named too.
+  const sqlCases: Array<[unknown[], number, RegExp]> = [
+    [[{ key: "a" }, { key: 5 }], 1, /key must be a string/],
+    [[{ key: "a" }, { key: "b" }, 3], 2, /object/],
+    [[{ key: "a", dedupeKey: "x" }], 0, /unknown field 'dedupeKey'/],
+    [[{ key: "a" }, { key: "b", priority: "high" }], 1, /priority/],
+    [[{ key: "a" }, { key: "b", run_at: "soon" }], 1, /timestamp/],
+    [[{ key: "a" }, { key: "b", max_attempts: 3e10 }], 1, /range/],
+  ];
+  for (const [batch, index, message] of sqlCases) {
+    const e = await t.db.pool
+      .query("select * from holdfast.enqueue_many('bulk', $1::jsonb)", [JSON.stringify(batch)])
+      .catch((err: { code: string; detail: string; message: string }) => err);
+    expect(e).toMatchObject({ code: "HF002", message: expect.stringMatching(message) });
+    expect(JSON.parse((e as { detail: string }).detail)).toEqual({ index });
+  }
+  expect(await counts()).toEqual(before);
+  // A dedupe key pending on another key.
   await t.hf.enqueue("bulk", { key: "owner", dedupeKey: "taken" });
   const before2 = await counts();
   const sqlErr = await t.db.pool

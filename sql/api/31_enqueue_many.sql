@@ -19,6 +19,8 @@ declare
   v_kind holdfast.kinds;
   v_seq regclass := pg_get_serial_sequence('holdfast.tasks', 'id')::regclass;
   v_index int;
+  v_parse_failed boolean := false;
+  v_deduping boolean;
   v_bad text;
   v_hint text;
   -- The items, in input order.
@@ -32,6 +34,7 @@ declare
   v_deb interval[];
   v_mw interval[];
   v_keys text[];
+  v_created text[];
   v_locked int;
   -- One per dedupe key of the batch: its first item, its pending task (if any), the folded
   -- payload and start, and the start before the fold.
@@ -60,45 +63,63 @@ begin
     return;
   end if;
 
-  -- Shapes first, so that no cast below meets a wrong JSON type; the first bad item is named.
-  select e.ord - 1, c.msg into v_index, v_bad
-  from jsonb_array_elements(tasks) with ordinality e (t, ord)
-  cross join lateral (select case
-    when jsonb_typeof(e.t) <> 'object' then 'must be an object with a key'
-    when jsonb_typeof(e.t -> 'key') is distinct from 'string' then 'key must be a string'
-    when jsonb_typeof(e.t -> 'run_at') not in ('string', 'null') then 'run_at must be a timestamp string'
-    when jsonb_typeof(e.t -> 'priority') not in ('number', 'null') then 'priority must be an integer'
-    when jsonb_typeof(e.t -> 'max_attempts') not in ('number', 'null') then 'max_attempts must be an integer'
-    when jsonb_typeof(e.t -> 'dedupe_key') not in ('string', 'null') then 'dedupe_key must be a string'
-    when jsonb_typeof(e.t -> 'on_dedupe') not in ('string', 'null') then 'on_dedupe must be a string'
-    when jsonb_typeof(e.t -> 'debounce') not in ('string', 'null') then 'debounce must be an interval string'
-    when jsonb_typeof(e.t -> 'max_wait') not in ('string', 'null') then 'max_wait must be an interval string'
-    else (select format('unknown field %L (fields: key, payload, run_at, priority, dedupe_key, '
-                        'max_attempts, on_dedupe, debounce, max_wait)', f)
-          from jsonb_object_keys(e.t) f
-          where f not in ('key', 'payload', 'run_at', 'priority', 'dedupe_key', 'max_attempts',
-                          'on_dedupe', 'debounce', 'max_wait') limit 1)
-  end as msg) c
-  where c.msg is not null
-  order by e.ord limit 1;
+  -- One pass parses the items into arrays, in input order, and notes the first item of a
+  -- wrong shape (a field of the wrong JSON type, an unknown field: a misspelt dedupe_key must
+  -- not silently not dedupe). Only when there is one, or a cast failed (a malformed
+  -- timestamp, interval or integer), does a second pass name the item and say what is wrong.
+  begin
+    select array_agg(e.t ->> 'key' order by e.ord),
+      array_agg(case when e.t ? 'payload' then e.t -> 'payload' else '{}' end order by e.ord),
+      array_agg((e.t ->> 'run_at')::timestamptz order by e.ord),
+      array_agg(coalesce((e.t ->> 'priority')::int, 0) order by e.ord),
+      array_agg(e.t ->> 'dedupe_key' order by e.ord),
+      array_agg((e.t ->> 'max_attempts')::int order by e.ord),
+      array_agg(coalesce(e.t ->> 'on_dedupe', 'keep') order by e.ord),
+      array_agg((e.t ->> 'debounce')::interval order by e.ord),
+      array_agg((e.t ->> 'max_wait')::interval order by e.ord),
+      min(e.ord) filter (where case when jsonb_typeof(e.t) <> 'object' then true else
+        jsonb_typeof(e.t -> 'key') is distinct from 'string'
+        or jsonb_typeof(e.t -> 'run_at') not in ('string', 'null')
+        or jsonb_typeof(e.t -> 'priority') not in ('number', 'null')
+        or jsonb_typeof(e.t -> 'max_attempts') not in ('number', 'null')
+        or jsonb_typeof(e.t -> 'dedupe_key') not in ('string', 'null')
+        or jsonb_typeof(e.t -> 'on_dedupe') not in ('string', 'null')
+        or jsonb_typeof(e.t -> 'debounce') not in ('string', 'null')
+        or jsonb_typeof(e.t -> 'max_wait') not in ('string', 'null')
+        or e.t - array['key', 'payload', 'run_at', 'priority', 'dedupe_key', 'max_attempts',
+                       'on_dedupe', 'debounce', 'max_wait'] <> '{}' end),
+      count(e.t ->> 'dedupe_key') > 0
+    into v_key, v_payload, v_at, v_priority, v_dkey, v_max, v_op, v_deb, v_mw, v_index,
+      v_deduping
+    from jsonb_array_elements(tasks) with ordinality e (t, ord);
+  exception when invalid_text_representation or invalid_datetime_format
+      or datetime_field_overflow or interval_field_overflow or numeric_value_out_of_range
+      or invalid_parameter_value then
+    v_parse_failed := true;
+  end;
 
-  if v_bad is null then
-    -- A malformed timestamp, interval or integer fails this statement; the handler then casts
-    -- item by item to name it (on that error path only).
-    begin
-      select array_agg(e.t ->> 'key' order by e.ord),
-        array_agg(case when e.t ? 'payload' then e.t -> 'payload' else '{}' end order by e.ord),
-        array_agg((e.t ->> 'run_at')::timestamptz order by e.ord),
-        array_agg(coalesce((e.t ->> 'priority')::int, 0) order by e.ord),
-        array_agg(e.t ->> 'dedupe_key' order by e.ord),
-        array_agg((e.t ->> 'max_attempts')::int order by e.ord),
-        array_agg(coalesce(e.t ->> 'on_dedupe', 'keep') order by e.ord),
-        array_agg((e.t ->> 'debounce')::interval order by e.ord),
-        array_agg((e.t ->> 'max_wait')::interval order by e.ord)
-      into v_key, v_payload, v_at, v_priority, v_dkey, v_max, v_op, v_deb, v_mw
-      from jsonb_array_elements(tasks) with ordinality e (t, ord);
-    exception when invalid_text_representation or invalid_datetime_format
-        or datetime_field_overflow or interval_field_overflow or numeric_value_out_of_range then
+  if v_index is not null or v_parse_failed then
+    select e.ord - 1, c.msg into v_index, v_bad
+    from jsonb_array_elements(tasks) with ordinality e (t, ord)
+    cross join lateral (select case
+      when jsonb_typeof(e.t) <> 'object' then 'must be an object with a key'
+      when jsonb_typeof(e.t -> 'key') is distinct from 'string' then 'key must be a string'
+      when jsonb_typeof(e.t -> 'run_at') not in ('string', 'null') then 'run_at must be a timestamp string'
+      when jsonb_typeof(e.t -> 'priority') not in ('number', 'null') then 'priority must be an integer'
+      when jsonb_typeof(e.t -> 'max_attempts') not in ('number', 'null') then 'max_attempts must be an integer'
+      when jsonb_typeof(e.t -> 'dedupe_key') not in ('string', 'null') then 'dedupe_key must be a string'
+      when jsonb_typeof(e.t -> 'on_dedupe') not in ('string', 'null') then 'on_dedupe must be a string'
+      when jsonb_typeof(e.t -> 'debounce') not in ('string', 'null') then 'debounce must be an interval string'
+      when jsonb_typeof(e.t -> 'max_wait') not in ('string', 'null') then 'max_wait must be an interval string'
+      else (select format('unknown field %L (fields: key, payload, run_at, priority, dedupe_key, '
+                          'max_attempts, on_dedupe, debounce, max_wait)', f)
+            from jsonb_object_keys(e.t) f
+            where f not in ('key', 'payload', 'run_at', 'priority', 'dedupe_key', 'max_attempts',
+                            'on_dedupe', 'debounce', 'max_wait') limit 1)
+    end as msg) c
+    where c.msg is not null
+    order by e.ord limit 1;
+    if v_bad is null then
       for r in select e.t, e.ord from jsonb_array_elements(tasks) with ordinality e (t, ord)
                order by e.ord loop
         begin
@@ -111,10 +132,10 @@ begin
         end;
         exit when v_bad is not null;
       end loop;
-      if v_bad is null then
-        raise;
-      end if;
-    end;
+    end if;
+    if v_bad is null then
+      perform holdfast._raise('HF002', 'holdfast: tasks could not be read as enqueue items');
+    end if;
   end if;
 
   -- The rules every enqueue checks (_task_error), then: a dedupe key belongs to one key.
@@ -128,7 +149,7 @@ begin
       is not null
     order by u.ord limit 1;
   end if;
-  if v_bad is null then
+  if v_bad is null and v_deduping then
     select u.ord - 1, format('dedupe key %L is on key %L earlier in the batch, not %L',
       u.dkey, f.key, u.key)
     into v_index, v_bad
@@ -157,19 +178,25 @@ begin
   from unnest(v_at, v_deb, v_mw) with ordinality u (at, deb, mw, ord);
 
   -- Key rows, created and locked in key order, so two batches never wait on each other in a
-  -- cycle; key rows before task rows, as everywhere. Rows pruned between the insert and the
-  -- lock are created again.
+  -- cycle; key rows before task rows, as everywhere. A row this call creates needs no lock:
+  -- no one sees it before we commit, and a concurrent insert of its key waits for us. Rows
+  -- pruned between the insert and the lock are created again.
   select array_agg(distinct k order by k) into v_keys from unnest(v_key) k;
   loop
-    insert into holdfast.keys (key, lock_id)
-    select k, holdfast.lock_id(k) from unnest(v_keys) k order by k
-    on conflict do nothing;
+    with c as (
+      insert into holdfast.keys (key, lock_id)
+      select k, holdfast.lock_id(k) from unnest(v_keys) k order by k
+      on conflict do nothing
+      returning key)
+    select coalesce(v_created, '{}') || coalesce(array_agg(c.key), '{}') into v_created from c;
     select count(*) into v_locked from (
-      select 1 from holdfast.keys k where k.key = any (v_keys) order by k.key for no key update) l;
-    exit when v_locked = cardinality(v_keys);
+      select 1 from holdfast.keys k join unnest(v_keys) u (key) on u.key = k.key
+      where not exists (select from unnest(v_created) c (key) where c.key = k.key)
+      order by k.key for no key update of k) l;
+    exit when v_locked + cardinality(v_created) = cardinality(v_keys);
   end loop;
 
-  if exists (select from unnest(v_dkey) d where d is not null) then
+  if v_deduping then
     -- Its key row is locked: a pending task of a dedupe key stays pending until we commit.
     select array_agg(f.dkey order by f.ord), array_agg(f.ord order by f.ord),
       array_agg(t.id order by f.ord),
