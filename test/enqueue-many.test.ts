@@ -214,3 +214,18 @@ it("10,000 items in one statement, ids in input order", async () => {
   );
   expect(heads.rows[0].wrong).toBe(0);
 });
+
+it("concurrent batches over the same keys, in different orders, all land (no deadlock)", async () => {
+  const keys = Array.from({ length: 50 }, (_, i) => `cc:${i}`);
+  const batch = (b: number) =>
+    Array.from({ length: 200 }, (_, i) => ({
+      key: keys[(i * (b + 1) * 7 + b) % keys.length] as string,
+      payload: { b, i },
+    })).reverse();
+  const results = await Promise.all([0, 1, 2, 3].map((b) => t.hf.enqueueMany("bulk", batch(b))));
+  expect(results.flat()).toHaveLength(800);
+  const { rows } = await t.db.pool.query(
+    "select count(*)::int as n from holdfast.tasks where key like 'cc:%'",
+  );
+  expect(rows[0].n).toBe(800);
+});
