@@ -7,6 +7,13 @@ import { mkdir, writeFile } from "node:fs/promises";
 import os from "node:os";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
+import {
+  type BulkEnqueueResult,
+  bulkEnqueue,
+  HoldfastBulk,
+  HoldfastLoop,
+  renderBulkEnqueue,
+} from "./bulk-enqueue.js";
 import { chartSvg } from "./chart.js";
 import { type CheckpointCostResult, checkpointCost, renderCheckpointCost } from "./checkpoint.js";
 import { type ClaimScaleResult, claimScale } from "./claim-scale.js";
@@ -226,6 +233,14 @@ async function main(): Promise<void> {
         note: "documented: a job still locked after 4 h is run again (not scalable)",
       });
     }
+    if (want("bulk")) {
+      section("bulk enqueue of 10,000 tasks…");
+      results.bulkEnqueue = await bulkEnqueue(
+        server.url,
+        [new HoldfastBulk(), new HoldfastLoop(), ...peers.bulkEnqueuers()],
+        { items: 10_000, keys: [100, 0], rounds: quick ? 3 : 5, log },
+      );
+    }
     if (want("claim")) {
       section("claim latency vs backlog…");
       results.claimScale = await claimScale(server.url, cfg.claimLevels, cfg.claimSamples);
@@ -331,6 +346,7 @@ interface Results {
   claimScale?: ClaimScaleResult[];
   featureCost?: FeatureCostResult[];
   checkpointCost?: CheckpointCostResult[];
+  bulkEnqueue?: BulkEnqueueResult[];
   resources?: ResourceResult[];
   fleet?: FleetResult;
   schedules?: ScheduleBenchResult;
@@ -519,6 +535,10 @@ function render(r: Results): string {
   if (r.checkpointCost) {
     out.push("", "Cost of a checkpoint call inside a running handler, fsync on (ms)");
     out.push(renderCheckpointCost(r.checkpointCost));
+  }
+  if (r.bulkEnqueue) {
+    out.push("", "Bulk enqueue: one call adding 10,000 tasks, committed (fsync on)");
+    out.push(renderBulkEnqueue(r.bulkEnqueue));
   }
   if (r.resources) {
     out.push("", "Idle worker process: connections it holds, transactions/s while idle");

@@ -36,6 +36,16 @@ export class InvalidArgumentError extends HoldfastError {
   }
 }
 
+/** One item of `hf.enqueueMany` (SQL enqueue_many) was refused, so the whole call was: nothing
+ *  was written. `index` is the item's position in the array given (0-based). */
+export class EnqueueItemError extends InvalidArgumentError {
+  readonly index: number;
+  constructor(message: string, index: number, options?: { cause?: unknown }) {
+    super(message, options);
+    this.index = index;
+  }
+}
+
 /** No task with that id (HF003). */
 export class TaskNotFoundError extends HoldfastError {
   constructor(message: string, options?: { cause?: unknown }) {
@@ -132,12 +142,27 @@ function codeOf(err: unknown): string | undefined {
   return undefined;
 }
 
+/** The item an HF002 of enqueue_many names: its detail is {"index": i} (structured, so no
+ *  message text is parsed). */
+function itemIndex(err: unknown): number | undefined {
+  const detail = (err as { detail?: unknown }).detail;
+  if (typeof detail !== "string" || !detail.startsWith("{")) return undefined;
+  try {
+    const index = (JSON.parse(detail) as { index?: unknown }).index;
+    return Number.isInteger(index) ? (index as number) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Maps a `pg` error to the typed error for its SQLSTATE; other errors pass through unchanged. */
 export function translateError(err: unknown): unknown {
   if (err instanceof HoldfastError) return err;
   const code = codeOf(err);
   if (code === undefined) return err;
   const message = err instanceof Error ? err.message : String(err);
+  const index = code === "HF002" ? itemIndex(err) : undefined;
+  if (index !== undefined) return new EnqueueItemError(message, index, { cause: err });
   const Ctor = bySqlState[code];
   if (Ctor) return new Ctor(message, { cause: err });
   if (connectionCodes.has(code)) {

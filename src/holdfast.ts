@@ -1,5 +1,6 @@
 import pg from "pg";
 import type { Logger } from "pino";
+import { encodePayload, enqueueMany, enqueueOne } from "./enqueue.js";
 import {
   asConnectionError,
   asKnownError,
@@ -7,7 +8,7 @@ import {
   InvalidArgumentError,
   translateError,
 } from "./errors.js";
-import { defineKind, intervalLiteral, kindParams } from "./kinds.js";
+import { defineKind, kindParams } from "./kinds.js";
 import { HoldfastMetrics, type MetricsOptions } from "./metrics.js";
 import { type MigrateResult, migrate } from "./migrate.js";
 import {
@@ -31,7 +32,7 @@ import type {
   DefineKindOptions,
   EnqueueOptions,
   EnqueueResult,
-  Interval,
+  ProducerOptions,
   WorkerOptions,
 } from "./types.js";
 import { Worker } from "./worker/worker.js";
@@ -88,68 +89,53 @@ export class Holdfast {
     await defineKind(this.opts.pool, kind, kindParams(kind, options, InvalidArgumentError));
   }
 
-  /** Adds a task. Resolves once it is committed; idle workers are notified on commit. */
-  async enqueue<P = unknown>(kind: string, options: EnqueueOptions<P>): Promise<EnqueueResult> {
-    if (typeof kind !== "string" || kind === "")
-      throw new InvalidArgumentError("holdfast: kind must be a non-empty string");
-    if (typeof options !== "object" || options === null)
-      throw new InvalidArgumentError("holdfast: enqueue options must be an object with a key");
-    const { key, payload, runAt, priority, dedupeKey, maxAttempts, onDedupe, debounce, maxWait } =
-      options;
-    if (typeof key !== "string" || key === "")
-      throw new InvalidArgumentError("holdfast: key must be a non-empty string");
-    if (runAt !== undefined && !(runAt instanceof Date && !Number.isNaN(runAt.getTime()))) {
-      throw new InvalidArgumentError("holdfast: runAt must be a valid Date");
-    }
-    if (priority !== undefined && !Number.isInteger(priority))
-      throw new InvalidArgumentError("holdfast: priority must be an integer");
-    if (maxAttempts !== undefined && !(Number.isInteger(maxAttempts) && maxAttempts >= 1)) {
-      throw new InvalidArgumentError("holdfast: maxAttempts must be an integer of at least 1");
-    }
-    if (dedupeKey !== undefined && (typeof dedupeKey !== "string" || dedupeKey === ""))
-      throw new InvalidArgumentError("holdfast: dedupeKey must be a non-empty string");
-    if (onDedupe !== undefined && !["keep", "replace", "merge"].includes(onDedupe))
-      throw new InvalidArgumentError("holdfast: onDedupe must be keep, replace or merge");
-    if (debounce !== undefined && dedupeKey === undefined)
-      throw new InvalidArgumentError("holdfast: debounce needs a dedupeKey (what is debounced)");
-    if (maxWait !== undefined && debounce === undefined)
-      throw new InvalidArgumentError("holdfast: maxWait needs debounce");
-    const interval = (v: Interval | undefined, name: string) =>
-      v === undefined ? null : intervalLiteral(v, name, "enqueue", InvalidArgumentError);
-    const json = encodePayload(payload);
-    const rows = await this.query<{ id: string; deduped: boolean }>(sql.enqueue, [
-      kind,
-      key,
-      json,
-      runAt ?? null,
-      priority ?? 0,
-      dedupeKey ?? null,
-      maxAttempts ?? null,
-      onDedupe ?? "keep",
-      interval(debounce, "debounce"),
-      interval(maxWait, "maxWait"),
-    ]);
-    const row = rows[0];
-    if (!row) throw new InvalidArgumentError("holdfast: enqueue returned no row");
-    return { id: Number(row.id), deduped: row.deduped };
+  /**
+   * Adds a task. With `{ client }` it joins your open transaction (see ProducerOptions);
+   * otherwise it resolves once committed. Idle workers are notified on commit.
+   */
+  async enqueue<P = unknown>(
+    kind: string,
+    options: EnqueueOptions<P>,
+    producer: ProducerOptions = {},
+  ): Promise<EnqueueResult> {
+    return await enqueueOne(this.runner(producer), kind, options);
   }
 
-  /** Cancels a task: a pending one never starts; a running one has its signal aborted. */
-  async cancel(id: number): Promise<boolean> {
-    const rows = await this.query<{ ok: boolean }>(sql.cancel, [id]);
+  /**
+   * Adds many tasks of one kind in one statement (SQL holdfast.enqueue_many): results in input
+   * order, each as `enqueue` would have returned it for the items called in turn (a key's tasks
+   * keep the input order; a dedupe key repeated in the batch folds into its first task). One
+   * refused item refuses the call: EnqueueItemError with its `index`, nothing written.
+   */
+  async enqueueMany<P = unknown>(
+    kind: string,
+    items: ReadonlyArray<EnqueueOptions<P>>,
+    producer: ProducerOptions = {},
+  ): Promise<EnqueueResult[]> {
+    return await enqueueMany(this.runner(producer), kind, items);
+  }
+
+  /** Cancels a task: a pending one never starts; a running one has its signal aborted
+   *  (after your COMMIT, with `{ client }`). */
+  async cancel(id: number, producer: ProducerOptions = {}): Promise<boolean> {
+    const rows = await this.query<{ ok: boolean }>(sql.cancel, [id], producer);
     return rows[0]?.ok ?? false;
   }
 
   /**
    * Requeues a dead-lettered (or cancelled) task as its next attempt, with `extraAttempts`
    * more attempts (default: the kind's maxAttempts); its attempts history is kept. Resolves
-   * false when the task is pending, running or succeeded (nothing changes).
+   * false when the task is pending, running or succeeded (nothing changes). `client`: in your
+   * transaction (see ProducerOptions).
    */
-  async retry(id: number, options: { extraAttempts?: number } = {}): Promise<boolean> {
+  async retry(
+    id: number,
+    options: { extraAttempts?: number } & ProducerOptions = {},
+  ): Promise<boolean> {
     const { extraAttempts } = options;
     if (extraAttempts !== undefined && !(Number.isInteger(extraAttempts) && extraAttempts >= 1))
       throw new InvalidArgumentError("holdfast: extraAttempts must be an integer of at least 1");
-    const rows = await this.query<{ ok: boolean }>(sql.retry, [id, extraAttempts ?? null]);
+    const rows = await this.query<{ ok: boolean }>(sql.retry, [id, extraAttempts ?? null], options);
     return rows[0]?.ok ?? false;
   }
 
@@ -168,7 +154,7 @@ export class Holdfast {
    * many workers run. Resolves true when something was created or changed.
    */
   async schedule<P = unknown>(name: string, options: ScheduleOptions<P>): Promise<boolean> {
-    const params = scheduleParams(name, options, encodePayload(options?.payload));
+    const params = scheduleParams(name, options, encodePayload(options?.payload) ?? "{}");
     const rows = await this.query<{ changed: boolean }>(scheduleSql.schedule, params);
     return rows[0]?.changed ?? false;
   }
@@ -216,30 +202,25 @@ export class Holdfast {
     if (this.opts.ownsPool) await this.opts.pool.end();
   }
 
-  private async query<R extends pg.QueryResultRow>(text: string, values: unknown[]): Promise<R[]> {
+  /** The caller's client (inside its transaction), else the pool. */
+  private runner(producer: ProducerOptions): Pick<pg.ClientBase, "query"> {
+    const client = producer?.client;
+    if (client === undefined) return this.opts.pool;
+    if (typeof client !== "object" || client === null || typeof client.query !== "function")
+      throw new InvalidArgumentError("holdfast: `client` must be a pg client (inside BEGIN)");
+    return client;
+  }
+
+  private async query<R extends pg.QueryResultRow>(
+    text: string,
+    values: unknown[],
+    producer: ProducerOptions = {},
+  ): Promise<R[]> {
+    const runner = this.runner(producer);
     try {
-      return (await this.opts.pool.query<R>(text, values)).rows;
+      return (await runner.query<R>(text, values)).rows;
     } catch (err) {
       throw asKnownError(err);
     }
   }
-}
-
-/** JSON-encodes a payload, refusing what JSON cannot represent faithfully. */
-function encodePayload(payload: unknown): string {
-  if (payload === undefined) return "{}";
-  let json: string | undefined;
-  try {
-    json = JSON.stringify(payload);
-  } catch (err) {
-    throw new InvalidArgumentError(
-      `holdfast: payload is not JSON-serializable: ${(err as Error).message}`,
-      { cause: err },
-    );
-  }
-  if (json === undefined)
-    throw new InvalidArgumentError("holdfast: payload is not JSON-serializable");
-  if (Buffer.byteLength(json) > 1024 * 1024)
-    throw new InvalidArgumentError("holdfast: payload is larger than 1 MiB");
-  return json;
 }

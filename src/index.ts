@@ -7,6 +7,7 @@ export {
 export {
   ConfigError,
   ConnectionError,
+  EnqueueItemError,
   HoldfastError,
   InvalidArgumentError,
   LockLostError,
@@ -48,6 +49,7 @@ export type {
   KindOptions,
   KindSettings,
   LockSessionOptions,
+  ProducerOptions,
   Queryable,
   Retention,
   Task,

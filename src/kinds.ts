@@ -1,4 +1,5 @@
 import type pg from "pg";
+import type { Logger } from "pino";
 import { asKnownError, type HoldfastError } from "./errors.js";
 import { sql } from "./queries/tasks.js";
 import type { DefineKindOptions, Interval, Retention } from "./types.js";
@@ -118,23 +119,98 @@ export function intervalLiteral(
   return value;
 }
 
+/** define_kind's arguments, in its parameter order. */
+function defineKindArgs(kind: string, p: KindParams): unknown[] {
+  return [
+    kind,
+    p.maxAttempts,
+    p.minInterval,
+    p.batchMax,
+    p.strictOrder,
+    p.maxRunning,
+    p.keepCheckpoint,
+    p.retainSucceeded,
+    p.retainCancelled,
+    p.retainFailed,
+    p.keepForever,
+  ];
+}
+
 /** Runs holdfast.define_kind: creates the kind, or updates the settings given. */
 export async function defineKind(pool: pg.Pool, kind: string, p: KindParams): Promise<void> {
   try {
-    await pool.query(sql.defineKind, [
-      kind,
-      p.maxAttempts,
-      p.minInterval,
-      p.batchMax,
-      p.strictOrder,
-      p.maxRunning,
-      p.keepCheckpoint,
-      p.retainSucceeded,
-      p.retainCancelled,
-      p.retainFailed,
-      p.keepForever,
-    ]);
+    await pool.query(sql.defineKind, defineKindArgs(kind, p));
   } catch (err) {
     throw asKnownError(err);
+  }
+}
+
+/**
+ * The stored settings a declaration would change, as text (stored, declared), in define_kind's
+ * terms: only settings the declaration gives, compared as Postgres normalizes them (so "1 hour"
+ * and 3600000 ms are the same). No row: the kind does not exist yet.
+ */
+const changedSettingsSql = `select d.setting, d.stored, d.declared
+  from holdfast.kinds k cross join lateral (values
+    ('maxAttempts', k.max_attempts::text, $2::int::text),
+    ('minInterval', k.min_interval::text, $3::interval::text),
+    ('batch.max', k.batch_max::text, $4::int::text),
+    ('strictOrder', k.strict_order::text, $5::boolean::text),
+    ('maxRunning', coalesce(k.max_running::text, 'none'),
+      case when $6::int = 0 then 'none' else $6::int::text end),
+    ('keepCheckpoint', k.keep_checkpoint::text, $7::boolean::text),
+    ('retention.succeeded', coalesce(k.retain_succeeded::text, 'forever'),
+      case when 'succeeded' = any ($11::text[]) then 'forever' else $8::interval::text end),
+    ('retention.cancelled', coalesce(k.retain_cancelled::text, 'forever'),
+      case when 'cancelled' = any ($11::text[]) then 'forever' else $9::interval::text end),
+    ('retention.failed', coalesce(k.retain_failed::text, 'forever'),
+      case when 'failed' = any ($11::text[]) then 'forever' else $10::interval::text end)
+  ) d (setting, stored, declared)
+  where k.kind = $1 and d.declared is not null and d.declared is distinct from d.stored`;
+
+/**
+ * A worker's handler entries, at start: each kind is created if missing, and only the settings
+ * an entry declares are written (hf.defineKind / SQL define_kind own the rest). A declared
+ * setting that differs from the stored one is logged with both values before it is written:
+ * two deployments declaring different values would otherwise take turns silently, each start
+ * rewriting what the other set. (Reading the stored settings needs SELECT on holdfast.kinds,
+ * e.g. holdfast_observer; without it the comparison is skipped.)
+ */
+export async function declareKinds(
+  pool: pg.Pool,
+  kinds: Iterable<{ kind: string; params: KindParams }>,
+  logger: Logger,
+): Promise<void> {
+  for (const { kind, params } of kinds) {
+    const args = defineKindArgs(kind, params);
+    const declares = args.slice(1).some((v) => v !== null);
+    if (declares) {
+      const changes = await pool
+        .query<{ setting: string; stored: string; declared: string }>(changedSettingsSql, args)
+        .then(
+          (r) => r.rows,
+          (err: unknown) => {
+            logger.debug(
+              { event: "kind_settings_unread", kind, err },
+              "holdfast: kind settings unread",
+            );
+            return [];
+          },
+        );
+      if (changes.length > 0) {
+        const list = changes.map((c) => `${c.setting} ${c.stored} -> ${c.declared}`).join(", ");
+        logger.warn(
+          { event: "kind_settings_changed", kind, changes },
+          `holdfast: this worker changes kind ${JSON.stringify(kind)}'s stored settings (${list}); ` +
+            "if another worker declares the old values they take turns at each start: " +
+            "declare them once with hf.defineKind (or in one worker) instead",
+        );
+      }
+    }
+    try {
+      await pool.query(sql.defineKind, args);
+    } catch (err) {
+      throw asKnownError(err);
+    }
   }
 }

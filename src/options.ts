@@ -136,7 +136,10 @@ export type ResolvedKind = { kind: string; params: KindParams } & (
   | { batchMax: number; handler: BatchKindOptions["handleBatch"]; batch: true }
 );
 
-const kindPattern = /^[A-Za-z0-9_.:-]{1,100}$/;
+/** A kind's name: the check of holdfast.kinds.kind (migrations/0001_baseline.sql), which
+ *  define_kind repeats for its message; test/kind-settings.test.ts holds the three equal.
+ *  Checked here too so that hf.worker() refuses a bad name before anything connects. */
+export const kindNamePattern = /^[A-Za-z0-9_.:-]{1,100}$/;
 
 export function resolveWorkerOptions(opts: WorkerOptions): ResolvedWorkerOptions {
   if (typeof opts !== "object" || opts === null)
@@ -153,7 +156,7 @@ export function resolveWorkerOptions(opts: WorkerOptions): ResolvedWorkerOptions
   }
   const kinds = new Map<string, ResolvedKind>();
   for (const [kind, entry] of Object.entries(handlers)) {
-    if (!kindPattern.test(kind)) {
+    if (!kindNamePattern.test(kind)) {
       throw new ConfigError(
         `holdfast: invalid kind name ${JSON.stringify(kind)} (1-100 of letters, digits, _ . : -)`,
       );
@@ -175,11 +178,12 @@ export function resolveWorkerOptions(opts: WorkerOptions): ResolvedWorkerOptions
           `holdfast: the handler of kind ${JSON.stringify(kind)} must be a function`,
         );
       }
-      // A worker states the batch size its handler takes: 1 for a single-task handler.
+      // A single-task handler declares no batch size: the stored one stays (hf.defineKind owns
+      // it; a batch claimed for this worker runs task by task under its lock, see runs.ts).
       const params = kindParams(kind, { ...def, batch: undefined }, ConfigError);
       kinds.set(kind, {
         kind,
-        params: { ...params, batchMax: 1 },
+        params,
         batchMax: 1,
         handler: def.handler,
         batch: false,

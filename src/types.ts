@@ -1,3 +1,4 @@
+import type pg from "pg";
 import type { Logger } from "pino";
 
 /** A task as its handler sees it. `C`: the type of its checkpoint. */
@@ -215,6 +216,21 @@ export interface EnqueueOptions<P = unknown> {
   debounce?: Interval;
   /** With `debounce`: pushes never move the start past the task's first enqueue + maxWait. */
   maxWait?: Interval;
+}
+
+/**
+ * Where a producer call (enqueue, enqueueMany, cancel, retry) runs. Default: a connection of
+ * holdfast's pool, committed before the call resolves.
+ */
+export interface ProducerOptions {
+  /**
+   * A `pg` client inside your open transaction (after BEGIN): the call joins it, so the task
+   * commits with your writes or not at all. Workers neither see it nor are woken before your
+   * COMMIT (NOTIFY is transactional); after a ROLLBACK nothing is left. A refused call (a
+   * typed error from SQL) aborts your transaction, as any failed statement does; a call
+   * refused before SQL (a runAt that is not a Date, a payload JSON cannot represent) does not.
+   */
+  client?: pg.ClientBase;
 }
 
 export interface EnqueueResult {

@@ -1,6 +1,7 @@
 import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import type { BulkEnqueuer } from "../bulk-enqueue.js";
 import type { Peer } from "../schedule-systems.js";
 import type { QueueSystem } from "./types.js";
 
@@ -10,6 +11,8 @@ export interface Peers {
   PgBossSystem: new (tuned: boolean, queueOptions?: { expireInSeconds?: number }) => QueueSystem;
   /** Their parts of the schedules bench. */
   schedulePeers: Peer[];
+  /** Their bulk paths (graphile-worker's addJobs, pg-boss's insert), new instances. */
+  bulkEnqueuers: () => BulkEnqueuer[];
 }
 
 const dir = fileURLToPath(new URL("../peers/", import.meta.url));

@@ -1,5 +1,31 @@
 -- Enqueue, retry and cancel: the producer's side (role holdfast_producer).
 
+-- What is wrong with a task to enqueue, or null. The one statement of a task's limits (key
+-- length, payload size) and rules: enqueue_task and enqueue_many both check it, and the
+-- TypeScript client checks none of them (it maps the HF002 this raises), so no two copies
+-- can drift apart. A single immutable SELECT: the planner inlines it into enqueue_many's
+-- set-based check.
+create function holdfast._task_error(key text, payload jsonb, priority int, max_attempts int,
+  dedupe_key text, on_dedupe text, debounce interval, max_wait interval) returns text
+  language sql immutable as $$
+  select case
+    when key is null or key = '' or octet_length(key) > 1000 then
+      'key must be a non-empty string of at most 1000 bytes'
+    when payload is null then 'payload must be a JSON value, not null'
+    when octet_length(payload::text) > 1048576 then 'payload is larger than 1 MiB'
+    when max_attempts < 1 then 'max_attempts must be at least 1'
+    when priority is null then 'priority must not be null'
+    when on_dedupe is null or on_dedupe not in ('keep', 'replace', 'merge') then
+      'on_dedupe must be keep, replace or merge'
+    when dedupe_key = '' then 'dedupe_key must not be empty'
+    when debounce is not null and dedupe_key is null then
+      'debounce needs a dedupe_key (the dedupe key names what is debounced)'
+    when max_wait is not null and debounce is null then 'max_wait needs debounce'
+    when debounce < interval '0' or max_wait < interval '0' then
+      'debounce and max_wait must not be negative'
+  end
+$$;
+
 -- Adds a task. With dedupe_key, at most one task per dedupe key is pending: when one is, its
 -- id is returned with deduped = true and its payload is kept (on_dedupe 'keep', default),
 -- replaced ('replace') or merged with this one as jsonb || ('merge'). A dedupe key belongs to
@@ -24,43 +50,23 @@ declare
   v_id bigint;
   v_key text;
   v_head holdfast.tasks;
+  v_error text;
 begin
   select * into v_kind from holdfast.kinds k where k.kind = enqueue_task.kind;
   if not found then
     perform holdfast._raise('HF001', format('holdfast: unknown kind %L', enqueue_task.kind),
       'define it with holdfast.define_kind() or start a worker that handles it');
   end if;
-  if enqueue_task.key is null or enqueue_task.key = '' or octet_length(enqueue_task.key) > 1000 then
-    perform holdfast._raise('HF002', 'holdfast: key must be a non-empty string of at most 1000 bytes');
-  end if;
-  if enqueue_task.payload is null then
-    perform holdfast._raise('HF002', 'holdfast: payload must be a JSON value, not null');
-  end if;
-  if octet_length(enqueue_task.payload::text) > 1048576 then
-    perform holdfast._raise('HF002', 'holdfast: payload is larger than 1 MiB');
-  end if;
-  if enqueue_task.max_attempts is not null and enqueue_task.max_attempts < 1 then
-    perform holdfast._raise('HF002', 'holdfast: max_attempts must be at least 1');
-  end if;
-  if enqueue_task.priority is null then
-    perform holdfast._raise('HF002', 'holdfast: priority must not be null');
-  end if;
-  if enqueue_task.on_dedupe is null or enqueue_task.on_dedupe not in ('keep', 'replace', 'merge') then
-    perform holdfast._raise('HF002', 'holdfast: on_dedupe must be keep, replace or merge');
+  v_error := holdfast._task_error(enqueue_task.key, enqueue_task.payload, enqueue_task.priority,
+    enqueue_task.max_attempts, enqueue_task.dedupe_key, enqueue_task.on_dedupe,
+    enqueue_task.debounce, enqueue_task.max_wait);
+  if v_error is not null then
+    perform holdfast._raise('HF002', 'holdfast: ' || v_error);
   end if;
   -- Debounce: the pending task of the dedupe key starts no earlier than debounce after the
   -- latest enqueue, and no later than its first enqueue + max_wait (pushes stop there).
   if enqueue_task.debounce is not null then
-    if enqueue_task.dedupe_key is null then
-      perform holdfast._raise('HF002', 'holdfast: debounce needs a dedupe_key',
-        'the dedupe key names what is debounced');
-    end if;
-    if enqueue_task.debounce < interval '0' or enqueue_task.max_wait < interval '0' then
-      perform holdfast._raise('HF002', 'holdfast: debounce and max_wait must not be negative');
-    end if;
     v_run_at := greatest(v_run_at, now() + least(enqueue_task.debounce, enqueue_task.max_wait));
-  elsif enqueue_task.max_wait is not null then
-    perform holdfast._raise('HF002', 'holdfast: max_wait needs debounce');
   end if;
 
   -- Lock the key row first (lock order everywhere: key row, then task rows). Holding it, no

@@ -2,7 +2,7 @@ import { EventEmitter } from "node:events";
 import type pg from "pg";
 import type { Logger } from "pino";
 import { HoldfastError, LockLostError, ShutdownError, TaskCancelledError } from "../errors.js";
-import { defineKind } from "../kinds.js";
+import { declareKinds } from "../kinds.js";
 import type { ResolvedWorkerOptions } from "../options.js";
 import { requireSessions } from "../pooler.js";
 import type { TaskRow } from "../queries/tasks.js";
@@ -108,7 +108,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       // Before anything else (no lock, no LISTEN, no prepared statement): a transaction or
       // statement pooler would strand them on a backend another client gets next.
       await requireSessions(this.deps.connection, "the worker's session connection");
-      for (const k of this.opts.kinds.values()) await defineKind(this.deps.pool, k.kind, k.params);
+      await declareKinds(this.deps.pool, this.opts.kinds.values(), this.logger);
       // LISTEN before the first scan, so a task enqueued in between still wakes us.
       this.listener = new Listener(
         this.deps.connection,
