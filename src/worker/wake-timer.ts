@@ -1,9 +1,11 @@
 import { sql } from "../queries/tasks.js";
 import type { LockSession } from "./lock-session.js";
+import type { ServerClock } from "./server-clock.js";
 
 /**
  * Wakes an idle worker when the earliest delayed task of its kinds becomes ready (a timer, not
- * a poll), and re-claims with a backoff a key that is ready but held elsewhere.
+ * a poll), and re-claims with a backoff a key that is ready but held elsewhere. `at` is the
+ * server's time, so the delay is measured on the server's clock (ServerClock), not Date.now().
  */
 export class WakeTimer {
   private timer: NodeJS.Timeout | undefined;
@@ -13,6 +15,7 @@ export class WakeTimer {
   constructor(
     private readonly kinds: string[],
     private readonly maxDelayMs: number,
+    private readonly clock: ServerClock,
     private readonly wake: () => void,
   ) {}
 
@@ -32,7 +35,7 @@ export class WakeTimer {
   armAt(at: Date | null): Date | null {
     this.clear();
     if (!at) return null;
-    let delay = at.getTime() - Date.now();
+    let delay = this.clock.until(at);
     if (delay <= 0) {
       // A key is ready but was not ours to take: its lock or row is held elsewhere (a claim in
       // flight, a fenced write of a run that lost its lock). Nothing will notify us when that

@@ -1,0 +1,140 @@
+// Time comes from the database (issue 33): a worker whose wall clock is 30 s off starts delayed
+// and debounced tasks on the database's time, and, leading, fires a per-second schedule on the
+// database's second, through leader changes between skewed and true clocks. The workers run
+// under libfaketime with the monotonic clock left true (their timers keep real time); every
+// time asserted on is the server's.
+import { describe, expect, it } from "vitest";
+import { freshDatabase } from "./support/db.js";
+import { faketimeLibrary, skewedClock } from "./support/faketime.js";
+import { startWorkerProcess, type WorkerProcess } from "./support/processes.js";
+import { createRunsTable } from "./support/runs.js";
+import { until } from "./support/wait.js";
+
+const { lib, reason } = faketimeLibrary();
+if (!lib) console.warn(`clock-skew tests skipped: ${reason}`);
+
+/** How late after its time (run_at, due time, tick; the server's clock) a start may be. */
+const onTimeMs = 100;
+/** A tick falling due while the leader is being replaced waits for the takeover: the dead
+ *  leader's heartbeat is missed within lateMs (2 sweeps, 500 ms) plus jitter. */
+const takeoverMs = 1_500;
+
+describe.skipIf(!lib)("a worker whose clock is off by 30 s", () => {
+  // One database each (leadership is per database), run side by side: most of the time is
+  // worker processes starting.
+  for (const skewS of [-30, 30]) {
+    const tag = skewS < 0 ? "behind" : "ahead";
+    it.concurrent(`${tag}: delayed and debounced tasks start on the database's time, and a per-second schedule ticks once a second through leader changes both ways`, async () => {
+      const db = await freshDatabase();
+      const procs: WorkerProcess[] = [];
+      const q = async <R>(text: string, values: unknown[] = []) =>
+        (await db.pool.query(text, values)).rows as R[];
+      const ticks = async () =>
+        (await q<{ n: number }>("select count(*)::int as n from holdfast.schedule_ticks"))[0]?.n ??
+        0;
+      /** Waits for `n` more ticks than now (they are one second apart). */
+      const moreTicks = async (n: number) => {
+        const from = await ticks();
+        await until(async () => (await ticks()) >= from + n, 8_000, `${n} more ticks`);
+      };
+      const leads = (w: WorkerProcess) => w.waitFor((e) => e.event === "leader", 8_000);
+      // Every worker runs the ticks' tasks (kind "tick", no steps); only the skewed one runs
+      // "job", the delayed and debounced tasks.
+      const skewed = {
+        ...skewedClock(lib as string, skewS),
+        HF_LOG: "warn",
+        HF_STEPS_KIND: "tick",
+      };
+      const trueClock = { HF_LOG: "warn", HF_STEPS_KIND: "tick", HF_KIND: "other" };
+      const start = async (name: string, env: Record<string, string>) => {
+        const p = await startWorkerProcess(db.url, `${tag}-${name}`, env);
+        procs.push(p);
+        return p;
+      };
+      try {
+        await createRunsTable(db.pool);
+        const [s, t] = await Promise.all([start("skewed", skewed), start("true", trueClock)]);
+        if (!s || !t) throw new Error("unreachable");
+        const warned = await s.waitFor((e) => e.event === "clock_skew", 5_000);
+        // The preload works, and the worker saw it: the server's clock minus its own.
+        expect(Math.abs(Number(warned.offsetMs) + skewS * 1000)).toBeLessThan(1_000);
+        await q("select holdfast.schedule('every-second', '* * * * * *', 'tick', 'ticks', $1)", [
+          JSON.stringify({ steps: 0, stepMs: 0 }),
+        ]);
+
+        // The skewed worker runs a delayed task and a debounced one. Each runs once, no later
+        // than onTimeMs after its time (run_at: the delay's end, or the last enqueue plus the
+        // debounce), both read on the server's clock.
+        await q(
+          "select holdfast.enqueue('job', 'delayed', '{\"ms\": 0}', clock_timestamp() + interval '1500 ms')",
+        );
+        for (let i = 0; i < 3; i++)
+          await q(
+            "select * from holdfast.enqueue_task('job', 'debounced', '{\"ms\": 0}', null, 0, 'd', null, 'keep', '1 second')",
+          );
+        const started = await until(
+          async () => {
+            const rows = await q<{ key: string; late_ms: number; runs: number; worker: string }>(
+              `select t.key, count(*)::int as runs, max(r.worker) as worker,
+                 max(extract(epoch from r.started_at - t.run_at) * 1000)::float8 as late_ms
+               from holdfast.tasks t join runs r on r.task_id = t.id
+               where t.kind = 'job' group by t.key order by t.key`,
+            );
+            return rows.length === 2 && rows;
+          },
+          6_000,
+          "the delayed and the debounced task to start",
+        );
+        console.log(
+          `${tag}: ${started.map((r) => `${r.key} ${r.late_ms.toFixed(1)} ms late`).join(", ")}`,
+        );
+        for (const r of started) {
+          expect(r).toMatchObject({ runs: 1, worker: s.name });
+          expect(r.late_ms).toBeGreaterThanOrEqual(0);
+          expect(r.late_ms).toBeLessThan(onTimeMs);
+        }
+        expect((await q("select 1 from holdfast.tasks where key = 'debounced'")).length).toBe(1);
+
+        // Leader changes both ways: the first leader (either) is killed, the other leads; a
+        // worker with the first one's clock starts, the second leader is killed, it leads.
+        const isLeader = (w: WorkerProcess) => w.events.some((e) => e.event === "leader");
+        const first = await until(() => [s, t].find(isLeader), 8_000, "a leader");
+        const second = first === s ? t : s;
+        await moreTicks(2);
+        await first.kill("SIGKILL");
+        await leads(second);
+        const third = await start("third", first === s ? skewed : trueClock);
+        await moreTicks(2);
+        await second.kill("SIGKILL");
+        await leads(third);
+        await moreTicks(3);
+        await third.kill("SIGKILL");
+
+        expect(t.events.filter((e) => e.event === "clock_skew")).toEqual([]);
+        const rows = await q<{ tick: Date; late_ms: number; tasks: number }>(
+          `select st.tick_at as tick, extract(epoch from st.enqueued_at - st.tick_at) * 1000 as late_ms,
+             (select count(*)::int from holdfast.tasks t where t.kind = 'tick' and t.run_at = st.tick_at) as tasks
+           from holdfast.schedule_ticks st order by st.tick_at`,
+        );
+        const late = rows.map((r) => Math.round(Number(r.late_ms)));
+        console.log(
+          `${tag}: leaders ${[first, second, third].map((w) => w.name).join(" → ")}; ${rows.length} ticks, late (ms): ${late.join(" ")}`,
+        );
+        expect(rows.length).toBeGreaterThanOrEqual(8);
+        // Every second once: none skipped, none doubled, each with its one task.
+        const seconds = rows.map((r) => r.tick.getTime() / 1000);
+        const from = seconds[0] ?? 0;
+        expect(seconds).toEqual(seconds.map((_, i) => from + i));
+        expect(rows.every((r) => r.tasks === 1)).toBe(true);
+        // Never before its second on the database's clock (within the measurement's error),
+        // and on time but for the ticks that fell due during the two leader changes.
+        expect(Math.min(...late)).toBeGreaterThanOrEqual(-5);
+        expect(Math.max(...late)).toBeLessThan(takeoverMs);
+        expect(late.filter((ms) => ms >= onTimeMs).length).toBeLessThanOrEqual(4);
+      } finally {
+        await Promise.all(procs.map((p) => p.kill()));
+        await db.drop();
+      }
+    });
+  }
+});
