@@ -5,7 +5,10 @@
 // time asserted on is the server's.
 import { describe, expect, it } from "vitest";
 import { freshDatabase } from "./support/db.js";
+import type { Snapshot } from "../src/inspect/snapshot.js";
+import { runCli, startCli } from "./support/cli.js";
 import { faketimeLibrary, skewedClock } from "./support/faketime.js";
+import { assertInspectShape } from "./support/inspect-schema.js";
 import { startWorkerProcess, type WorkerProcess } from "./support/processes.js";
 import { createRunsTable } from "./support/runs.js";
 import { until } from "./support/wait.js";
@@ -22,6 +25,36 @@ const takeoverMs = 1_500;
 describe.skipIf(!lib)("a worker whose clock is off by 30 s", () => {
   // One database each (leadership is per database), run side by side: most of the time is
   // worker processes starting.
+  it.concurrent("the offset shows in the worker's log and metric", async () => {
+    const db = await freshDatabase();
+    const env = { ...skewedClock(lib as string, -30), DATABASE_URL: db.url };
+    const w = startCli(
+      [
+        "worker",
+        "--handlers",
+        "test/fixtures/cli-handlers.ts",
+        "--name",
+        "behind",
+        "--metrics-port",
+        "0",
+      ],
+      { ...env, HOLDFAST_LOG_LEVEL: "info" },
+    );
+    try {
+      const warned = await w.waitFor((l) => l.event === "clock_skew", 20_000);
+      expect(Math.abs(Number(warned.offsetMs) - 30_000)).toBeLessThan(1_000);
+      expect(warned.msg).toContain("behind the database's");
+      const { port } = await w.waitFor((l) => l.event === "metrics_listening", 20_000);
+      const scraped = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+      const gauge = /^holdfast_clock_offset_seconds\{worker="behind"\} (\S+)$/m.exec(scraped);
+      expect(Math.abs(Number(gauge?.[1]) - 30)).toBeLessThan(1);
+    } finally {
+      w.child.kill("SIGKILL");
+      await w.exited;
+      await db.drop();
+    }
+  });
+
   for (const skewS of [-30, 30]) {
     const tag = skewS < 0 ? "behind" : "ahead";
     it.concurrent(`${tag}: delayed and debounced tasks start on the database's time, and a per-second schedule ticks once a second through leader changes both ways`, async () => {
@@ -74,10 +107,20 @@ describe.skipIf(!lib)("a worker whose clock is off by 30 s", () => {
           );
         const started = await until(
           async () => {
-            const rows = await q<{ key: string; late_ms: number; runs: number; worker: string }>(
-              `select t.key, count(*)::int as runs, max(r.worker) as worker,
-                 max(extract(epoch from r.started_at - t.run_at) * 1000)::float8 as late_ms
-               from holdfast.tasks t join runs r on r.task_id = t.id
+            // The attempt's start is the claim's (the server's now()); the handler's own
+            // start follows by a pool round trip.
+            const rows = await q<{
+              key: string;
+              late_ms: number;
+              handler_late_ms: number;
+              runs: number;
+              worker: string;
+            }>(
+              `select t.key, count(*)::int as runs, max(a.worker) as worker,
+                 max(extract(epoch from a.started_at - t.run_at) * 1000)::float8 as late_ms,
+                 max(extract(epoch from r.started_at - t.run_at) * 1000)::float8 as handler_late_ms
+               from holdfast.tasks t join holdfast.attempts a on a.task_id = t.id
+                 join runs r on r.task_id = t.id
                where t.kind = 'job' group by t.key order by t.key`,
             );
             return rows.length === 2 && rows;
@@ -86,7 +129,7 @@ describe.skipIf(!lib)("a worker whose clock is off by 30 s", () => {
           "the delayed and the debounced task to start",
         );
         console.log(
-          `${tag}: ${started.map((r) => `${r.key} ${r.late_ms.toFixed(1)} ms late`).join(", ")}`,
+          `${tag}: ${started.map((r) => `${r.key} ${r.late_ms.toFixed(1)} ms late (handler ${r.handler_late_ms.toFixed(1)} ms)`).join(", ")}`,
         );
         for (const r of started) {
           expect(r).toMatchObject({ runs: 1, worker: s.name });
@@ -113,7 +156,7 @@ describe.skipIf(!lib)("a worker whose clock is off by 30 s", () => {
         expect(t.events.filter((e) => e.event === "clock_skew")).toEqual([]);
         const rows = await q<{ tick: Date; late_ms: number; tasks: number }>(
           `select st.tick_at as tick, extract(epoch from st.enqueued_at - st.tick_at) * 1000 as late_ms,
-             (select count(*)::int from holdfast.tasks t where t.kind = 'tick' and t.run_at = st.tick_at) as tasks
+             (select count(*)::int from holdfast.tasks t where t.id = st.task_id) as tasks
            from holdfast.schedule_ticks st order by st.tick_at`,
         );
         const late = rows.map((r) => Math.round(Number(r.late_ms)));
@@ -126,11 +169,30 @@ describe.skipIf(!lib)("a worker whose clock is off by 30 s", () => {
         const from = seconds[0] ?? 0;
         expect(seconds).toEqual(seconds.map((_, i) => from + i));
         expect(rows.every((r) => r.tasks === 1)).toBe(true);
+        const all = await q<{ n: number }>(
+          "select count(*)::int as n from holdfast.tasks where kind = 'tick'",
+        );
+        expect(all[0]?.n).toBe(rows.length);
         // Never before its second on the database's clock (within the measurement's error),
         // and on time but for the ticks that fell due during the two leader changes.
         expect(Math.min(...late)).toBeGreaterThanOrEqual(-5);
         expect(Math.max(...late)).toBeLessThan(takeoverMs);
         expect(late.filter((ms) => ms >= onTimeMs).length).toBeLessThanOrEqual(4);
+
+        // inspect on a host as skewed shows its offset (table and --json).
+        const env = { ...skewedClock(lib as string, skewS), DATABASE_URL: db.url };
+        const [json, table] = await Promise.all([
+          runCli(["inspect", "--json"], env),
+          runCli(["inspect"], env),
+        ]);
+        const doc = JSON.parse(json.stdout) as Snapshot;
+        assertInspectShape(doc);
+        expect(Math.abs(doc.clock.offsetMs + skewS * 1000)).toBeLessThan(1_000);
+        expect(table.stdout).toMatch(
+          new RegExp(
+            `clock +this host 30\\.\\d s ${skewS < 0 ? "behind" : "ahead of"} the database`,
+          ),
+        );
       } finally {
         await Promise.all(procs.map((p) => p.kill()));
         await db.drop();
