@@ -4,9 +4,9 @@
 // under libfaketime with the monotonic clock left true (their timers keep real time); every
 // time asserted on is the server's.
 import { describe, expect, it } from "vitest";
-import { freshDatabase } from "./support/db.js";
 import type { Snapshot } from "../src/inspect/snapshot.js";
 import { runCli, startCli } from "./support/cli.js";
+import { freshDatabase } from "./support/db.js";
 import { faketimeLibrary, skewedClock } from "./support/faketime.js";
 import { assertInspectShape } from "./support/inspect-schema.js";
 import { startWorkerProcess, type WorkerProcess } from "./support/processes.js";
