@@ -11,6 +11,8 @@ export class WakeTimer {
   private timer: NodeJS.Timeout | undefined;
   /** Backoff of the re-claim of ready keys someone else holds. */
   private readyRetryMs = 0;
+  /** The due time (ms epoch) last found passed: seen again, its key is held elsewhere. */
+  private passed = Number.NaN;
 
   constructor(
     private readonly kinds: string[],
@@ -36,7 +38,13 @@ export class WakeTimer {
     this.clear();
     if (!at) return null;
     let delay = this.clock.until(at);
-    if (delay <= 0) {
+    if (delay <= 0 && at.getTime() !== this.passed) {
+      // Passed the first time it comes back: it may have fallen due while the claim that
+      // returned it ran (a timer fires up to a few ms early, the clock is known to within half
+      // a round trip), so claim again at once.
+      this.passed = at.getTime();
+      delay = 0;
+    } else if (delay <= 0) {
       // A key is ready but was not ours to take: its lock or row is held elsewhere (a claim in
       // flight, a fenced write of a run that lost its lock). Nothing will notify us when that
       // ends, so look again soon, backing off to at most once a second.
