@@ -101,6 +101,20 @@ export class HoldfastMetrics {
       labelNames: ["table"] as const,
       registers,
     });
+    const observed = this.observed;
+    new Gauge({
+      name: "holdfast_clock_offset_seconds",
+      help: "The database's clock minus this host's, per observed worker (positive: this host is behind), as last measured. Deadlines follow the database's clock; past 1 s the worker logs clock_skew.",
+      labelNames: ["worker"] as const,
+      registers,
+      collect() {
+        this.reset();
+        for (const w of observed.keys()) {
+          const ms = w.clockOffsetMs;
+          if (ms !== null) this.set({ worker: w.name }, ms / 1000);
+        }
+      },
+    });
     if (pool) {
       this.registerQueueGauges(pool, registers);
       this.registerProgressGauges(pool, registers);
@@ -117,7 +131,12 @@ export class HoldfastMetrics {
       startedAt.set(task.id, now);
       this.started.inc({ kind: task.kind });
       this.running.inc({ kind: task.kind });
-      this.wakeLatency.observe({ kind: task.kind }, Math.max(0, now - task.runAt.getTime()) / 1000);
+      // run_at is the server's time: read on its clock, a skewed host's latency stays true.
+      const serverNow = now + (worker.clockOffsetMs ?? 0);
+      this.wakeLatency.observe(
+        { kind: task.kind },
+        Math.max(0, serverNow - task.runAt.getTime()) / 1000,
+      );
     };
     const end = (
       task: { id: number; kind: string; attempt: number; maxAttempts: number },

@@ -56,12 +56,14 @@ export interface ScheduleRow {
   last_late_ms: number | null;
   created_at: Date;
   updated_at: Date;
+  /** The server's clock when read: an unread definition's next tick is computed from it. */
+  server_now?: Date;
 }
 
 export const scheduleSql = {
   schedule: "select holdfast.schedule($1, $2, $3, $4, $5::jsonb, $6, $7, $8) as changed",
   unschedule: "select holdfast.unschedule($1) as removed",
-  schedules: "select * from holdfast.schedules()",
+  schedules: "select s.*, clock_timestamp() as server_now from holdfast.schedules() s",
   fire: "select holdfast.fire_schedule($1, $2, $3::timestamptz[], $4, $5) as fired",
 } as const;
 
@@ -148,10 +150,11 @@ export function planTicks(cron: Cron, coveredUntil: Date, backfill: number, now:
 export function toSchedule(row: ScheduleRow): Schedule {
   let nextAt = row.next_at;
   if (nextAt === null) {
-    // No leader has read this definition yet: compute it the way the leader will.
+    // No leader has read this definition yet: compute it the way the leader will (on the
+    // server's clock).
     try {
       const c = parseCron(row.cron, row.timezone);
-      nextAt = upcomingTick(c, row.covered_until, new Date());
+      nextAt = upcomingTick(c, row.covered_until, row.server_now ?? new Date());
     } catch {
       nextAt = null;
     }

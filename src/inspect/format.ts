@@ -80,7 +80,9 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
     s.filters.kind === null ? "" : ` kind=${s.filters.kind}`,
   ].join("");
   const status = s.healthy ? "healthy" : `UNHEALTHY: ${s.problems.join(", ")}`;
-  out.push(clip(`holdfast @ ${s.database}${filter}  ${s.at.replace(/\.\d+Z$/, "Z")}`, width));
+  // The database's time: the snapshot's times (next ticks, ages) are read on its clock.
+  const at = s.clock.serverAt.replace(/\.\d+Z$/, "Z");
+  out.push(clip(`holdfast @ ${s.database}${filter}  ${at}`, width));
   out.push(`status: ${status}`.slice(0, width), "");
 
   out.push(
@@ -221,7 +223,7 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
           x.nextAt?.replace(/\.\d+Z$/, "Z") ?? "-",
           x.nextAt === null
             ? "-"
-            : formatDuration(Math.max(0, Date.parse(x.nextAt) - Date.parse(s.at))),
+            : formatDuration(Math.max(0, Date.parse(x.nextAt) - Date.parse(s.clock.serverAt))),
           x.lastTickAt?.replace(/\.\d+Z$/, "Z") ?? "-",
           x.lastLateMs === null ? "-" : formatDuration(x.lastLateMs),
         ]),
@@ -247,6 +249,15 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
       `  connections     ${int(c.used)} of ${int(c.max)} (${pct(c.used, c.max)}); holdfast here: ${c.lockSessions} lock, ${c.listenSessions} listen`,
       width,
     ),
+    clip(`  clock           ${formatOffset(s.clock.offsetMs)}`, width),
   );
   return `${out.join("\n")}\n`;
+}
+
+/** This host's clock against the database's, e.g. "this host 2.5 s behind the database". */
+export function formatOffset(offsetMs: number): string {
+  const abs = Math.abs(offsetMs);
+  const size = abs < 1_000 ? `${abs} ms` : `${(abs / 1_000).toFixed(1)} s`;
+  if (abs === 0) return "this host agrees with the database";
+  return `this host ${size} ${offsetMs > 0 ? "behind" : "ahead of"} the database`;
 }

@@ -138,7 +138,8 @@ select
       and a.application_name like 'holdfast:listen:%')::int as listen_sessions,
   (select count(*) from pg_stat_activity a where a.backend_type = 'client backend')::int
     as client_connections,
-  current_database() as database`;
+  current_database() as database,
+  (extract(epoch from clock_timestamp()) * 1000)::float8 as server_ms`;
 
 // What happened, for the dashboard. Relations read: holdfast.tasks, holdfast.attempts,
 // holdfast.keys (all granted to holdfast_observer). The last hour is read through

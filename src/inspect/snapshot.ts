@@ -10,7 +10,7 @@ import {
 } from "./queries.js";
 
 /** Version of the `--json` shape (docs/inspect.schema.json); bumped on any breaking change. */
-export const snapshotVersion = 3;
+export const snapshotVersion = 4;
 
 export interface InspectFilters {
   /** Only this key. */
@@ -120,9 +120,20 @@ export interface Capacity {
   };
 }
 
+/** The database's clock, and this inspecting host's offset from it. Workers measure their own
+ *  (at start, on each reconnect, then every minute): their log's clock_skew warning past 1 s
+ *  and their metric holdfast_clock_offset_seconds. */
+export interface ClockInfo {
+  /** ISO time of the database's clock (clock_timestamp()) during the snapshot. */
+  serverAt: string;
+  /** The database's clock minus this host's, in ms (positive: this host is behind), to within
+   *  half the round trip. Times in the snapshot are the database's. */
+  offsetMs: number;
+}
+
 export interface Snapshot {
   version: typeof snapshotVersion;
-  /** ISO time of the snapshot. */
+  /** ISO time of the snapshot (this host's clock). */
   at: string;
   database: string;
   filters: { key: string | null; kind: string | null };
@@ -136,6 +147,7 @@ export interface Snapshot {
   queue: QueueRow[];
   schedules: ScheduleInfo[];
   capacity: Capacity;
+  clock: ClockInfo;
 }
 
 export const num = (v: string | number | null): number | null => (v === null ? null : Number(v));
@@ -175,7 +187,10 @@ export async function readSnapshot(
   const orphans = await client.query(orphansSql, args);
   const queue = await client.query(queueSql, args);
   const schedules = await client.query(schedulesSql, args);
+  const t0 = Date.now();
   const cap = (await client.query(capacitySql)).rows[0];
+  const localMs = (t0 + Date.now()) / 2;
+  const serverNow = new Date(Math.round(cap.server_ms));
   const snapshot: Snapshot = {
     version: snapshotVersion,
     at: new Date().toISOString(),
@@ -233,7 +248,7 @@ export async function readSnapshot(
       key: r.key,
       cron: r.cron,
       timezone: r.timezone,
-      nextAt: nextTick(r)?.toISOString() ?? null,
+      nextAt: nextTick(r, serverNow)?.toISOString() ?? null,
       lastTickAt: r.last_tick_at?.toISOString() ?? null,
       lastTaskId: r.last_task_id === null ? null : Number(r.last_task_id),
       lastLateMs: r.last_late_ms === null ? null : Number(r.last_late_ms),
@@ -254,22 +269,22 @@ export async function readSnapshot(
         max: cap.max_connections,
       },
     },
+    clock: { serverAt: serverNow.toISOString(), offsetMs: Math.round(cap.server_ms - localMs) },
   };
   snapshot.problems = problemsOf(snapshot);
   snapshot.healthy = snapshot.problems.length === 0;
   return snapshot;
 }
 
-/** The leader's next tick, or (no leader has read this definition yet) the one it will compute. */
-function nextTick(r: {
-  cron: string;
-  timezone: string | null;
-  next_at: Date | null;
-  covered_until: Date;
-}): Date | null {
+/** The leader's next tick, or (no leader has read this definition yet) the one it will compute
+ *  (on the database's clock, `now`). */
+function nextTick(
+  r: { cron: string; timezone: string | null; next_at: Date | null; covered_until: Date },
+  now: Date,
+): Date | null {
   if (r.next_at) return r.next_at;
   try {
-    return upcomingTick(parseCron(r.cron, r.timezone), r.covered_until, new Date());
+    return upcomingTick(parseCron(r.cron, r.timezone), r.covered_until, now);
   } catch {
     return null;
   }

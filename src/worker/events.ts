@@ -32,6 +32,10 @@ export interface WorkerEvents {
   pruned: [{ tasks: number; attempts: number; keys: number; keyKinds: number }];
   /** The sweep returned orphaned tasks to the queue; `previous`: their dead holders. */
   takeover: [{ requeued: number; previous: PreviousHolder[] }];
+  /** The worker measured the database's clock (at start, on a reconnect, then every minute):
+   *  offsetMs is the server's clock minus this host's (positive: this host is behind), rttMs
+   *  the measuring round trip (the error is at most half of it). */
+  clock: [{ offsetMs: number; rttMs: number }];
   error: [unknown];
 }
 

@@ -3,6 +3,7 @@ import type { PreviousHolder } from "./events.js";
 import type { LockSession } from "./lock-session.js";
 import { type PruneResult, Pruner } from "./pruner.js";
 import { ScheduleTicker } from "./schedule-ticker.js";
+import type { ServerClock } from "./server-clock.js";
 import { Sweeper } from "./sweeper.js";
 
 export interface LeadershipOptions {
@@ -40,6 +41,7 @@ export class Leadership {
     logger: Logger,
     private readonly opts: LeadershipOptions,
     private readonly on: LeadershipEvents,
+    private readonly clock: ServerClock,
   ) {
     // A follower tries to lead once the leader missed two sweeps. A quiet leader still sweeps
     // once per rescan interval: the safety net for a notification it missed, as the rescan is.
@@ -52,7 +54,12 @@ export class Leadership {
         elected: () => on.elected(),
       },
     );
-    this.ticker = new ScheduleTicker(logger, () => this.requestSchedules(), on.scheduleFired);
+    this.ticker = new ScheduleTicker(
+      logger,
+      clock,
+      () => this.requestSchedules(),
+      on.scheduleFired,
+    );
     this.pruner = new Pruner(
       logger,
       { batchSize: opts.pruneBatchSize, idleMs: opts.pruneIntervalMs },
@@ -116,9 +123,15 @@ export class Leadership {
     this.pruner.activity();
   }
 
-  /** The leader's heartbeat arrived (payload: its quiet deadline, if any). */
+  /** The leader's heartbeat arrived (payload: its quiet deadline, if any). The deadline is
+   *  the server's time (ms epoch); the follower's watch runs on the local wall clock, so it is
+   *  moved onto it here: a skewed follower would otherwise take over late (behind) or try to
+   *  lead too early (ahead). */
   heartbeat(payload: string): void {
-    this.sweeper.heartbeat(payload);
+    const at = /^\d+$/.test(payload) ? Number(payload) : Number.NaN;
+    this.sweeper.heartbeat(
+      Number.isFinite(at) ? String(Math.round(this.clock.toLocal(at))) : payload,
+    );
   }
 
   /** The session changed: leadership (a lock of the old session) is gone with it. */

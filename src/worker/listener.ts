@@ -13,6 +13,7 @@ import {
   sessionBoundsValues,
   statementName,
 } from "./lock-session.js";
+import type { ServerClock } from "./server-clock.js";
 
 export interface ListenerHandlers {
   /** A task of this kind may be ready. */
@@ -47,6 +48,10 @@ export const listenerPing = { intervalMs: 5_000, timeoutMs: 5_000 };
  * must not wait for the kernel's default timeouts (hours) to free its connection slot.
  * idle_session_timeout is off here whatever the lock session uses: a LISTEN session is idle
  * by design.
+ *
+ * It also keeps the worker's ServerClock: measured on every connect (start and reconnect),
+ * and, once the measurement is older than clockResyncMs, refreshed by the next ping in place
+ * of the Sync (the clock query proves the session alive just as well).
  */
 export class Listener {
   private client: pg.Client | undefined;
@@ -54,8 +59,8 @@ export class Listener {
   private closing = false;
   private pingTimer: NodeJS.Timeout | undefined;
   private pinging = false;
-  /** When a notification (any channel) last arrived. */
-  private lastNotificationAt = 0;
+  /** When a notification (any channel) last arrived (performance.now()). */
+  private lastNotificationAt = Number.NEGATIVE_INFINITY;
   private readonly channels: string[];
 
   constructor(
@@ -65,6 +70,7 @@ export class Listener {
     private readonly logger: Logger,
     private readonly ping = listenerPing,
     private readonly bounds: LockSessionSettings = lockSessionDefaults,
+    private readonly clock?: ServerClock,
   ) {
     this.channels = ["holdfast", "holdfast_cancel", "holdfast_schedules", leaderChannel];
   }
@@ -107,6 +113,7 @@ export class Listener {
     try {
       await client.connect();
       await client.query(sessionBoundsSql, sessionBoundsValues(this.bounds, 0));
+      await this.clock?.measure(clockQuery(client), 3);
       for (const channel of this.channels) await client.query(`listen "${channel}"`);
     } catch (err) {
       await client.end().catch(() => {});
@@ -126,7 +133,7 @@ export class Listener {
   }
 
   private dispatch(channel: string, payload: string): void {
-    this.lastNotificationAt = Date.now();
+    this.lastNotificationAt = performance.now();
     if (channel === "holdfast") this.handlers.wake(payload);
     else if (channel === leaderChannel) this.handlers.leader(payload);
     else if (channel === "holdfast_cancel") this.handlers.cancel(Number(payload));
@@ -171,15 +178,21 @@ export class Listener {
     this.handlers.reconnected();
   }
 
-  /** A protocol Sync round trip; no answer within the deadline: the socket is destroyed. */
+  /** A protocol Sync round trip (or, when the clock is due a resample, the clock query); no
+   *  answer within the deadline: the socket is destroyed. */
   private async checkAlive(): Promise<void> {
     const client = this.client;
     if (!client || this.pinging) return;
-    if (Date.now() - this.lastNotificationAt < this.ping.intervalMs) return; // heard from it
+    const clock = this.clock?.stale ? this.clock : undefined;
+    // Heard from it (unless the clock needs the round trip anyway).
+    if (!clock && performance.now() - this.lastNotificationAt < this.ping.intervalMs) return;
     const socket = this.socket;
     this.pinging = true;
+    const probe = clock
+      ? clock.measure(clockQuery(client))
+      : protocolSync(client, () => new Error("LISTEN session closed"));
     const ok = await Promise.race([
-      protocolSync(client, () => new Error("LISTEN session closed")).then(
+      probe.then(
         () => true,
         () => false,
       ),
@@ -207,4 +220,8 @@ export class Listener {
     await Promise.race([client?.end().catch(() => {}), timeout]);
     this.socket?.destroy();
   }
+}
+
+function clockQuery(client: pg.Client) {
+  return async (text: string) => (await client.query<{ ms: number }>(text)).rows;
 }

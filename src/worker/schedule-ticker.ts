@@ -3,6 +3,7 @@ import type { Logger } from "pino";
 import { LockLostError } from "../errors.js";
 import { parseCron, planTicks, type ScheduleRow, scheduleSql, tickAfter } from "../schedules.js";
 import type { LockSession } from "./lock-session.js";
+import type { ServerClock } from "./server-clock.js";
 
 interface Loaded {
   name: string;
@@ -22,6 +23,11 @@ const maxTimerMs = 2 ** 31 - 1;
  * and when one is declared or removed: NOTIFY holdfast_schedules), computes each next tick, and
  * sleeps on one timer until the earliest: an idle cluster spends no query between ticks. At a
  * tick it calls holdfast.fire_schedule(), which enqueues each tick once whoever calls it.
+ *
+ * Ticks are instants on the server's clock (ServerClock): a leader whose wall clock is off
+ * fires on the database's second, and a tick's task (run_at = the tick) is never enqueued
+ * before the database reaches it. The cron fields are read in the schedule's time zone (UTC
+ * by default), never the process's TZ.
  */
 export class ScheduleTicker {
   private loaded: Loaded[] | undefined;
@@ -31,6 +37,7 @@ export class ScheduleTicker {
 
   constructor(
     private readonly logger: Logger,
+    private readonly clock: ServerClock,
     /** Asks the worker to call run() on its lock session. */
     private readonly due: () => void,
     /** Ticks this leader enqueued, each with how late (ms after the tick) its enqueue committed. */
@@ -52,7 +59,7 @@ export class ScheduleTicker {
   /** Fires what is due, then sleeps until the earliest next tick. */
   async run(session: LockSession): Promise<void> {
     if (!this.loaded) this.loaded = await this.load(session);
-    const now = new Date();
+    const now = new Date(this.clock.now());
     for (const s of this.loaded) {
       if (s.due === null || s.due > now) continue;
       const plan = planTicks(s.cron, s.coveredUntil, s.backfill, now);
@@ -82,7 +89,7 @@ export class ScheduleTicker {
         return;
       }
       if (row && row.fired > 0) {
-        const committed = Date.now();
+        const committed = this.clock.now();
         const lateMs = plan.ticks.map((t) => Math.max(0, committed - t.getTime()));
         this.logger.info(
           {
@@ -131,7 +138,7 @@ export class ScheduleTicker {
       });
       // Record the next tick of a definition no leader has seen (for schedules() and inspect).
       if (r.next_at === null && due !== null) {
-        const next = due > new Date() ? due : null;
+        const next = this.clock.until(due) > 0 ? due : null;
         if (next)
           await session.query(scheduleSql.fire, [r.name, r.revision, [], r.covered_until, next]);
       }
@@ -144,7 +151,7 @@ export class ScheduleTicker {
     this.timer = undefined;
     const times = (this.loaded ?? []).flatMap((s) => (s.due ? [s.due.getTime()] : []));
     if (times.length === 0) return;
-    const delay = Math.max(0, Math.min(...times) - Date.now());
+    const delay = Math.max(0, this.clock.until(Math.min(...times)));
     this.timer = setTimeout(() => this.due(), Math.min(delay, maxTimerMs));
     this.timer.unref();
   }

@@ -1,18 +1,23 @@
 import { sql } from "../queries/tasks.js";
 import type { LockSession } from "./lock-session.js";
+import type { ServerClock } from "./server-clock.js";
 
 /**
  * Wakes an idle worker when the earliest delayed task of its kinds becomes ready (a timer, not
- * a poll), and re-claims with a backoff a key that is ready but held elsewhere.
+ * a poll), and re-claims with a backoff a key that is ready but held elsewhere. `at` is the
+ * server's time, so the delay is measured on the server's clock (ServerClock), not Date.now().
  */
 export class WakeTimer {
   private timer: NodeJS.Timeout | undefined;
   /** Backoff of the re-claim of ready keys someone else holds. */
   private readyRetryMs = 0;
+  /** The due time (ms epoch) last found passed: seen again, its key is held elsewhere. */
+  private passed = Number.NaN;
 
   constructor(
     private readonly kinds: string[],
     private readonly maxDelayMs: number,
+    private readonly clock: ServerClock,
     private readonly wake: () => void,
   ) {}
 
@@ -32,8 +37,14 @@ export class WakeTimer {
   armAt(at: Date | null): Date | null {
     this.clear();
     if (!at) return null;
-    let delay = at.getTime() - Date.now();
-    if (delay <= 0) {
+    let delay = this.clock.until(at);
+    if (delay <= 0 && at.getTime() !== this.passed) {
+      // Passed the first time it comes back: it may have fallen due while the claim that
+      // returned it ran (a timer fires up to a few ms early, the clock is known to within half
+      // a round trip), so claim again at once.
+      this.passed = at.getTime();
+      delay = 0;
+    } else if (delay <= 0) {
       // A key is ready but was not ours to take: its lock or row is held elsewhere (a claim in
       // flight, a fenced write of a run that lost its lock). Nothing will notify us when that
       // ends, so look again soon, backing off to at most once a second.

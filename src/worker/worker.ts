@@ -26,6 +26,7 @@ import {
   type Settlement,
   settle,
 } from "./runs.js";
+import { ServerClock } from "./server-clock.js";
 import { WakeTimer } from "./wake-timer.js";
 
 export interface WorkerDeps {
@@ -59,6 +60,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private timers: NodeJS.Timeout[] = [];
   private readonly wakeTimer: WakeTimer;
   private readonly leadership: Leadership;
+  /** The database's clock: every deadline this worker waits for is read on it. */
+  private readonly clock: ServerClock;
   private reconnecting = false;
 
   constructor(
@@ -70,19 +73,29 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.kinds = [...opts.kinds.keys()];
     this.maxBatch = Math.max(...[...opts.kinds.values()].map((k) => k.batchMax));
     this.logger = deps.logger.child({ worker: opts.name });
-    this.leadership = new Leadership(this.logger, opts, {
-      kick: () => this.kick(),
-      elected: () => this.emit("leader"),
-      takeover: (requeued, previous) => {
-        this.emit("takeover", { requeued, previous });
-        this.wantClaim = true;
+    this.clock = new ServerClock(this.logger, (offsetMs, rttMs) =>
+      this.emit("clock", { offsetMs, rttMs }),
+    );
+    this.leadership = new Leadership(
+      this.logger,
+      opts,
+      {
+        kick: () => this.kick(),
+        elected: () => this.emit("leader"),
+        takeover: (requeued, previous) => {
+          this.emit("takeover", { requeued, previous });
+          this.wantClaim = true;
+        },
+        quiet: (until, leader) => this.emit("quiet", { until, leader }),
+        scheduleFired: (schedule, ticks, lateMs) =>
+          this.emit("schedule:fired", { schedule, ticks, lateMs }),
+        pruned: (result) => this.emit("pruned", result),
       },
-      quiet: (until, leader) => this.emit("quiet", { until, leader }),
-      scheduleFired: (schedule, ticks, lateMs) =>
-        this.emit("schedule:fired", { schedule, ticks, lateMs }),
-      pruned: (result) => this.emit("pruned", result),
-    });
-    this.wakeTimer = new WakeTimer(this.kinds, opts.rescanIntervalMs, () => this.requestClaim());
+      this.clock,
+    );
+    this.wakeTimer = new WakeTimer(this.kinds, opts.rescanIntervalMs, this.clock, () =>
+      this.requestClaim(),
+    );
     this.reports = new Reports({
       kinds: opts.kinds,
       reporter: () => this.listener?.reporter(),
@@ -98,6 +111,12 @@ export class Worker extends EventEmitter<WorkerEvents> {
   /** Tasks running now. */
   get activeCount(): number {
     return this.runs.size;
+  }
+
+  /** The database's clock minus this host's (ms; positive: this host is behind), as last
+   *  measured (at start, on each reconnect, then every minute); null before the start. */
+  get clockOffsetMs(): number | null {
+    return this.clock.offsetMs;
   }
 
   async start(): Promise<void> {
@@ -134,6 +153,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
         this.logger,
         undefined,
         this.opts.lockSession,
+        this.clock,
       );
       await this.listener.start();
       await this.openSession();
@@ -436,6 +456,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
     session.on("lost", (err) => this.onLost(session, err));
     await session.connect();
     if (session.isLost) throw new LockLostError("holdfast: lock session lost while connecting");
+    // A new session may reach another server (a failover): measure its clock again.
+    await this.clock.measure((text) => session.query<{ ms: number }>(text), 3);
     if (this.state === "stopping" || this.state === "stopped") {
       await session.close();
       return;
