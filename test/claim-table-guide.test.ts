@@ -1,4 +1,4 @@
-import { execFile, execFileSync } from "node:child_process";
+import { execFile } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
@@ -8,6 +8,7 @@ import { setup } from "../examples/claim-table/setup.js";
 import { messageWorker } from "../examples/claim-table/worker.js";
 import { Holdfast } from "../src/index.js";
 import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
+import { pythonWithPsycopg } from "./support/python.js";
 import { until } from "./support/wait.js";
 
 // docs/replacing-a-claim-table.md: its snippets are the files of examples/claim-table/,
@@ -15,17 +16,7 @@ import { until } from "./support/wait.js";
 const dir = fileURLToPath(new URL("../examples/claim-table/", import.meta.url));
 const doc = readFileSync(new URL("../docs/replacing-a-claim-table.md", import.meta.url), "utf8");
 
-/** A Python 3 that has psycopg (Debian: python3-psycopg), or why there is none. */
-function python(): { bin?: string; reason?: string } {
-  for (const bin of ["python3", "/usr/bin/python3"]) {
-    try {
-      execFileSync(bin, ["-c", "import psycopg"], { stdio: "ignore" });
-      return { bin };
-    } catch {}
-  }
-  return { reason: "no python3 with psycopg 3 (Debian: apt-get install python3-psycopg)" };
-}
-const py = python();
+const py = pythonWithPsycopg();
 if (!py.bin) console.warn(`claim-table guide, Python part skipped: ${py.reason}`);
 
 let db: TestDatabase;

@@ -9,13 +9,14 @@
 // Imports of the package and its subpaths resolve to src/ through package.json `exports`.
 // TypeScript snippets may use two names without declaring them: `hf` (a Holdfast) and `pool`
 // (a pg.Pool), as built in docs/getting-started.md.
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import ts from "typescript";
 import { afterAll, describe, expect, it } from "vitest";
 import { freshDatabase, type TestDatabase } from "./support/db.js";
 import { docFiles, root, type Snippet, snippets } from "./support/docs-markdown.js";
+import { pythonWithPsycopg } from "./support/python.js";
 
 const all = docFiles().flatMap(snippets);
 const tsLangs = new Set(["ts", "typescript"]);
@@ -208,9 +209,9 @@ describe("SQL snippets", () => {
   }
 });
 
-/** `python3` with psycopg 3, or the interpreter named by HOLDFAST_PYTHON. */
-const python = process.env.HOLDFAST_PYTHON ?? "python3";
-const hasPsycopg = spawnSync(python, ["-c", "import psycopg"]).status === 0;
+const found = pythonWithPsycopg();
+const python = found.bin ?? "python3";
+const hasPsycopg = found.bin !== undefined;
 
 describe("quick starts", () => {
   const runs = all.filter((s) => markerOf(s) === "run");

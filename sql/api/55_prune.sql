@@ -184,3 +184,14 @@ create function holdfast.prune_due() returns timestamptz
        where kk.kind = kd.kind order by kk.last_succeeded_at limit 1) x)), 'infinity')
 $$;
 select holdfast._grant('execute', 'function holdfast.prune_due()', 'holdfast_worker');
+
+-- How the leader paces its batches (src/worker/pruner.ts): the shortest retention of any kind
+-- (ms; null when every kind keeps everything), and whether a task is running (it will end and
+-- expire). Read with each batch.
+create function holdfast.prune_pace(out keep_ms float8, out running boolean)
+  language sql stable security definer set search_path = pg_catalog, pg_temp as $$
+  select (select extract(epoch from min(least(kd.retain_succeeded, kd.retain_cancelled,
+            kd.retain_failed))) * 1000 from holdfast.kinds kd)::float8,
+         exists (select 1 from holdfast.tasks t where t.state = 'running')
+$$;
+select holdfast._grant('execute', 'function holdfast.prune_pace()', 'holdfast_worker');

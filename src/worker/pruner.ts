@@ -167,12 +167,10 @@ export class Pruner {
 }
 
 /** One batch and, after it, when the next has something to do (ms from now; null: never), and
- *  the shortest retention of any kind (ms; null: every kind keeps everything). */
+ *  how to pace the next (holdfast.prune_pace()). */
 const pruneSql = `with p as materialized (select * from holdfast.prune_rows($1::int))
   select p.tasks, p.attempts, p.keys, p.key_kinds,
     case when d.at = 'infinity' then null
       else greatest(0, extract(epoch from d.at - clock_timestamp()) * 1000)::float8 end as due_ms,
-    (select extract(epoch from min(least(kd.retain_succeeded, kd.retain_cancelled,
-       kd.retain_failed))) * 1000 from holdfast.kinds kd)::float8 as keep_ms,
-    exists (select 1 from holdfast.tasks t where t.state = 'running') as running
-  from p, lateral (select holdfast.prune_due() as at from p) d`;
+    pace.keep_ms, pace.running
+  from p, lateral (select holdfast.prune_due() as at from p) d, holdfast.prune_pace() pace`;
