@@ -12,6 +12,10 @@ export interface TcpProxy {
   url: string;
   partition(): void;
   heal(): void;
+  /** Sends new connections to `targetUrl`'s host and port from now on, as a provider's endpoint
+   *  does after a failover. Open connections stay with the server they reached (they end with
+   *  it, as behind a DNS switch). */
+  retarget(targetUrl: string): void;
   /** Sockets currently open through the proxy. */
   connections(): number;
   /** Transactions the clients sent so far: simple queries, and extended-protocol Syncs that
@@ -22,9 +26,7 @@ export interface TcpProxy {
 }
 
 export async function startProxy(targetUrl: string): Promise<TcpProxy> {
-  const target = new URL(targetUrl);
-  const targetPort = Number(target.port || 5432);
-  const targetHost = target.hostname;
+  let target = new URL(targetUrl);
   let cut = false;
   let transactions = 0;
   const pairs = new Set<[net.Socket, net.Socket]>();
@@ -32,7 +34,7 @@ export async function startProxy(targetUrl: string): Promise<TcpProxy> {
   // heal, the next packet from the survivor meets a reset, as on a real network.
   const doomed = new Set<net.Socket>();
   const server = net.createServer((client) => {
-    const upstream = net.connect(targetPort, targetHost);
+    const upstream = net.connect(Number(target.port || 5432), target.hostname);
     const pair: [net.Socket, net.Socket] = [client, upstream];
     pairs.add(pair);
     const forward = (from: net.Socket, to: net.Socket) =>
@@ -67,6 +69,9 @@ export async function startProxy(targetUrl: string): Promise<TcpProxy> {
     url: url.toString(),
     partition: () => {
       cut = true;
+    },
+    retarget: (next) => {
+      target = new URL(next);
     },
     heal: () => {
       cut = false;
