@@ -11,7 +11,7 @@ import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { Holdfast, type Task } from "../src/index.js";
-import { silent, withDatabase } from "./support/db.js";
+import { freshDatabase, silent, withDatabase } from "./support/db.js";
 import { collectJsonLines } from "./support/json-lines.js";
 import { overlaps } from "./support/runs.js";
 import { type StreamingPair, startStreamingPair } from "./support/standby.js";
@@ -150,10 +150,10 @@ it("after the primary dies and the synchronous standby is promoted, every holder
   const promotedAt = Date.now();
   endpoint.retarget(pair.standby.url);
 
-  const fresh = new pg.Pool({
-    connectionString: withDatabase(pair.standby.url, "failover"),
-    max: 2,
-  });
+  // The new primary's view, on one session (ended before the server stops in afterAll).
+  const fresh = new pg.Client({ connectionString: withDatabase(pair.standby.url, "failover") });
+  fresh.on("error", () => {});
+  await fresh.connect();
   try {
     await until(
       async () => {
@@ -175,9 +175,13 @@ it("after the primary dies and the synchronous standby is promoted, every holder
         Math.min(...starts.filter((s) => s.id === r.id && s.at > killedAt).map((s) => s.at)) -
         promotedAt,
     );
+    const reconnectMs = said("lock:reconnected")
+      .filter((l) => l.at > promotedAt)
+      .map((l) => l.at - promotedAt);
     console.log(
       `failover: ${cut.length} in-flight runs aborted within ${abortedWithinMs} ms of the SIGKILL; ` +
-        `promotion took ${promotedAt - promoteAt} ms; the cut tasks restarted ` +
+        `promotion took ${promotedAt - promoteAt} ms; lock sessions back ` +
+        `${Math.min(...reconnectMs)}–${Math.max(...reconnectMs)} ms after it; the cut tasks restarted ` +
         `${Math.min(...takeoverMs)}–${Math.max(...takeoverMs)} ms after it; all ${ids.length} tasks ` +
         `succeeded ${doneAt - promotedAt} ms after it`,
     );
@@ -290,6 +294,7 @@ it("with asynchronous replication, a completion the standby never received runs 
     await until(() => outcomes.filter((o) => o === "succeeded").length === 2, 10_000, "reported");
 
     const fresh = new pg.Client({ connectionString: lagging.standby.url });
+    fresh.on("error", () => {});
     await fresh.connect();
     const { rows } = await fresh.query<{ attempt: number; outcome: string }>(
       "select attempt, outcome from holdfast.attempts where task_id = $1 order by attempt",
@@ -307,5 +312,88 @@ it("with asynchronous replication, a completion the standby never received runs 
     await hf.close();
     await front.close();
     await lagging.stop();
+  }
+});
+
+it("a claim answered in the same read as the end of its session (a dying server's last words) starts no handler", async () => {
+  // A backend that answers a claim and then finds its postmaster gone (or is terminated)
+  // sends the answer and a FATAL back to back; a client that reads both at once sees the
+  // claim resolve after the session was already lost and its handlers aborted.
+  const db = await freshDatabase();
+  const front = await startProxy(db.url);
+  const direct = new Holdfast({ connectionString: db.url, logger: silent });
+  const hf = new Holdfast({ connectionString: front.url, logger: silent });
+  const started: Task[] = [];
+  const ended: Array<{ task: Task; aborted: boolean }> = [];
+  try {
+    // The sweep leader runs on a direct session, so the proxied lock session only claims.
+    const leader = direct.worker({ name: "leader", handlers: { other: async () => {} } });
+    const led = new Promise<void>((resolve) => leader.once("leader", () => resolve()));
+    await leader.start();
+    await led;
+    const worker = hf.worker({
+      name: "claimer",
+      // No health probe while the answers are held.
+      lockSession: { healthCheckIntervalMs: 3_000, healthCheckTimeoutMs: 5_000 },
+      handlers: {
+        job: async (task: Task<{ ms: number }>, ctx) => {
+          started.push(task);
+          await abortableSleep(task.payload.ms, ctx.signal).catch(() => {});
+          ended.push({ task, aborted: ctx.signal.aborted });
+        },
+      },
+    });
+    await worker.start();
+    const armed = new Promise<void>((resolve) =>
+      worker.on("idle", ({ nextRunAt }) => nextRunAt && resolve()),
+    );
+    const runAt = new Date(Date.now() + 1_500);
+    const { id } = await direct.enqueue("job", {
+      key: "last-words",
+      payload: { ms: 1_000 },
+      runAt,
+    });
+    await armed; // the worker claims at runAt, on its timer
+    front.hold("holdfast:lock:claimer"); // the lock session's answers only
+    const { pid } = await until(
+      async () =>
+        (
+          await db.pool.query<{ pid: number }>(
+            "select holder_pid as pid from holdfast.tasks where id = $1 and state = 'running'",
+            [id],
+          )
+        ).rows[0],
+      10_000,
+      "the claim committed (its answer held)",
+      5,
+    );
+    const open = front.connections();
+    await db.pool.query("select pg_terminate_backend($1)", [pid]);
+    await until(() => front.connections() < open, 10_000, "the lock session's end held", 5);
+    front.release();
+
+    await until(() => ended.some((e) => !e.aborted), 20_000, "the task ran to its end", 20);
+    await until(async () => {
+      const r = await db.pool.query<{ state: string }>(
+        "select state from holdfast.tasks where id = $1",
+        [id],
+      );
+      return r.rows[0]?.state === "succeeded";
+    });
+    // The claim of the lost session ran nothing; the takeover (attempt 2) ran the task.
+    expect(started.map((t) => t.attempt)).toEqual([2]);
+    const { rows } = await db.pool.query<{ attempt: number; outcome: string }>(
+      "select attempt, outcome from holdfast.attempts where task_id = $1 order by attempt",
+      [id],
+    );
+    expect(rows).toEqual([
+      { attempt: 1, outcome: "lost" },
+      { attempt: 2, outcome: "succeeded" },
+    ]);
+  } finally {
+    await hf.close();
+    await direct.close();
+    await front.close();
+    await db.drop();
   }
 });
