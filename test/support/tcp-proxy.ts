@@ -12,6 +12,16 @@ export interface TcpProxy {
   url: string;
   partition(): void;
   heal(): void;
+  /** Sends new connections to `targetUrl`'s host and port from now on, as a provider's endpoint
+   *  does after a failover. Open connections stay with the server they reached (they end with
+   *  it, as behind a DNS switch). */
+  retarget(targetUrl: string): void;
+  /** Holds what servers send, and their closes, until release(); with `only`, on the
+   *  connections whose start-up packet contains it (e.g. an application_name). */
+  hold(only?: string): void;
+  /** Delivers each connection's held bytes in one write, then its close if the server closed:
+   *  the client reads an answer and the end of its session together, as a loaded client may. */
+  release(): void;
   /** Sockets currently open through the proxy. */
   connections(): number;
   /** Transactions the clients sent so far: simple queries, and extended-protocol Syncs that
@@ -22,17 +32,24 @@ export interface TcpProxy {
 }
 
 export async function startProxy(targetUrl: string): Promise<TcpProxy> {
-  const target = new URL(targetUrl);
-  const targetPort = Number(target.port || 5432);
-  const targetHost = target.hostname;
+  let target = new URL(targetUrl);
   let cut = false;
   let transactions = 0;
   const pairs = new Set<[net.Socket, net.Socket]>();
   // Sockets whose peer closed while partitioned: the close could not cross the cut. After the
   // heal, the next packet from the survivor meets a reset, as on a real network.
   const doomed = new Set<net.Socket>();
+  let held: ((pair: [net.Socket, net.Socket]) => boolean) | undefined;
+  const startups = new Map<net.Socket, string>();
+  // Per client socket, while held: the server's bytes, and whether the server closed.
+  const waiting = new Map<net.Socket, { chunks: Buffer[]; closed: boolean }>();
+  const heldFor = (client: net.Socket) => {
+    const w = waiting.get(client) ?? { chunks: [], closed: false };
+    waiting.set(client, w);
+    return w;
+  };
   const server = net.createServer((client) => {
-    const upstream = net.connect(targetPort, targetHost);
+    const upstream = net.connect(Number(target.port || 5432), target.hostname);
     const pair: [net.Socket, net.Socket] = [client, upstream];
     pairs.add(pair);
     const forward = (from: net.Socket, to: net.Socket) =>
@@ -40,13 +57,19 @@ export async function startProxy(targetUrl: string): Promise<TcpProxy> {
         if (!cut) to.write(chunk); // while partitioned, bytes vanish
       });
     forward(client, upstream);
+    client.once("data", (chunk) => startups.set(client, chunk.toString("latin1")));
     client.on(
       "data",
       countTransactions((n) => (transactions += n)),
     );
-    forward(upstream, client);
+    upstream.on("data", (chunk) => {
+      if (cut) return;
+      if (held?.(pair)) heldFor(client).chunks.push(chunk);
+      else client.write(chunk);
+    });
     const end = () => {
       pairs.delete(pair);
+      startups.delete(client);
       if (!cut) {
         client.destroy();
         upstream.destroy();
@@ -55,7 +78,13 @@ export async function startProxy(targetUrl: string): Promise<TcpProxy> {
       }
     };
     client.on("close", end).on("error", () => {});
-    upstream.on("close", end).on("error", () => {});
+    upstream
+      .on("close", () => {
+        if (!held?.(pair) || client.destroyed) return end();
+        heldFor(client).closed = true;
+        pairs.delete(pair);
+      })
+      .on("error", () => {});
   });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const { port } = server.address() as net.AddressInfo;
@@ -67,6 +96,21 @@ export async function startProxy(targetUrl: string): Promise<TcpProxy> {
     url: url.toString(),
     partition: () => {
       cut = true;
+    },
+    retarget: (next) => {
+      target = new URL(next);
+    },
+    hold: (only) => {
+      held = ([client]) => only === undefined || (startups.get(client) ?? "").includes(only);
+    },
+    release: () => {
+      held = undefined;
+      for (const [client, w] of waiting) {
+        const data = Buffer.concat(w.chunks);
+        if (w.closed) client.end(data);
+        else if (data.length > 0) client.write(data);
+      }
+      waiting.clear();
     },
     heal: () => {
       cut = false;
