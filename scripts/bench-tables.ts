@@ -2,8 +2,10 @@
 // bench/results.json, between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` markers, so every
 // figure has one source. `npx tsx scripts/bench-tables.ts` rewrites them after a full run;
 // `--check` exits 1 when a file is stale (test/docs-bench.test.ts runs the same check).
+
 import { readFileSync, writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
+import type { PhaseCost } from "../bench/task-cost.js";
 
 interface Summary {
   n: number;
@@ -133,18 +135,6 @@ function find<T extends { system: string }>(rows: T[], system: string, extra?: (
   const row = rows.find((r) => r.system === system && (extra?.(r) ?? true));
   if (!row) throw new Error(`bench-tables: no row for ${system} in bench/results.json`);
   return row;
-}
-
-/** Per task, one phase of bench/task-cost.ts. */
-interface PhaseCost {
-  walBytes: number;
-  heapInserts: number;
-  heapUpdates: number;
-  hotUpdates: number;
-  heapDeletes: number;
-  btreeEntries: number;
-  commits: number;
-  statements: number;
 }
 
 /** Every generated block, by marker name. */

@@ -1,9 +1,9 @@
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { existsSync } from "node:fs";
 import { chmod, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
+import { debianFile } from "./debian.js";
 import { freePort } from "./postgres.js";
 
 /** PgBouncer's pool modes: what one client connection keeps of a server session. */
@@ -22,48 +22,22 @@ export interface Bouncer {
   stop(): Promise<void>;
 }
 
-const candidates = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer"];
-
-function which(): string | undefined {
-  return candidates.find((p) => existsSync(p));
-}
-
 let resolved: { bin?: string; reason?: string } | undefined;
 
-/**
- * The pgbouncer binary, or why there is none. Missing and running as root with apt-get
- * available, it is installed (Debian's package `pgbouncer`), as CI does.
- */
+/** The pgbouncer binary (Debian package `pgbouncer`), or why there is none (see debianFile). */
 export function pgbouncerBinary(): { bin?: string; reason?: string } {
   if (resolved) return resolved;
-  let bin = which();
-  if (!bin && process.getuid?.() === 0 && existsSync("/usr/bin/apt-get")) {
-    const apt = (args: string[]) =>
-      execFileSync("apt-get", args, {
-        stdio: "ignore",
-        env: { ...process.env, DEBIAN_FRONTEND: "noninteractive" },
-        timeout: 300_000,
-      });
-    try {
+  const { path, reason } = debianFile(
+    "pgbouncer",
+    ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer"],
+    () => {
+      // The package enables a service on the default port; the tests start their own.
       try {
-        apt(["install", "-y", "--no-install-recommends", "pgbouncer"]);
-      } catch {
-        apt(["update"]);
-        apt(["install", "-y", "--no-install-recommends", "pgbouncer"]);
-      }
-    } catch (err) {
-      resolved = { reason: `apt-get install pgbouncer failed: ${(err as Error).message}` };
-      return resolved;
-    }
-    // The package enables a service on the default port; the tests start their own.
-    try {
-      execFileSync("service", ["pgbouncer", "stop"], { stdio: "ignore" });
-    } catch {}
-    bin = which();
-  }
-  resolved = bin
-    ? { bin }
-    : { reason: "pgbouncer is not installed (Debian: apt-get install pgbouncer)" };
+        execFileSync("service", ["pgbouncer", "stop"], { stdio: "ignore" });
+      } catch {}
+    },
+  );
+  resolved = path ? { bin: path } : { reason };
   return resolved;
 }
 
