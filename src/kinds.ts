@@ -1,5 +1,6 @@
 import type pg from "pg";
 import { asKnownError, type HoldfastError } from "./errors.js";
+import { kindLimitsParam } from "./limits.js";
 import { sql } from "./queries/tasks.js";
 import type { DefineKindOptions, Interval, Retention } from "./types.js";
 
@@ -19,6 +20,8 @@ export interface KindParams {
   retainFailed: string | null;
   /** End states kept forever. */
   keepForever: string[] | null;
+  /** JSON: units each run reserves per limit (null keeps the stored limits). */
+  limits: string | null;
 }
 
 const endStates = ["succeeded", "cancelled", "failed"] as const;
@@ -61,6 +64,7 @@ export function kindParams(kind: string, opts: DefineKindOptions, Err: ErrorCtor
     strictOrder: strictOrder ?? null,
     maxRunning: maxRunning === undefined ? null : (maxRunning ?? 0),
     keepCheckpoint: keepCheckpoint ?? null,
+    limits: kindLimitsParam(opts.limits, where, Err),
   };
 }
 
@@ -133,6 +137,7 @@ export async function defineKind(pool: pg.Pool, kind: string, p: KindParams): Pr
       p.retainCancelled,
       p.retainFailed,
       p.keepForever,
+      p.limits,
     ]);
   } catch (err) {
     throw asKnownError(err);

@@ -44,7 +44,7 @@ const quietMs = `case when q.until = 'infinity' then 'Infinity'::float8
 
 export const sql = {
   defineKind:
-    "select holdfast.define_kind($1, $2, $3::interval, $4, $5, $6, $7, $8::interval, $9::interval, $10::interval, $11::text[])",
+    "select holdfast.define_kind($1, $2, $3::interval, $4, $5, $6, $7, $8::interval, $9::interval, $10::interval, $11::text[], limits => $12::jsonb)",
   enqueue:
     "select id, deduped from holdfast.enqueue_task($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9::interval, $10::interval)",
   // A claim that gets nothing also says when the next task of these kinds is due, in the same
