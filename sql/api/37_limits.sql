@@ -62,6 +62,7 @@ declare
   v_names text[];
   v_now timestamptz;
   v_ok boolean;
+  r record;
 begin
   select array_agg(distinct kl.limit_name) into v_names
   from holdfast.kind_limits kl where kl.kind = any (kinds);
@@ -69,13 +70,15 @@ begin
   -- After the locks: admission times follow the order of admissions, so a window counted here
   -- holds every run admitted before.
   v_now := clock_timestamp();
-  with gone as (
-    delete from holdfast.limit_runs lr using holdfast.limits l
-    where l.name = any (v_names) and lr.limit_name = l.name and lr.at <= v_now - l.per
-    returning lr.limit_name, coalesce(lr.charged, lr.reserved) as units)
-  update holdfast.limits l set used = l.used - g.units
-  from (select gone.limit_name, sum(gone.units) as units from gone group by 1) g
-  where l.name = g.limit_name;
+  -- One range of limit_runs_at per limit: the runs that left the window since the last claim.
+  for r in select l.name, l.per from holdfast.limits l where l.name = any (v_names) loop
+    with gone as (
+      delete from holdfast.limit_runs lr where lr.limit_name = r.name and lr.at <= v_now - r.per
+      returning coalesce(lr.charged, lr.reserved) as units)
+    update holdfast.limits l set used = l.used - g.units
+    from (select sum(gone.units) as units from gone) g
+    where l.name = r.name and g.units is not null;
+  end loop;
   for i in 1..cardinality(keys) loop
     continue when v_slots[i] = 0;
     select bool_and(l.used + kl.units <= l.units and coalesce(l.closed_until <= v_now, true))
