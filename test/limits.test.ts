@@ -1,11 +1,21 @@
 // Limits in one process (guarantee 9): bad input, admission from plain SQL, what a charge does
 // to later starts, a throttle across workers, order per key while waiting, and a full limit
-// that must not hold up a worker's other kinds. Crashes and several processes: limits-crash.
+// that must not hold up a worker's other kinds, and what inspect, metrics and logs show.
+// Crashes and several processes: limits-crash.
 import type pg from "pg";
 import { expect, it } from "vitest";
-import { Holdfast, InvalidArgumentError, type Task, ThrottledError } from "../src/index.js";
+import {
+  Holdfast,
+  HoldfastMetrics,
+  InvalidArgumentError,
+  type Task,
+  ThrottledError,
+  takeSnapshot,
+} from "../src/index.js";
+import { formatSnapshot } from "../src/inspect/format.js";
 import { waitEvent } from "./lock-loss/support.js";
 import { useHoldfast } from "./support/db.js";
+import { assertInspectShape } from "./support/inspect-schema.js";
 import { captureLogger } from "./support/log-capture.js";
 import { until } from "./support/wait.js";
 
@@ -288,4 +298,44 @@ it("a kind whose limit is full does not hold up the worker's other kinds", async
   const [, info] = await waitEvent(w, "task:end", (task) => task.id === free.id, 5_000);
   expect(info.outcome).toBe("succeeded");
   await w.stop();
+});
+
+it("inspect, the metrics and the logs show a limit's window, the tasks waiting on it and the run admitted after waiting", async () => {
+  const { hf, db } = t;
+  await hf.defineLimit("shown", { units: 5, per: "1 hour" });
+  await hf.defineKind("sh", { limits: { shown: 2 } });
+  const log = captureLogger();
+  const hfLogged = new Holdfast({ pool: db.pool, logger: log.logger });
+  const w = hfLogged.worker({ name: "sh-1", concurrency: 3, handlers: { sh: async () => {} } });
+  await w.start();
+  const ids = [];
+  for (const key of ["sh:a", "sh:b", "sh:c"]) ids.push((await hf.enqueue("sh", { key })).id);
+  // Two runs of 2 fit in 5; the third waits an hour for the first to leave the window.
+  await until(
+    () => log.lines.some((l) => l.event === "limit_wait" && l.limit === "shown"),
+    10_000,
+    "limit_wait logged",
+  );
+  const client = await db.pool.connect();
+  const snap = await takeSnapshot(client, { kind: "sh" }).finally(() => client.release());
+  assertInspectShape(JSON.parse(JSON.stringify(snap)));
+  expect(snap.limits).toMatchObject([
+    { name: "shown", units: 5, used: 4, reserved: 4, charged: 0, runs: 2, waiting: 1 },
+  ]);
+  expect(Date.parse(snap.limits[0]?.roomAt ?? "")).toBeGreaterThan(Date.now() + 3_500_000);
+  expect(formatSnapshot(snap)).toMatch(/LIMITS \(1\)\n.*\n\s*shown\s+4\s+5\s/);
+  const metrics = new HoldfastMetrics(db.pool);
+  const text = await metrics.text();
+  expect(text).toContain('holdfast_limit_units{limit="shown",state="reserved"} 4');
+  expect(text).toContain('holdfast_limit_waiting_tasks{limit="shown"} 1');
+
+  // Room made (a larger limit notifies the kind's workers): the third run starts at once.
+  await hf.defineLimit("shown", { units: 6, per: "1 hour" });
+  await until(
+    () => log.lines.find((l) => l.event === "limit_admitted" && l.limit === "shown"),
+    10_000,
+    "limit_admitted logged",
+  );
+  await w.stop();
+  await hfLogged.close();
 });

@@ -10,6 +10,7 @@ import type { Task } from "../types.js";
 import { retryWithBackoff } from "./backoff.js";
 import type { WorkerEvents } from "./events.js";
 import { Leadership } from "./leadership.js";
+import { LimitWaits } from "./limit-waits.js";
 import { Listener } from "./listener.js";
 import { LockSession } from "./lock-session.js";
 import { Reports, type RoundTripReports } from "./reports.js";
@@ -59,6 +60,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private timers: NodeJS.Timeout[] = [];
   private readonly wakeTimer: WakeTimer;
   private readonly leadership: Leadership;
+  private readonly limitWaits: LimitWaits;
   private reconnecting = false;
 
   constructor(
@@ -82,6 +84,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
         this.emit("schedule:fired", { schedule, ticks, lateMs }),
       pruned: (result) => this.emit("pruned", result),
     });
+    this.limitWaits = new LimitWaits(deps.pool, this.kinds, this.logger);
     this.wakeTimer = new WakeTimer(this.kinds, opts.rescanIntervalMs, () => this.requestClaim());
     this.reports = new Reports({
       kinds: opts.kinds,
@@ -109,6 +112,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       // statement pooler would strand them on a backend another client gets next.
       await requireSessions(this.deps.connection, "the worker's session connection");
       for (const k of this.opts.kinds.values()) await defineKind(this.deps.pool, k.kind, k.params);
+      await this.limitWaits.start();
       // LISTEN before the first scan, so a task enqueued in between still wakes us.
       this.listener = new Listener(
         this.deps.connection,
@@ -356,6 +360,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       // Some slot is idle: wake at the earliest delayed task (a timer, not a poll).
       const nextRunAt =
         nextAt !== undefined ? this.wakeTimer.armAt(nextAt) : await this.wakeTimer.arm(session);
+      if (runs.length === 0) this.limitWaits.claimedNothing();
       this.emit("idle", { nextRunAt });
     }
   }
@@ -371,6 +376,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     if (claimedAhead) this.reports.started(session, tasks);
     const cancelledEarly = this.runs.add(run);
     run.logger.info({ event: "task_started", batch: tasks.length }, "holdfast: task started");
+    this.limitWaits.started(run.task, run.logger);
     for (const t of tasks) this.emit("task:start", t);
     for (const id of cancelledEarly) this.cancelRunning(id);
     const started = callHandler(this.opts.kinds.get(run.task.kind), run, this.deps.pool);
