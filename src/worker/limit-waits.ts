@@ -12,6 +12,8 @@ export class LimitWaits {
   private limited = new Set<string>();
   private readonly waiting = new Map<string, { since: number; kinds: string[] }>();
   private reading = false;
+  /** When the last read started: at most one a second, however often claims come back empty. */
+  private readAt = 0;
 
   constructor(
     private readonly pool: pg.Pool,
@@ -27,8 +29,9 @@ export class LimitWaits {
 
   /** A claim got nothing: note the limits of our kinds without room (once per wait). */
   claimedNothing(): void {
-    if (this.limited.size === 0 || this.reading) return;
+    if (this.limited.size === 0 || this.reading || Date.now() - this.readAt < 1_000) return;
     this.reading = true;
+    this.readAt = Date.now();
     void this.usage()
       .then((rows) => {
         for (const r of rows) {
