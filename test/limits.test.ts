@@ -339,3 +339,45 @@ it("inspect, the metrics and the logs show a limit's window, the tasks waiting o
   await w.stop();
   await hfLogged.close();
 });
+
+it("a throttle after a cancel request hands nothing back, and a run given back unstarted returns its reservation", async () => {
+  const { hf, db } = t;
+  await hf.defineLimit("edge", { units: 1, per: "1 hour" });
+  await hf.defineKind("edge-kind", { limits: { edge: 1 } });
+  const s = await db.session();
+  const a = await hf.enqueue("edge-kind", { key: "edge:a" });
+  const [ra] = await claim(s, ["edge-kind"]);
+  expect(ra?.id).toBe(String(a.id));
+  await hf.cancel(a.id); // running: a cancel request the worker has not seen yet
+  const throttled = await s.query<{ ok: boolean }>(
+    "select holdfast.throttle($1, $2, 'edge', now() + interval '1 minute') as ok",
+    [a.id, ra?.fence],
+  );
+  expect(throttled.rows[0]?.ok).toBe(false); // the worker reports it with fail() instead
+  await s.query("select holdfast.fail($1, $2, 'throttled')", [a.id, ra?.fence]);
+  const { rows } = await db.pool.query<{ state: string }>(
+    "select state from holdfast.tasks where id = $1",
+    [a.id],
+  );
+  expect(rows[0]?.state).toBe("cancelled");
+  const [closed] = (await hf.limits()).filter((l) => l.name === "edge");
+  expect(closed?.closedUntil).toBeNull();
+
+  // Claimed ahead (start_keys 0: not started) and released: the window is empty again.
+  await hf.defineLimit("edge2", { units: 1, per: "1 hour" });
+  await hf.defineKind("edge2-kind", { limits: { edge2: 1 } });
+  const b = await hf.enqueue("edge2-kind", { key: "edge:b" });
+  const ahead = await s.query<Claimed>(
+    "select id, key, kind, fence from holdfast.claim(array['edge2-kind'], 'psql', 1, 1, 0)",
+  );
+  expect(ahead.rows[0]?.id).toBe(String(b.id));
+  const [held] = (await hf.limits()).filter((l) => l.name === "edge2");
+  expect(held?.used).toBe(1);
+  await s.query("select holdfast.release($1::bigint[], $2::bigint[])", [
+    [b.id],
+    [ahead.rows[0]?.fence],
+  ]);
+  const [freed] = (await hf.limits()).filter((l) => l.name === "edge2");
+  expect(freed?.used).toBe(0);
+  expect((await claim(s, ["edge2-kind"]))[0]?.id).toBe(String(b.id));
+});

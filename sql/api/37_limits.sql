@@ -303,8 +303,9 @@ select holdfast._grant('execute', 'function holdfast.charge(bigint, bigint, text
 -- and hands the run (every task of the key under this fence) back: pending again in its place,
 -- the attempt not counted, its key unlocked; it starts again once the limit reopens. Its
 -- reservation stays counted. Called on the session holding the run (as fail). Returns false
--- and changes nothing when the run is not held under that fence by this session. HF002: an
--- unknown limit or no time; HF003: no such task. Role holdfast_worker.
+-- and changes nothing when the run is not held under that fence by this session, or when a
+-- cancel was requested meanwhile (the worker then reports it with fail(), which records the
+-- cancel). HF002: an unknown limit or no time; HF003: no such task. Role holdfast_worker.
 create function holdfast.throttle(id bigint, fence bigint, limit_name text, until timestamptz)
 returns boolean
   language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
@@ -326,9 +327,17 @@ begin
   if not found then
     perform holdfast._raise('HF003', format('holdfast: no task with id %s', v_id));
   end if;
+  -- Under the key row's lock (as hand_over): a cancel cannot commit between the check and the
+  -- hand-back, which would make the next claim forget it.
+  perform 1 from holdfast.keys k where k.key = v_key for no key update;
   select array_agg(t.id) into v_ids from holdfast.tasks t
   where t.key = v_key and t.state = 'running' and t.fence = v_fence;
-  if v_ids is null or exists (select 1 from holdfast._finish_many(v_ids,
+  if v_ids is null
+     or exists (select 1 from holdfast.tasks t where t.id = any (v_ids) and t.cancel_requested)
+  then
+    return false;
+  end if;
+  if exists (select 1 from holdfast._finish_many(v_ids,
       array_fill(v_fence, array[cardinality(v_ids)]), 'released',
       jsonb_build_object('message', format('throttled: limit %s closed until %s', v_limit,
         v_until)), null)) then

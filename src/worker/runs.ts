@@ -14,8 +14,8 @@ import { sql, type TaskRow, toTask } from "../queries/tasks.js";
 import type { CheckpointOptions, HandlerContext, Queryable, Task } from "../types.js";
 import type { LockSession } from "./lock-session.js";
 
-/** handed_over: stopped by a shutdown after a checkpoint, given back without an attempt. */
-/** throttled: a ThrottledError closed its limit and gave the run back without an attempt. */
+/** handed_over: stopped by a shutdown after a checkpoint, given back without an attempt;
+ *  throttled: a ThrottledError closed its limit and gave the run back without an attempt. */
 export type Outcome =
   | "succeeded"
   | "failed"
