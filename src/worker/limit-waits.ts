@@ -12,8 +12,10 @@ export class LimitWaits {
   private limited = new Set<string>();
   private readonly waiting = new Map<string, { since: number; kinds: string[] }>();
   private reading = false;
-  /** When the last read started: at most one a second, however often claims come back empty. */
+  /** When the last read started: at most one a second, however often claims come back empty
+   *  (one asked for sooner is deferred, not dropped: it may be the last empty claim for long). */
   private readAt = 0;
+  private deferred: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly pool: pg.Pool,
@@ -29,7 +31,19 @@ export class LimitWaits {
 
   /** A claim got nothing: note the limits of our kinds without room (once per wait). */
   claimedNothing(): void {
-    if (this.limited.size === 0 || this.reading || Date.now() - this.readAt < 1_000) return;
+    if (this.limited.size === 0 || this.deferred) return;
+    const wait = this.readAt + 1_000 - Date.now();
+    if (this.reading || wait > 0) {
+      this.deferred = setTimeout(
+        () => {
+          this.deferred = undefined;
+          this.claimedNothing();
+        },
+        Math.max(wait, 50),
+      );
+      this.deferred.unref();
+      return;
+    }
     this.reading = true;
     this.readAt = Date.now();
     void this.usage()

@@ -10,7 +10,7 @@ import {
 } from "../errors.js";
 import { isUnits, limitSql } from "../limits.js";
 import type { ResolvedKind } from "../options.js";
-import { sql, type TaskRow, toTask } from "../queries/tasks.js";
+import { fromNowMs, sql, type TaskRow, toTask } from "../queries/tasks.js";
 import type { CheckpointOptions, HandlerContext, Queryable, Task } from "../types.js";
 import type { LockSession } from "./lock-session.js";
 
@@ -260,7 +260,7 @@ export async function settle(
   const done = succeeded.flatMap((s) => s.run.tasks.map((t) => ({ run: s.run, t })));
   if (done.length === 0 && started.length === 0 && unlockKeys.length === 0) {
     if (claim.maxKeys <= 0) return { rows: [] };
-    const rows = await session.query<TaskRow & { next_at: Date | null }>(sql.claim, [
+    const rows = await session.query<TaskRow & { next_in_ms: number | null }>(sql.claim, [
       claim.kinds,
       claim.worker,
       claim.maxTasks,
@@ -268,7 +268,9 @@ export async function settle(
       claim.startKeys,
     ]);
     const claimed = rows.filter((r) => r.id !== null);
-    return claimed.length > 0 ? { rows: claimed } : { rows: [], nextAt: rows[0]?.next_at ?? null };
+    return claimed.length > 0
+      ? { rows: claimed }
+      : { rows: [], nextAt: fromNowMs(rows[0]?.next_in_ms) };
   }
   const rows = await session.query<TaskRow & { rejected: string | null }>(sql.settle, [
     done.map((d) => d.t.id),

@@ -1,4 +1,4 @@
-import { sql } from "../queries/tasks.js";
+import { fromNowMs, sql } from "../queries/tasks.js";
 import type { LockSession } from "./lock-session.js";
 
 /**
@@ -23,8 +23,8 @@ export class WakeTimer {
 
   /** Returns when the earliest delayed task is due (null: none, nothing to wake for). */
   async arm(session: LockSession): Promise<Date | null> {
-    const [row] = await session.query<{ at: Date | null }>(sql.nextRunAt, [this.kinds]);
-    return this.armAt(row?.at ?? null);
+    const [row] = await session.query<{ in_ms: number | null }>(sql.nextRunAt, [this.kinds]);
+    return this.armAt(fromNowMs(row?.in_ms));
   }
 
   /** Arms the timer for `at`, the earliest head time of our kinds (null: none pending), and
