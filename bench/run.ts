@@ -34,6 +34,13 @@ import {
   type WakeResult,
   wakeLatency,
 } from "./latency.js";
+import {
+  type LimitCostResult,
+  type LimitRateResult,
+  limitCost,
+  limitRate,
+  renderLimits,
+} from "./limits.js";
 import { idleResources, type ResourceResult } from "./resources.js";
 import { renderSchedules, type ScheduleBenchResult, scheduleBench } from "./schedules.js";
 import { fmt, table } from "./stats.js";
@@ -253,6 +260,19 @@ async function main(): Promise<void> {
       section("cost of a checkpoint…");
       results.checkpointCost = await checkpointCost(server.url, cfg.featureSamples);
     }
+    if (want("limits")) {
+      section("limits: N starts per second across 4 processes with SIGKILLs; claim cost…");
+      results.limitRate = [
+        await limitRate(server.url, {
+          perSecond: 50,
+          seconds: quick ? 10 : 30,
+          processes: 4,
+          killEveryMs: 4_000,
+        }),
+      ];
+      log(`  ${JSON.stringify(results.limitRate)}`);
+      results.limitCost = await limitCost(server.url, cfg.featureSamples);
+    }
     if (want("idle")) {
       section("idle resources…");
       results.resources = await idleResources(
@@ -347,6 +367,8 @@ interface Results {
   featureCost?: FeatureCostResult[];
   checkpointCost?: CheckpointCostResult[];
   bulkEnqueue?: BulkEnqueueResult[];
+  limitRate?: LimitRateResult[];
+  limitCost?: LimitCostResult[];
   resources?: ResourceResult[];
   fleet?: FleetResult;
   schedules?: ScheduleBenchResult;
@@ -539,6 +561,13 @@ function render(r: Results): string {
   if (r.bulkEnqueue) {
     out.push("", "Bulk enqueue: one call adding 10,000 tasks, committed (fsync on)");
     out.push(renderBulkEnqueue(r.bulkEnqueue));
+  }
+  if (r.limitRate && r.limitCost) {
+    out.push(
+      "",
+      "Limits: a limit of N starts/s drawn on by 4 processes, one SIGKILLed every 4 s; claim (ms)",
+    );
+    out.push(renderLimits(r.limitRate, r.limitCost));
   }
   if (r.resources) {
     out.push("", "Idle worker process: connections it holds, transactions/s while idle");

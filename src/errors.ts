@@ -90,6 +90,27 @@ export class MigrationError extends HoldfastError {
   }
 }
 
+/**
+ * Thrown by a handler when a provider refused its call for a limit (an HTTP 429): the limit is
+ * closed for every worker for `retryAfterMs`, and the run goes back to pending in its place
+ * without spending an attempt; it starts again once the limit reopens (docs/limits.md).
+ */
+export class ThrottledError extends HoldfastError {
+  readonly limit: string;
+  readonly retryAfterMs: number;
+  constructor(limit: string, retryAfterMs: number, options?: { cause?: unknown }) {
+    super("HF_THROTTLED", `holdfast: limit ${limit} throttled for ${retryAfterMs} ms`, options);
+    if (typeof limit !== "string" || limit === "")
+      throw new InvalidArgumentError("holdfast: ThrottledError needs the limit's name");
+    if (typeof retryAfterMs !== "number" || !Number.isFinite(retryAfterMs) || retryAfterMs < 0)
+      throw new InvalidArgumentError(
+        "holdfast: ThrottledError's retryAfterMs must be 0 or more ms",
+      );
+    this.limit = limit;
+    this.retryAfterMs = retryAfterMs;
+  }
+}
+
 /** The worker is stopping and its shutdown timeout elapsed. */
 export class ShutdownError extends HoldfastError {
   constructor(message: string, options?: { cause?: unknown }) {

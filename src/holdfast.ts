@@ -9,6 +9,7 @@ import {
   translateError,
 } from "./errors.js";
 import { defineKind, kindParams } from "./kinds.js";
+import { defineLimit, type LimitOptions, type LimitUsage, limitUsage } from "./limits.js";
 import { HoldfastMetrics, type MetricsOptions } from "./metrics.js";
 import { type MigrateResult, migrate } from "./migrate.js";
 import {
@@ -87,6 +88,23 @@ export class Holdfast {
     if (typeof kind !== "string" || kind === "")
       throw new InvalidArgumentError("holdfast: kind must be a non-empty string");
     await defineKind(this.opts.pool, kind, kindParams(kind, options, InvalidArgumentError));
+  }
+
+  /**
+   * Declares a limit a provider imposes, or changes it: at most `units` per sliding window of
+   * `per`, shared by every kind that names it in its `limits` (docs/limits.md).
+   */
+  async defineLimit(name: string, options: LimitOptions): Promise<void> {
+    await defineLimit(this.opts.pool, name, options);
+  }
+
+  /** Each limit's usage in its window now (reserved vs charged, waiting tasks, closed until). */
+  async limits(): Promise<LimitUsage[]> {
+    try {
+      return await limitUsage(this.opts.pool);
+    } catch (err) {
+      throw asKnownError(err);
+    }
   }
 
   /**

@@ -17,6 +17,7 @@ export {
   StaleFenceError,
   TaskCancelledError,
   TaskNotFoundError,
+  ThrottledError,
   UnknownKindError,
 } from "./errors.js";
 export { Holdfast } from "./holdfast.js";
@@ -30,6 +31,7 @@ export type {
   Waiter,
 } from "./inspect/snapshot.js";
 export { takeSnapshot } from "./inspect/snapshot.js";
+export type { LimitOptions, LimitUsage } from "./limits.js";
 export { HoldfastMetrics, type MetricsOptions } from "./metrics.js";
 export type { MigrateResult } from "./migrate.js";
 export { type HoldfastOptions, workerDefaults } from "./options.js";

@@ -1,6 +1,7 @@
 import type pg from "pg";
 import type { Logger } from "pino";
 import { asKnownError, type HoldfastError } from "./errors.js";
+import { kindLimitsParam } from "./limits.js";
 import { sql } from "./queries/tasks.js";
 import type { DefineKindOptions, Interval, Retention } from "./types.js";
 
@@ -20,6 +21,8 @@ export interface KindParams {
   retainFailed: string | null;
   /** End states kept forever. */
   keepForever: string[] | null;
+  /** JSON: units each run reserves per limit (null keeps the stored limits). */
+  limits: string | null;
 }
 
 const endStates = ["succeeded", "cancelled", "failed"] as const;
@@ -62,6 +65,7 @@ export function kindParams(kind: string, opts: DefineKindOptions, Err: ErrorCtor
     strictOrder: strictOrder ?? null,
     maxRunning: maxRunning === undefined ? null : (maxRunning ?? 0),
     keepCheckpoint: keepCheckpoint ?? null,
+    limits: kindLimitsParam(opts.limits, where, Err),
   };
 }
 
@@ -133,6 +137,7 @@ function defineKindArgs(kind: string, p: KindParams): unknown[] {
     p.retainCancelled,
     p.retainFailed,
     p.keepForever,
+    p.limits,
   ];
 }
 

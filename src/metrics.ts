@@ -2,6 +2,7 @@ import type pg from "pg";
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import { TaskCancelledError } from "./errors.js";
 import { queueSql, runningProgressSql } from "./inspect/queries.js";
+import { limitSql } from "./limits.js";
 import type { Outcome } from "./worker/runs.js";
 import type { Worker } from "./worker/worker.js";
 
@@ -22,6 +23,7 @@ export class HoldfastMetrics {
   private readonly deadLettered: Counter<"kind">;
   private readonly cancelled: Counter<"kind">;
   private readonly handedOver: Counter<"kind">;
+  private readonly throttled: Counter<"kind">;
   private readonly lost: Counter<"kind" | "reason">;
   private readonly takeovers: Counter;
   private readonly lockLosses: Counter;
@@ -51,6 +53,10 @@ export class HoldfastMetrics {
     this.handedOver = perKind(
       "holdfast_tasks_handed_over_total",
       "Runs stopped by a shutdown after a checkpoint, given back without counting an attempt.",
+    );
+    this.throttled = perKind(
+      "holdfast_tasks_throttled_total",
+      "Runs that threw ThrottledError: their limit closed, given back without counting an attempt.",
     );
     this.lost = new Counter({
       name: "holdfast_tasks_lost_total",
@@ -118,6 +124,7 @@ export class HoldfastMetrics {
     if (pool) {
       this.registerQueueGauges(pool, registers);
       this.registerProgressGauges(pool, registers);
+      this.registerLimitGauges(pool, registers);
     }
   }
 
@@ -153,6 +160,7 @@ export class HoldfastMetrics {
       else if (info.outcome === "lost") this.lost.inc({ kind, reason: "lock_lost" });
       else if (info.outcome === "rejected") this.lost.inc({ kind, reason: "stale_fence" });
       else if (info.outcome === "handed_over") this.handedOver.inc({ kind });
+      else if (info.outcome === "throttled") this.throttled.inc({ kind });
       else if (info.outcome === "cancelled" || info.error instanceof TaskCancelledError)
         this.cancelled.inc({ kind });
       else {
@@ -232,6 +240,57 @@ export class HoldfastMetrics {
     });
   }
 
+  /** Each limit's window (holdfast.limit_usage()), read at scrape time. */
+  private registerLimitGauges(pool: pg.Pool, registers: Registry[]): void {
+    const load = scrapeQuery<LimitDbRow>(pool, limitSql.usage, []);
+    const gauge = (
+      name: string,
+      help: string,
+      labels: readonly string[],
+      set: (g: Gauge<string>, r: LimitDbRow) => void,
+    ) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: labels,
+        registers,
+        async collect() {
+          const rows = await load();
+          if (!rows) return;
+          this.reset();
+          for (const r of rows) set(this, r);
+        },
+      });
+    gauge(
+      "holdfast_limit_units",
+      "Units a limit's window holds now: reserved (runs not charged yet) and charged; read at scrape time.",
+      ["limit", "state"],
+      (g, r) => {
+        g.set({ limit: r.name, state: "reserved" }, Number(r.reserved));
+        g.set({ limit: r.name, state: "charged" }, Number(r.charged));
+      },
+    );
+    gauge("holdfast_limit_max_units", "Units a limit allows per window.", ["limit"], (g, r) =>
+      g.set({ limit: r.name }, Number(r.units)),
+    );
+    gauge(
+      "holdfast_limit_waiting_tasks",
+      "Ready tasks of a limit's kinds that cannot start for want of room, read at scrape time.",
+      ["limit"],
+      (g, r) => g.set({ limit: r.name }, Number(r.waiting)),
+    );
+    gauge(
+      "holdfast_limit_closed_seconds",
+      "Seconds until a throttled limit reopens (0: open), read at scrape time.",
+      ["limit"],
+      (g, r) =>
+        g.set(
+          { limit: r.name },
+          r.closed_until ? Math.max(0, (r.closed_until.getTime() - Date.now()) / 1000) : 0,
+        ),
+    );
+  }
+
   /** Queue depth is read at scrape time (one grouped query), so it covers every producer. */
   private registerQueueGauges(pool: pg.Pool, registers: Registry[]): void {
     const load = scrapeQuery<QueueDbRow>(pool, queueSql, [null, null]);
@@ -272,6 +331,15 @@ interface ProgressDbRow {
   kind: string;
   progress: number | null;
   since_checkpoint_s: number;
+}
+
+interface LimitDbRow {
+  name: string;
+  units: string;
+  reserved: string;
+  charged: string;
+  waiting: string;
+  closed_until: Date | null;
 }
 
 interface QueueDbRow {

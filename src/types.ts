@@ -46,6 +46,13 @@ export interface HandlerContext {
    * A batch run writes it on each of its tasks, or on `{ task }` only.
    */
   checkpoint(state: unknown, options?: CheckpointOptions): Promise<void>;
+  /**
+   * Charges `units` (a whole number, 0 or more) this run spent on `limit`, one of its kind's
+   * limits: a run's charges add up and replace its reservation in the limit's window (less
+   * than reserved frees room for other runs at once). Written through the app's pool. Refused
+   * once the run no longer holds its task: throws StaleFenceError and aborts `signal`.
+   */
+  charge(limit: string, units: number): Promise<void>;
 }
 
 export interface CheckpointOptions {
@@ -97,6 +104,13 @@ export interface KindSettings {
   keepCheckpoint?: boolean;
   /** How long finished tasks of the kind are kept (see Retention); omitted: kept as stored. */
   retention?: Retention;
+  /**
+   * The limits (`hf.defineLimit`) a run of the kind draws on, and the units it reserves on
+   * each: a run starts only when every one has room for its reservation; `ctx.charge` replaces
+   * the reservation with what the run spent. Replaces the kind's limits (`{}`: none);
+   * omitted: kept as stored. See docs/limits.md.
+   */
+  limits?: Record<string, number>;
 }
 
 /**

@@ -27,6 +27,7 @@ interface Summary {
   observations: Record<string, number[]>;
   dreams: Array<{ key: string; started_at: string; finished_at: string }>;
   maintenance: { runs: number; ticks: number };
+  tokens: { charged: number; reserved: number };
 }
 
 function run(env: Record<string, string>): Promise<Summary> {
@@ -75,6 +76,10 @@ it("examples/deriver runs: ordered batched representations, debounced dreams at 
     expect(Date.parse(all[i]?.started_at ?? "")).toBeGreaterThanOrEqual(
       Date.parse(all[i - 1]?.finished_at ?? ""),
     );
+  // Every dream charged its model calls' tokens on the limit (400 + 120 per observation each):
+  // no reservation is left standing in for a cost.
+  expect(summary.tokens.reserved).toBe(0);
+  expect(summary.tokens.charged).toBeGreaterThanOrEqual(400 + 120);
   // The per-second maintenance schedule ran once per tick while the example ran.
   expect(summary.maintenance.ticks).toBeGreaterThanOrEqual(1);
   expect(summary.maintenance.runs).toBe(summary.maintenance.ticks);

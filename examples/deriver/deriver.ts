@@ -6,6 +6,9 @@
 // to their own tables inside a transaction guarded by the run's fence. A dream consolidates
 // its observations batch by batch and checkpoints after each batch in the same transaction:
 // taken over after a crash, it continues with the next batch, and nothing is written twice.
+// Dreams draw on the LLM provider's tokens-per-minute limit, shared by every worker process: a
+// dream starts only when the window has room for its reservation, and each model call charges
+// the tokens it really used (docs/limits.md).
 import type pg from "pg";
 import type { Holdfast, Interval, Task, Worker } from "../../src/index.js";
 
@@ -48,7 +51,14 @@ export interface DeriverSettings {
   dreamMaxWait: Interval;
   /** When maintenance runs (cron, UTC), e.g. "0 3 * * *". */
   maintenanceCron: string;
+  /** The provider's tokens per minute for the account (default 200,000)… */
+  tokensPerMinute?: number;
+  /** …and what a dream reserves before its first call tells what it costs (default 20,000). */
+  dreamTokenReserve?: number;
 }
+
+/** The provider's token limit that dreams draw on. */
+export const tokenLimit = "llm-tokens";
 
 /** Creates the deriver's own tables, kinds and schedule (idempotent: every process may call it). */
 export async function setupDeriver(hf: Holdfast, opts: DeriverSettings): Promise<void> {
@@ -71,11 +81,13 @@ export async function setupDeriver(hf: Holdfast, opts: DeriverSettings): Promise
   await hf.defineKind("representation", { batch: { max: 10 } });
   // A dream consolidates whatever the peer has when it runs, so a retry need not hold up the
   // next one: later dreams of the peer may pass a dream waiting out its backoff.
+  await hf.defineLimit(tokenLimit, { units: opts.tokensPerMinute ?? 200_000, per: "1 minute" });
   await hf.defineKind("dream", {
     minInterval: opts.dreamInterval,
     maxAttempts: 3,
     strictOrder: false,
     maxRunning: opts.maxDreams,
+    limits: { [tokenLimit]: opts.dreamTokenReserve ?? 20_000 },
   });
   await hf.defineKind("maintenance");
   await hf.schedule("nightly-maintenance", {
@@ -175,6 +187,7 @@ export function deriverWorker(
           const { workspace, observed } = task.payload;
           let cp = task.checkpoint ?? (await firstCheckpoint(hf.pool, workspace, observed));
           const size = opts.dreamBatch ?? 10;
+          let calls = 0;
           for (;;) {
             const { rows } = await hf.pool.query<{ id: string }>(
               `select id from deriver_observations where workspace = $1 and observed = $2
@@ -184,6 +197,12 @@ export function deriverWorker(
             if (rows.length === 0) break;
             await sleep(opts.dreamMs ?? 50, ctx.signal); // the model call for this batch
             const ids = rows.map((r) => Number(r.id));
+            // What the call really used (a provider reports it as usage.total_tokens): the
+            // charges of a dream add up and replace its reservation. A 429 would be
+            // `throw new ThrottledError(tokenLimit, retryAfterMs)`: the limit closes for every
+            // worker and the dream goes back in line without spending an attempt.
+            await ctx.charge(tokenLimit, modelTokens(ids.length));
+            calls++;
             const done = cp.done + ids.length;
             const next: DreamCheckpoint = {
               ...cp,
@@ -203,6 +222,8 @@ export function deriverWorker(
             });
             cp = next;
           }
+          // Nothing to consolidate: no call was made, so the reservation goes back in full.
+          if (calls === 0) await ctx.charge(tokenLimit, 0);
           await fenced(hf.pool, ctx, async (c) => {
             await c.query(
               "insert into deriver_dreams (key, observations, fence, started_at) values ($1, $2, $3, $4)",
@@ -223,6 +244,9 @@ export function deriverWorker(
     },
   });
 }
+
+/** The simulated model's token usage for one call over `n` observations. */
+export const modelTokens = (n: number) => 400 + 120 * n;
 
 /** A dream's first attempt: it consolidates the peer's observations up to the latest now. */
 async function firstCheckpoint(

@@ -5,7 +5,13 @@
 import { pino } from "pino";
 import { Holdfast } from "../../src/index.js";
 import { startEmbedded } from "../../test/support/postgres.js";
-import { type DeriverSettings, deriverWorker, onMessage, setupDeriver } from "./deriver.js";
+import {
+  type DeriverSettings,
+  deriverWorker,
+  onMessage,
+  setupDeriver,
+  tokenLimit,
+} from "./deriver.js";
 
 const embedded = process.env.DATABASE_URL ? undefined : await startEmbedded();
 const url = process.env.DATABASE_URL ?? embedded?.url ?? "";
@@ -67,6 +73,7 @@ const batches = await hf.pool.query(
 const maintenance = await hf.pool.query(
   "select count(*)::int as runs, count(distinct tick)::int as ticks from deriver_maintenance",
 );
+const tokens = (await hf.limits()).find((l) => l.name === tokenLimit);
 await hf.close();
 await embedded?.stop();
 console.log(
@@ -76,5 +83,8 @@ console.log(
     observations: Object.fromEntries(observations.rows.map((r) => [r.session, r.ids])),
     dreams: dreams.rows,
     maintenance: maintenance.rows[0],
+    // The token limit's window: what the dreams' model calls were charged, and what is still
+    // only reserved (nothing, once every dream has charged its calls).
+    tokens: { charged: tokens?.charged ?? 0, reserved: tokens?.reserved ?? 0 },
   }),
 );

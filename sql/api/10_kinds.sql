@@ -19,7 +19,8 @@ create function holdfast.define_kind(
   retain_succeeded interval default null,
   retain_cancelled interval default null,
   retain_failed interval default null,
-  keep_forever text[] default null
+  keep_forever text[] default null,
+  limits jsonb default null
 ) returns void
   language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
@@ -65,6 +66,8 @@ begin
     strict_order = coalesce(define_kind.strict_order, k.strict_order),
     max_running = case when define_kind.max_running is null then k.max_running
                        else nullif(define_kind.max_running, 0) end;
+  -- limits: the units each run reserves per limit (api/37_limits.sql: _set_kind_limits).
+  perform holdfast._set_kind_limits(define_kind.kind, define_kind.limits);
   -- keep_checkpoint: a success keeps the task's checkpoint (api/55_checkpoint.sql).
   if define_kind.keep_checkpoint is not null then
     update holdfast.kinds k set keep_checkpoint = define_kind.keep_checkpoint
@@ -88,5 +91,5 @@ begin
   end if;
 end $$;
 select holdfast._grant('execute',
-  'function holdfast.define_kind(text, int, interval, int, boolean, int, boolean, interval, interval, interval, text[])',
+  'function holdfast.define_kind(text, int, interval, int, boolean, int, boolean, interval, interval, interval, text[], jsonb)',
   'holdfast_worker');

@@ -21,6 +21,7 @@ declare
   v_kinds text[];
   v_slots int[];
   v_capped boolean;
+  v_limited boolean;
 begin
   if max_tasks is null or max_tasks < 1 or (max_keys is not null and max_keys < 1) then
     return;
@@ -28,6 +29,11 @@ begin
   -- A lost claim commit is harmless: the lock dies with the session in a crash, and fences
   -- stay monotonic (see _next_fence). This keeps the wake path free of a WAL flush.
   perform set_config('synchronous_commit', 'off', true);
+  -- Limits (api/37_limits.sql): kinds without room for a run now are left out.
+  v_limited := exists (select 1 from holdfast.kind_limits kl where kl.kind = any (kinds));
+  if v_limited then
+    kinds := holdfast._admissible(kinds);
+  end if;
 
   -- Ready keys, row-locked before their advisory lock is tried: the row lock re-checks them
   -- (advisory locks ignore MVCC) and SKIP LOCKED never waits for an enqueue or a handler's
@@ -73,6 +79,10 @@ begin
   -- (Only when a capped kind is among them: the wake path of uncapped kinds skips the call.)
   if v_capped then
     v_slots := holdfast._claim_slots(v_keys, v_kinds);
+  end if;
+  -- Limits: each key's run reserves its kind's units, or gets slot 0 when one has no room.
+  if v_limited then
+    v_slots := holdfast._admit(v_keys, v_fences, v_kinds, v_slots);
   end if;
   if v_slots is not null then
     perform pg_advisory_unlock(k.lock_id) from holdfast.keys k
@@ -128,19 +138,25 @@ begin
   perform pg_advisory_unlock(holdfast._slot_class(s.kind), s.slot), pg_notify('holdfast', s.kind)
   from unnest(v_keys, v_kinds, v_slots) s (key, kind, slot)
   join holdfast.keys k on k.key = s.key where s.slot > 0 and not k.busy;
+  if v_limited then -- Limits: and its reservations
+    perform holdfast._unadmit(v_keys, v_fences, v_kinds, v_slots);
+  end if;
 end $$;
 select holdfast._grant('execute', 'function holdfast.claim(text[], text, int, int, int)',
   'holdfast_worker');
 
 -- The earliest time a not-yet-ready task of these kinds becomes ready (for a worker's timer):
 -- one index probe per kind. Caps: a full kind is left out: its ready keys are no reason to
--- poll; a freed slot notifies.
+-- poll; a freed slot notifies. Limits: a kind without room waits until it frees (a charge
+-- that frees room early notifies).
 create function holdfast.next_run_at(kinds text[]) returns timestamptz
   language sql stable security definer set search_path = pg_catalog, pg_temp as $$
-  select min(x.at) from holdfast._claimable(kinds) as kd (kind, room)
+  select min(greatest(x.at, r.at)) from holdfast._claimable(kinds) as kd (kind, room)
   cross join lateral (
     select k.head_run_at as at from holdfast.keys k
     where k.head_kind = kd.kind and k.head_id is not null and not k.busy
     order by k.head_run_at limit 1) x
+  cross join lateral (select max(holdfast._limit_room_at(kl.limit_name, kl.units)) as at
+    from holdfast.kind_limits kl where kl.kind = kd.kind) r
 $$;
 select holdfast._grant('execute', 'function holdfast.next_run_at(text[])', 'holdfast_worker');

@@ -227,6 +227,8 @@ select holdfast._grant('execute', 'function holdfast.fail(bigint, bigint, text, 
 -- Returns the ids that were not running under this fence in this session.
 create function holdfast.release(ids bigint[], fences bigint[]) returns setof bigint
   language sql security definer set search_path = pg_catalog, pg_temp as $$
+  -- Limits (api/37_limits.sql): a run that never started spent nothing of its reservations.
+  select holdfast._release_reservations(ids, fences);
   select f.id from holdfast._finish_many(ids, fences, 'released', null, null) f
 $$;
 select holdfast._grant('execute', 'function holdfast.release(bigint[], bigint[])', 'holdfast_worker');

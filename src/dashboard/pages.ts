@@ -172,6 +172,22 @@ const schedules: Section<Overview> = {
   },
 };
 
+const limits: Section<Overview> = {
+  id: "limits",
+  title: "Limits",
+  count: (o) => o.snapshot.limits.length,
+  render: (o) => {
+    if (o.snapshot.limits.length === 0) return empty("No limit is declared.");
+    const now = Date.parse(o.snapshot.at);
+    const inMs = (at: string | null) =>
+      at === null ? "–" : `in ${formatDuration(Math.max(0, Date.parse(at) - now))}`;
+    return html`<table><thead><tr><th>Limit</th><th class="num">Used</th><th class="num">Of</th><th class="num">Per</th><th class="num">Reserved</th><th class="num">Charged</th><th class="num">Runs</th><th class="num">Waiting</th><th>Room</th><th>Closed</th><th>Kinds</th></tr></thead><tbody>${o.snapshot.limits.map(
+      (l) =>
+        html`<tr data-limit="${l.name}"><td>${l.name}</td><td class="num">${int(l.used)}</td><td class="num">${int(l.units)}</td><td class="num">${formatDuration(l.perMs)}</td><td class="num">${int(l.reserved)}</td><td class="num">${int(l.charged)}</td><td class="num">${int(l.runs)}</td><td class="num">${int(l.waiting)}</td><td title="${utc(l.roomAt)}">${l.roomAt === null ? "now" : inMs(l.roomAt)}</td><td title="${utc(l.closedUntil)}" class="${l.closedUntil ? "err" : ""}">${l.closedUntil === null ? "open" : `for ${inMs(l.closedUntil).slice(3)}`}</td><td>${l.kinds.join(", ")}</td></tr>`,
+    )}</tbody></table><p class="note">Used: what the sliding window holds now, reservations of runs not charged yet plus what runs were charged. Waiting: ready tasks of its kinds that cannot start for want of room. Closed: a provider's 429 (ThrottledError) closed it for every worker.</p>`;
+  },
+};
+
 const capacity: Section<Overview> = {
   id: "capacity",
   title: "Capacity",
@@ -193,6 +209,7 @@ export const overviewSections: Section<Overview>[] = [
   queue,
   activity,
   schedules,
+  limits,
   sessionWaiters,
   capacity,
 ];

@@ -231,6 +231,45 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
       ),
     );
 
+  if (s.limits.length > 0)
+    out.push(
+      "",
+      `LIMITS (${s.limits.length})`,
+      ...table(
+        [
+          { title: "LIMIT", flex: true },
+          { title: "USED", align: "right" },
+          { title: "OF", align: "right" },
+          { title: "PER", align: "right" },
+          { title: "RESERVED", align: "right" },
+          { title: "CHARGED", align: "right" },
+          { title: "RUNS", align: "right" },
+          { title: "WAITING", align: "right" },
+          { title: "ROOM IN", align: "right" },
+          { title: "CLOSED FOR", align: "right" },
+          { title: "KINDS" },
+        ],
+        s.limits.map((l) => {
+          const until = (iso: string | null) =>
+            iso === null ? "-" : formatDuration(Math.max(0, Date.parse(iso) - Date.parse(s.at)));
+          return [
+            l.name,
+            int(l.used),
+            int(l.units),
+            formatDuration(l.perMs),
+            int(l.reserved),
+            int(l.charged),
+            int(l.runs),
+            int(l.waiting),
+            until(l.roomAt),
+            until(l.closedUntil),
+            l.kinds.join(","),
+          ];
+        }),
+        width,
+      ),
+    );
+
   const a = s.capacity.advisoryLocks;
   const c = s.capacity.connections;
   const pct = (n: number, of: number) => (of > 0 ? `${((100 * n) / of).toFixed(1)}%` : "-");

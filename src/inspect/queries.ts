@@ -230,3 +230,43 @@ from holdfast.tasks
 where key = $1 and state in ('pending', 'running')
 order by state = 'running' desc, priority, place_at, id
 limit $2`;
+
+/** Whether this role may read the limits' tables (a SELECT-only role may lack them). */
+export const limitsReadableSql = `
+select has_table_privilege('holdfast.limits', 'select')
+  and has_table_privilege('holdfast.kind_limits', 'select')
+  and has_table_privilege('holdfast.limit_runs', 'select')
+  and has_table_privilege('holdfast.keys', 'select') as ok`;
+
+/**
+ * Each limit and its window now, in plain SELECTs (as holdfast.limit_usage() computes it, for a
+ * role without function rights): used = reserved (runs not charged yet) + charged; waiting:
+ * ready heads of its kinds whose reservation does not fit now; room_at: when the oldest runs
+ * have left enough room for its largest reservation, or the throttle's end (null: room now).
+ */
+export const limitsSql = `
+select l.name, l.units, extract(epoch from l.per) * 1000 as per_ms, u.used, u.reserved, u.charged,
+  u.runs, case when l.closed_until > now() then l.closed_until end as closed_until, k.kinds,
+  coalesce((select sum((select count(*) from holdfast.keys ky
+      where ky.head_kind = kl.kind and ky.head_id is not null and not ky.busy
+        and ky.head_run_at <= now()))
+    from holdfast.kind_limits kl where kl.limit_name = l.name
+      and (u.used + kl.units > l.units or l.closed_until > now())), 0)::bigint as waiting,
+  case when u.used + k.most <= l.units then case when l.closed_until > now() then l.closed_until end
+    else greatest(l.closed_until, (
+      select min(x.at + l.per) from (
+        select lr.at, sum(coalesce(lr.charged, lr.reserved)) over (order by lr.at, lr.key, lr.fence)
+          as gone
+        from holdfast.limit_runs lr where lr.limit_name = l.name and lr.at > now() - l.per) x
+      where u.used - x.gone + k.most <= l.units)) end as room_at
+from holdfast.limits l
+cross join lateral (
+  select coalesce(sum(coalesce(lr.charged, lr.reserved)), 0)::bigint as used,
+    coalesce(sum(lr.reserved) filter (where lr.charged is null), 0)::bigint as reserved,
+    coalesce(sum(lr.charged), 0)::bigint as charged, count(*) as runs
+  from holdfast.limit_runs lr where lr.limit_name = l.name and lr.at > now() - l.per) u
+cross join lateral (
+  select coalesce(array_agg(kl.kind order by kl.kind), '{}') as kinds,
+    coalesce(max(kl.units), 0) as most
+  from holdfast.kind_limits kl where kl.limit_name = l.name) k
+order by l.name`;

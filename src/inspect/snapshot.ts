@@ -1,8 +1,11 @@
 import type pg from "pg";
+import { toLimitUsage } from "../limits.js";
 import { parseCron, upcomingTick } from "../schedules.js";
 import {
   capacitySql,
   holdersSql,
+  limitsReadableSql,
+  limitsSql,
   orphansSql,
   queueSql,
   schedulesSql,
@@ -98,6 +101,27 @@ export interface ScheduleInfo {
   lastLateMs: number | null;
 }
 
+/** A limit (docs/limits.md) and what its window holds now. */
+export interface LimitInfo {
+  name: string;
+  units: number;
+  /** The sliding window, ms. */
+  perMs: number;
+  /** Units counted in the window: reserved (runs not charged yet) + charged. */
+  used: number;
+  reserved: number;
+  charged: number;
+  /** Runs admitted in the window. */
+  runs: number;
+  /** ISO time until which a throttle closed it; null when open. */
+  closedUntil: string | null;
+  kinds: string[];
+  /** Ready tasks of its kinds that cannot start for want of room. */
+  waiting: number;
+  /** ISO time room frees for its largest reservation; null when there is room now. */
+  roomAt: string | null;
+}
+
 export interface Capacity {
   advisoryLocks: {
     /** Advisory locks of every database on the server (they share one lock table). */
@@ -146,6 +170,8 @@ export interface Snapshot {
   orphans: Orphan[];
   queue: QueueRow[];
   schedules: ScheduleInfo[];
+  /** Limits (with a kind filter: those its kind draws on). */
+  limits: LimitInfo[];
   capacity: Capacity;
   clock: ClockInfo;
 }
@@ -187,6 +213,11 @@ export async function readSnapshot(
   const orphans = await client.query(orphansSql, args);
   const queue = await client.query(queueSql, args);
   const schedules = await client.query(schedulesSql, args);
+  // A role that may not read the limits' tables sees none (the rest of the snapshot stands).
+  const readable = (await client.query(limitsReadableSql)).rows[0]?.ok === true;
+  const limits = (readable ? (await client.query(limitsSql)).rows : [])
+    .map(toLimitUsage)
+    .filter((l) => !filters.kind || l.kinds.includes(filters.kind));
   const t0 = Date.now();
   const cap = (await client.query(capacitySql)).rows[0];
   const localMs = (t0 + Date.now()) / 2;
@@ -252,6 +283,19 @@ export async function readSnapshot(
       lastTickAt: r.last_tick_at?.toISOString() ?? null,
       lastTaskId: r.last_task_id === null ? null : Number(r.last_task_id),
       lastLateMs: r.last_late_ms === null ? null : Number(r.last_late_ms),
+    })),
+    limits: limits.map((l) => ({
+      name: l.name,
+      units: l.units,
+      perMs: l.perMs,
+      used: l.used,
+      reserved: l.reserved,
+      charged: l.charged,
+      runs: l.runs,
+      closedUntil: l.closedUntil?.toISOString() ?? null,
+      kinds: l.kinds,
+      waiting: l.waiting,
+      roomAt: l.roomAt?.toISOString() ?? null,
     })),
     capacity: {
       advisoryLocks: {

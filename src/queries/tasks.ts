@@ -42,26 +42,31 @@ export const leaderChannel = "holdfast_leader";
 const quietMs = `case when q.until = 'infinity' then 'Infinity'::float8
     else (extract(epoch from q.until - clock_timestamp()) * 1000)::float8 end`;
 
+/** ms from now (server clock) until the timestamptz `at`; null stays null. */
+const inMs = (at: string) => `(extract(epoch from ${at} - clock_timestamp()) * 1000)::float8`;
+
 export const sql = {
   defineKind:
-    "select holdfast.define_kind($1, $2, $3::interval, $4, $5, $6, $7, $8::interval, $9::interval, $10::interval, $11::text[])",
+    "select holdfast.define_kind($1, $2, $3::interval, $4, $5, $6, $7, $8::interval, $9::interval, $10::interval, $11::text[], limits => $12::jsonb)",
   enqueue:
     "select id, deduped from holdfast.enqueue_task($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9::interval, $10::interval)",
   // A claim that gets nothing also says when the next task of these kinds is due, in the same
   // statement: every idle worker is woken by an enqueue and all but one come back empty, so
   // this saves each of them the next_run_at round trip (and its transaction). Only then: after
   // a claim that took keys, the statement's snapshot would still show them ready.
+  // next_in_ms: that time as ms from now on the server's clock (a worker's clock may differ).
   claim: `with c as (select * from holdfast.claim($1::text[], $2, $3, $4, $5))
-    select c.*, null::timestamptz as next_at from c
+    select c.*, null::float8 as next_in_ms from c
     union all
-    select (null::holdfast.tasks).*, holdfast.next_run_at($1::text[]) where not exists (select from c)`,
+    select (null::holdfast.tasks).*, ${inMs("holdfast.next_run_at($1::text[])")}
+    where not exists (select from c)`,
   /** Completions and the next claim in one round trip (rows: rejected id, or a claimed task). */
   settle:
     "select s.rejected, (s.task).* from holdfast.settle($1::bigint[], $2::bigint[], $3::text[], $4, $5, $6, $7, $8::bigint[], $9::bigint[], $10::text[]) s",
   /** Completions sent by the LISTEN session for the lock session (pid $3): see Completer. */
   completeHeld:
     "select id, status from holdfast.complete_held($1::bigint[], $2::bigint[], $3::int)",
-  nextRunAt: "select holdfast.next_run_at($1::text[]) as at",
+  nextRunAt: `select ${inMs("holdfast.next_run_at($1::text[])")} as in_ms`,
   completeMany: "select holdfast.complete_many($1::bigint[], $2::bigint[]) as rejected",
   release: "select holdfast.release($1::bigint[], $2::bigint[]) as rejected",
   fail: "select holdfast.fail($1, $2, $3, $4::interval, $5) as ok",

@@ -5,15 +5,25 @@ import {
   InvalidArgumentError,
   StaleFenceError,
   TaskCancelledError,
+  ThrottledError,
   translateError,
 } from "../errors.js";
+import { isUnits, limitSql } from "../limits.js";
 import type { ResolvedKind } from "../options.js";
 import { sql, type TaskRow, toTask } from "../queries/tasks.js";
 import type { CheckpointOptions, HandlerContext, Queryable, Task } from "../types.js";
 import type { LockSession } from "./lock-session.js";
 
-/** handed_over: stopped by a shutdown after a checkpoint, given back without an attempt. */
-export type Outcome = "succeeded" | "failed" | "cancelled" | "lost" | "rejected" | "handed_over";
+/** handed_over: stopped by a shutdown after a checkpoint, given back without an attempt;
+ *  throttled: a ThrottledError closed its limit and gave the run back without an attempt. */
+export type Outcome =
+  | "succeeded"
+  | "failed"
+  | "cancelled"
+  | "lost"
+  | "rejected"
+  | "handed_over"
+  | "throttled";
 
 /** One handler call: a single task, or the tasks of one key claimed together (a batch). */
 export interface Run {
@@ -64,6 +74,7 @@ export async function callHandler(
       }
     },
     checkpoint: (state, options) => writeCheckpoint(run, own, pool, state, options),
+    charge: (limit, units) => writeCharge(run, pool, limit, units),
   });
   if (kind.batch) await kind.handler(tasks, ctxFor(tasks));
   // Several tasks for a single-task handler (another worker set a batch size for this kind):
@@ -112,6 +123,34 @@ async function writeCheckpoint(
   throw err;
 }
 
+/** holdfast.charge for the run (its first task and fence) through the pool; a refused charge
+ *  (the run no longer holds its task) aborts the run's signal and throws StaleFenceError. */
+async function writeCharge(run: Run, pool: pg.Pool, limit: string, units: number): Promise<void> {
+  if (typeof limit !== "string" || limit === "")
+    throw new InvalidArgumentError("holdfast: charge needs a limit name");
+  if (!isUnits(units, 0))
+    throw new InvalidArgumentError("holdfast: a charge must be a whole number of units, 0 or more");
+  let ok: boolean | undefined;
+  try {
+    const result = await pool.query<{ ok: boolean }>(limitSql.charge, [
+      run.task.id,
+      run.task.fence,
+      limit,
+      units,
+    ]);
+    ok = result.rows[0]?.ok;
+  } catch (err) {
+    throw translateError(err);
+  }
+  if (ok) return;
+  const err = new StaleFenceError(
+    `holdfast: charge refused: task ${run.task.id} is no longer held by this run (fence ${run.task.fence})`,
+  );
+  run.logger.warn({ event: "charge_refused", limit }, err.message);
+  if (!run.controller.signal.aborted) run.controller.abort(err);
+  throw err;
+}
+
 /** Groups claimed rows into runs: one key's tasks share the claim's fence, in the key's order. */
 export function groupRuns(rows: TaskRow[]): Task[][] {
   const runs = new Map<string, Task[]>();
@@ -145,6 +184,14 @@ export async function reportFailures(
         continue;
       }
     }
+    // A provider's 429: the limit closes for every worker and the run goes back in its place,
+    // its attempt not counted (holdfast.throttle); refused, it is reported like any failure.
+    if (s.error instanceof ThrottledError && !s.run.controller.signal.aborted) {
+      if (await throttle(session, s.run, s.error)) {
+        for (const t of s.run.tasks) finish(s.run, t, "throttled", s.error);
+        continue;
+      }
+    }
     const err = s.error instanceof Error ? s.error : new Error(String(s.error));
     const cancelled = s.run.controller.signal.reason instanceof TaskCancelledError;
     for (const t of s.run.tasks) {
@@ -162,6 +209,25 @@ export async function reportFailures(
   }
 }
 
+/** holdfast.throttle for a run on its lock session. A limit the SQL does not know (HF002) is
+ *  the handler's mistake, not the session's: logged, and the run is reported as failed. */
+async function throttle(session: LockSession, run: Run, error: ThrottledError): Promise<boolean> {
+  try {
+    const [row] = await session.query<{ ok: boolean }>(limitSql.throttle, [
+      run.task.id,
+      run.task.fence,
+      error.limit,
+      error.retryAfterMs,
+    ]);
+    return row?.ok === true;
+  } catch (err) {
+    const e = translateError(err);
+    if (!(e instanceof InvalidArgumentError)) throw err;
+    run.logger.warn({ event: "throttle_refused", err: e }, e.message);
+    return false;
+  }
+}
+
 export interface ClaimRequest {
   kinds: string[];
   worker: string;
@@ -171,10 +237,11 @@ export interface ClaimRequest {
   startKeys: number;
 }
 
-/** Claimed rows; `nextAt` when the claim got nothing and said when the next task is due. */
+/** Claimed rows; `nextInMs` when the claim got nothing and said when the next task is due
+ *  (ms from now on the server's clock; null: none). */
 export interface Claimed {
   rows: TaskRow[];
-  nextAt?: Date | null;
+  nextInMs?: number | null;
 }
 
 /**
@@ -194,7 +261,7 @@ export async function settle(
   const done = succeeded.flatMap((s) => s.run.tasks.map((t) => ({ run: s.run, t })));
   if (done.length === 0 && started.length === 0 && unlockKeys.length === 0) {
     if (claim.maxKeys <= 0) return { rows: [] };
-    const rows = await session.query<TaskRow & { next_at: Date | null }>(sql.claim, [
+    const rows = await session.query<TaskRow & { next_in_ms: number | null }>(sql.claim, [
       claim.kinds,
       claim.worker,
       claim.maxTasks,
@@ -202,7 +269,9 @@ export async function settle(
       claim.startKeys,
     ]);
     const claimed = rows.filter((r) => r.id !== null);
-    return claimed.length > 0 ? { rows: claimed } : { rows: [], nextAt: rows[0]?.next_at ?? null };
+    return claimed.length > 0
+      ? { rows: claimed }
+      : { rows: [], nextInMs: rows[0]?.next_in_ms ?? null };
   }
   const rows = await session.query<TaskRow & { rejected: string | null }>(sql.settle, [
     done.map((d) => d.t.id),
@@ -236,6 +305,15 @@ export function logOutcome(run: Run, task: Task, outcome: Outcome, error?: unkno
     log.info(
       { event: "task_handed_over" },
       "holdfast: stopped by shutdown after a checkpoint; back to pending, attempt not counted",
+    );
+  else if (outcome === "throttled")
+    log.warn(
+      {
+        event: "task_throttled",
+        limit: error instanceof ThrottledError ? error.limit : undefined,
+        retryAfterMs: error instanceof ThrottledError ? error.retryAfterMs : undefined,
+      },
+      "holdfast: limit throttled: closed for every worker; back to pending, attempt not counted",
     );
   else if (outcome === "rejected")
     log.warn(

@@ -28,8 +28,14 @@ export class WakeTimer {
 
   /** Returns when the earliest delayed task is due (null: none, nothing to wake for). */
   async arm(session: LockSession): Promise<Date | null> {
-    const [row] = await session.query<{ at: Date | null }>(sql.nextRunAt, [this.kinds]);
-    return this.armAt(row?.at ?? null);
+    const [row] = await session.query<{ in_ms: number | null }>(sql.nextRunAt, [this.kinds]);
+    return this.armIn(row?.in_ms ?? null);
+  }
+
+  /** Arms the timer for `ms` from now on the server's clock (the server computed it: no clock
+   *  but its own is involved), and returns that time (server time; null: none pending). */
+  armIn(ms: number | null): Date | null {
+    return this.armAt(ms === null ? null : new Date(this.clock.now() + ms));
   }
 
   /** Arms the timer for `at`, the earliest head time of our kinds (null: none pending), and

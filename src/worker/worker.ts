@@ -10,6 +10,7 @@ import type { Task } from "../types.js";
 import { retryWithBackoff } from "./backoff.js";
 import type { WorkerEvents } from "./events.js";
 import { Leadership } from "./leadership.js";
+import { LimitWaits } from "./limit-waits.js";
 import { Listener } from "./listener.js";
 import { LockSession } from "./lock-session.js";
 import { Reports, type RoundTripReports } from "./reports.js";
@@ -62,6 +63,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private readonly leadership: Leadership;
   /** The database's clock: every deadline this worker waits for is read on it. */
   private readonly clock: ServerClock;
+  private readonly limitWaits: LimitWaits;
   private reconnecting = false;
 
   constructor(
@@ -93,6 +95,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       },
       this.clock,
     );
+    this.limitWaits = new LimitWaits(deps.pool, this.kinds, this.logger);
     this.wakeTimer = new WakeTimer(this.kinds, opts.rescanIntervalMs, this.clock, () =>
       this.requestClaim(),
     );
@@ -128,6 +131,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       // statement pooler would strand them on a backend another client gets next.
       await requireSessions(this.deps.connection, "the worker's session connection");
       await declareKinds(this.deps.pool, this.opts.kinds.values(), this.logger);
+      await this.limitWaits.start();
       // LISTEN before the first scan, so a task enqueued in between still wakes us.
       this.listener = new Listener(
         this.deps.connection,
@@ -341,7 +345,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
         },
         end,
       );
-      if (claim) await this.startClaimed(session, claimed.rows, free, startKeys, claimed.nextAt);
+      if (claim) await this.startClaimed(session, claimed.rows, free, startKeys, claimed.nextInMs);
     } finally {
       // The session failed mid-report: whatever was not confirmed is not ours to claim.
       for (const [t, s] of unconfirmed) this.finish(s.run, t, "lost", s.error);
@@ -354,7 +358,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     rows: TaskRow[],
     free: number,
     startKeys: number,
-    nextAt: Date | null | undefined,
+    nextInMs: number | null | undefined,
   ): Promise<void> {
     if (rows.length > 0)
       this.logger.debug(
@@ -385,7 +389,10 @@ export class Worker extends EventEmitter<WorkerEvents> {
     } else {
       // Some slot is idle: wake at the earliest delayed task (a timer, not a poll).
       const nextRunAt =
-        nextAt !== undefined ? this.wakeTimer.armAt(nextAt) : await this.wakeTimer.arm(session);
+        nextInMs !== undefined
+          ? this.wakeTimer.armIn(nextInMs)
+          : await this.wakeTimer.arm(session);
+      if (runs.length === 0) this.limitWaits.claimedNothing();
       this.emit("idle", { nextRunAt });
     }
   }
@@ -401,6 +408,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     if (claimedAhead) this.reports.started(session, tasks);
     const cancelledEarly = this.runs.add(run);
     run.logger.info({ event: "task_started", batch: tasks.length }, "holdfast: task started");
+    this.limitWaits.started(run.task, run.logger);
     for (const t of tasks) this.emit("task:start", t);
     for (const id of cancelledEarly) this.cancelRunning(id);
     const started = callHandler(this.opts.kinds.get(run.task.kind), run, this.deps.pool);
