@@ -191,7 +191,11 @@ export async function declareKinds(
     const declares = args.slice(1).some((v) => v !== null);
     if (declares) {
       const changes = await pool
-        .query<{ setting: string; stored: string; declared: string }>(changedSettingsSql, args)
+        // (Limits are not compared: their reservations live in kind_limits, not here.)
+        .query<{ setting: string; stored: string; declared: string }>(
+          changedSettingsSql,
+          args.slice(0, 11),
+        )
         .then(
           (r) => r.rows,
           (err: unknown) => {

@@ -389,9 +389,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
     } else {
       // Some slot is idle: wake at the earliest delayed task (a timer, not a poll).
       const nextRunAt =
-        nextInMs !== undefined
-          ? this.wakeTimer.armIn(nextInMs)
-          : await this.wakeTimer.arm(session);
+        nextInMs !== undefined ? this.wakeTimer.armIn(nextInMs) : await this.wakeTimer.arm(session);
       if (runs.length === 0) this.limitWaits.claimedNothing();
       this.emit("idle", { nextRunAt });
     }
