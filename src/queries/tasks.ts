@@ -42,6 +42,19 @@ export const leaderChannel = "holdfast_leader";
 const quietMs = `case when q.until = 'infinity' then 'Infinity'::float8
     else (extract(epoch from q.until - clock_timestamp()) * 1000)::float8 end`;
 
+/**
+ * The task columns the worker reads (TaskRow), named one by one: a statement that expanded a
+ * row type (`c.*`, `(s.task).*`) would change its result type when a later migration adds a
+ * column to holdfast.tasks, and Postgres refuses that under a prepared statement (0A000).
+ */
+const taskColumns = (t: string) =>
+  ["id", "kind", "key", "payload", "attempt", "max_attempts", "fence", "priority", "run_at"]
+    .concat(["created_at", "checkpoint", "checkpoint_at"])
+    .map((c) => `${t}.${c}`)
+    .join(", ");
+const nullTaskColumns = `null::bigint, null::text, null::text, null::jsonb, null::int, null::int,
+    null::bigint, null::int, null::timestamptz, null::timestamptz, null::jsonb, null::timestamptz`;
+
 export const sql = {
   defineKind:
     "select holdfast.define_kind($1, $2, $3::interval, $4, $5, $6, $7, $8::interval, $9::interval, $10::interval, $11::text[])",
@@ -51,13 +64,12 @@ export const sql = {
   // statement: every idle worker is woken by an enqueue and all but one come back empty, so
   // this saves each of them the next_run_at round trip (and its transaction). Only then: after
   // a claim that took keys, the statement's snapshot would still show them ready.
-  claim: `with c as (select * from holdfast.claim($1::text[], $2, $3, $4, $5))
+  claim: `with c as (select ${taskColumns("t")} from holdfast.claim($1::text[], $2, $3, $4, $5) t)
     select c.*, null::timestamptz as next_at from c
     union all
-    select (null::holdfast.tasks).*, holdfast.next_run_at($1::text[]) where not exists (select from c)`,
+    select ${nullTaskColumns}, holdfast.next_run_at($1::text[]) where not exists (select from c)`,
   /** Completions and the next claim in one round trip (rows: rejected id, or a claimed task). */
-  settle:
-    "select s.rejected, (s.task).* from holdfast.settle($1::bigint[], $2::bigint[], $3::text[], $4, $5, $6, $7, $8::bigint[], $9::bigint[], $10::text[]) s",
+  settle: `select s.rejected, ${taskColumns("(s.task)")} from holdfast.settle($1::bigint[], $2::bigint[], $3::text[], $4, $5, $6, $7, $8::bigint[], $9::bigint[], $10::text[]) s`,
   /** Completions sent by the LISTEN session for the lock session (pid $3): see Completer. */
   completeHeld:
     "select id, status from holdfast.complete_held($1::bigint[], $2::bigint[], $3::int)",
