@@ -89,6 +89,19 @@ export async function packageVersion(): Promise<string> {
   return String(pkg.version);
 }
 
+/** The last migration this package ships. */
+export async function releaseSchemaVersion(): Promise<string> {
+  return (
+    (await readdir(migrationsDir))
+      .filter((f) => f.endsWith(".sql"))
+      .sort()
+      .at(-1) ?? ""
+  );
+}
+
+/** The database's schema version: the last migration applied. */
+export const schemaVersionSql = "select max(name) as name from holdfast.migrations";
+
 /** Identifies the API files' content; kept as the comment of schema holdfast. */
 function checksum(files: SqlFile[]): string {
   const h = createHash("sha256");
@@ -166,12 +179,14 @@ const rollingFrom = "0005_checkpoints.sql";
 /** Reads what migrate would do, without changing anything. */
 export async function planMigrations(client: pg.ClientBase): Promise<MigrationPlan> {
   const [migrations, api] = await Promise.all([readMigrations(), readSqlFiles(apiDir)]);
-  const { rows } = await client.query<{ executed: string[] | null; comment: string | null }>(
-    `select case when to_regclass('holdfast.migrations') is not null then
-       (select array_agg(name order by name) from holdfast.migrations) end as executed,
+  const { rows } = await client.query<{ migrated: boolean; comment: string | null }>(
+    `select to_regclass('holdfast.migrations') is not null as migrated,
      (select obj_description(oid, 'pg_namespace') from pg_namespace where nspname = 'holdfast') as comment`,
   );
-  const executed = adoptedNames(rows[0]?.executed ?? []);
+  const names = rows[0]?.migrated
+    ? (await client.query<{ name: string }>("select name from holdfast.migrations")).rows
+    : [];
+  const executed = adoptedNames(names.map((r) => r.name));
   refuseNewer(executed, migrations);
   const pending = migrations.filter((m) => !executed.includes(m.name));
   return {

@@ -1,4 +1,5 @@
 import type pg from "pg";
+import { packageVersion, releaseSchemaVersion, schemaVersionSql } from "../migrate.js";
 import { parseCron, upcomingTick } from "../schedules.js";
 import {
   capacitySql,
@@ -10,7 +11,7 @@ import {
 } from "./queries.js";
 
 /** Version of the `--json` shape (docs/inspect.schema.json); bumped on any breaking change. */
-export const snapshotVersion = 3;
+export const snapshotVersion = 4;
 
 export interface InspectFilters {
   /** Only this key. */
@@ -120,8 +121,19 @@ export interface Capacity {
   };
 }
 
+/** What runs where: this package, the database's schema, the schema this package ships. */
+export interface Versions {
+  package: string;
+  /** The last migration applied (null: none, or this role may not read holdfast.migrations). */
+  schema: string | null;
+  /** This package's last migration: a schema behind it needs migrate; ahead, a newer release
+   *  migrated the database. */
+  releaseSchema: string;
+}
+
 export interface Snapshot {
   version: typeof snapshotVersion;
+  versions: Versions;
   /** ISO time of the snapshot. */
   at: string;
   database: string;
@@ -156,6 +168,18 @@ export async function readOnly<T>(client: pg.ClientBase, fn: () => Promise<T>): 
   }
 }
 
+/** The versions (the schema's from holdfast.migrations, when this role may read it). */
+export async function readVersions(client: pg.ClientBase): Promise<Versions> {
+  const { rows } = await client.query<{ readable: boolean | null }>(
+    "select has_table_privilege(to_regclass('holdfast.migrations'), 'select') as readable",
+  );
+  const schema = rows[0]?.readable
+    ? ((await client.query<{ name: string | null }>(schemaVersionSql)).rows[0]?.name ?? null)
+    : null;
+  const [pkg, release] = await Promise.all([packageVersion(), releaseSchemaVersion()]);
+  return { package: pkg, schema, releaseSchema: release };
+}
+
 /** Reads one consistent picture in a read-only transaction (works for a SELECT-only role). */
 export async function takeSnapshot(
   client: pg.ClientBase,
@@ -178,6 +202,7 @@ export async function readSnapshot(
   const cap = (await client.query(capacitySql)).rows[0];
   const snapshot: Snapshot = {
     version: snapshotVersion,
+    versions: await readVersions(client),
     at: new Date().toISOString(),
     database: cap.database,
     filters: { key: filters.key ?? null, kind: filters.kind ?? null },
