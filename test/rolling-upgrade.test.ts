@@ -87,6 +87,7 @@ async function expectExactlyOnce(db: TestDatabase, total: number, procs: WorkerP
   const runsOf = new Map<number, number>();
   for (const r of runs) runsOf.set(Number(r.task_id), (runsOf.get(Number(r.task_id)) ?? 0) + 1);
   const twice = [...runsOf].filter(([, n]) => n > 1).map(([id]) => id);
+  // The workers' lost sessions and refused statements, shown beside any task that ran twice.
   expect({ twice, trouble }).toEqual({ twice: [], trouble: expect.any(Array) });
   expect(tasks).toEqual(tasks.map((t) => ({ id: t.id, state: "succeeded", attempt: 1 })));
   expect(runs.length).toBe(total);
