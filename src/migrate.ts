@@ -33,10 +33,41 @@ export interface MigrateResult {
   apiUpdated: boolean;
 }
 
+/** A pending migration as `holdfast migrate --dry-run` lists it. */
+export interface PendingMigration {
+  name: string;
+  /** false: run outside a transaction (`-- holdfast: no-transaction`, for CREATE INDEX
+   *  CONCURRENTLY), one statement at a time, resumed after an interruption. */
+  transaction: boolean;
+  /** What each statement locks, read from the file (e.g. "holdfast.tasks: SHARE (create
+   *  index: writes wait for the build)"). */
+  locks: string[];
+}
+
+/** What `migrate()` would do now, and the versions on each side. */
+export interface MigrationPlan {
+  /** This package's version. */
+  packageVersion: string;
+  /** The database's schema version: its last applied migration (null: none). */
+  schemaVersion: string | null;
+  /** This release's last migration. */
+  releaseSchemaVersion: string;
+  pending: PendingMigration[];
+  /** Whether the API functions and views would be dropped and created again. */
+  apiUpdate: boolean;
+}
+
 interface SqlFile {
   name: string;
   text: string;
 }
+
+interface Migration extends SqlFile {
+  transaction: boolean;
+}
+
+/** The header line that runs a migration outside the migration's transaction. */
+const noTransaction = /^--\s*holdfast:\s*no-transaction\s*$/m;
 
 async function readSqlFiles(dir: URL): Promise<SqlFile[]> {
   const names = (await readdir(dir)).filter((f) => f.endsWith(".sql")).sort();
@@ -45,6 +76,32 @@ async function readSqlFiles(dir: URL): Promise<SqlFile[]> {
   );
 }
 
+async function readMigrations(): Promise<Migration[]> {
+  return (await readSqlFiles(migrationsDir)).map((f) => ({
+    ...f,
+    transaction: !noTransaction.test(f.text),
+  }));
+}
+
+/** This package's version (package.json, one level above src/ and dist/). */
+export async function packageVersion(): Promise<string> {
+  const pkg = JSON.parse(await readFile(new URL("../package.json", import.meta.url), "utf8"));
+  return String(pkg.version);
+}
+
+/** The last migration this package ships. */
+export async function releaseSchemaVersion(): Promise<string> {
+  return (
+    (await readdir(migrationsDir))
+      .filter((f) => f.endsWith(".sql"))
+      .sort()
+      .at(-1) ?? ""
+  );
+}
+
+/** The database's schema version: the last migration applied. */
+export const schemaVersionSql = "select max(name) as name from holdfast.migrations";
+
 /** Identifies the API files' content; kept as the comment of schema holdfast. */
 function checksum(files: SqlFile[]): string {
   const h = createHash("sha256");
@@ -52,52 +109,197 @@ function checksum(files: SqlFile[]): string {
   return `holdfast api sha256:${h.digest("hex")}`;
 }
 
+/** The statements of a migration, without comments (for what they lock and for running a
+ *  no-transaction migration one statement at a time). */
+function statements(text: string): string[] {
+  return text
+    .replace(/--.*$/gm, "")
+    .split(/;\s*$/m)
+    .map((st) => st.trim())
+    .filter((st) => st.length > 0);
+}
+
+/** What a migration's statements lock, as far as its text says (the usual DDL and DML). */
+export function describeLocks(text: string): string[] {
+  const id = '([\\w."]+)';
+  const rules: Array<[RegExp, (m: RegExpMatchArray) => string]> = [
+    [
+      new RegExp(`^alter table (?:if exists )?(?:only )?${id}`, "i"),
+      (m) => `${m[1]}: ACCESS EXCLUSIVE (alter table: reads and writes wait)`,
+    ],
+    [
+      new RegExp(
+        `^create (?:unique )?index concurrently (?:if not exists )?(?:${id} )?on (?:only )?${id}`,
+        "i",
+      ),
+      (m) => `${m[2]}: SHARE UPDATE EXCLUSIVE (create index concurrently: reads and writes go on)`,
+    ],
+    [
+      new RegExp(`^create (?:unique )?index (?:if not exists )?(?:${id} )?on (?:only )?${id}`, "i"),
+      (m) => `${m[2]}: SHARE (create index: writes wait for the build)`,
+    ],
+    [
+      new RegExp(`^drop index concurrently (?:if exists )?${id}`, "i"),
+      (m) => `${m[1]}'s table: SHARE UPDATE EXCLUSIVE (drop index concurrently)`,
+    ],
+    [
+      new RegExp(`^drop index (?:if exists )?${id}`, "i"),
+      (m) => `${m[1]}'s table: ACCESS EXCLUSIVE (drop index: brief)`,
+    ],
+    [
+      new RegExp(`^update (?:only )?${id}`, "i"),
+      (m) => `${m[1]}: ROW EXCLUSIVE, the rows it updates`,
+    ],
+    [new RegExp(`^insert into ${id}`, "i"), (m) => `${m[1]}: ROW EXCLUSIVE (insert)`],
+    [
+      new RegExp(`^delete from (?:only )?${id}`, "i"),
+      (m) => `${m[1]}: ROW EXCLUSIVE, the rows it deletes`,
+    ],
+    [new RegExp(`^create table (?:if not exists )?${id}`, "i"), (m) => `${m[1]}: new table`],
+  ];
+  const out: string[] = [];
+  for (const st of statements(text)) {
+    const flat = st.replace(/\s+/g, " ");
+    for (const [re, say] of rules) {
+      const m = flat.match(re);
+      if (m) {
+        out.push(say(m));
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+/** The last migration of the release that the deployed workers of 25540ad (0.2) shipped with:
+ *  workers of a schema before it (0.1.x, e.g. b13de11) expand `(s.task).*` into fewer columns
+ *  than holdfast.tasks has since, and must be stopped before migrating (docs/upgrading.md). */
+const rollingFrom = "0005_checkpoints.sql";
+
+/** Reads what migrate would do, without changing anything. */
+export async function planMigrations(client: pg.ClientBase): Promise<MigrationPlan> {
+  const [migrations, api] = await Promise.all([readMigrations(), readSqlFiles(apiDir)]);
+  const { rows } = await client.query<{ migrated: boolean; comment: string | null }>(
+    `select to_regclass('holdfast.migrations') is not null as migrated,
+     (select obj_description(oid, 'pg_namespace') from pg_namespace where nspname = 'holdfast') as comment`,
+  );
+  const names = rows[0]?.migrated
+    ? (await client.query<{ name: string }>("select name from holdfast.migrations")).rows
+    : [];
+  const executed = adoptedNames(names.map((r) => r.name));
+  refuseNewer(executed, migrations);
+  const pending = migrations.filter((m) => !executed.includes(m.name));
+  return {
+    packageVersion: await packageVersion(),
+    schemaVersion: executed.at(-1) ?? null,
+    releaseSchemaVersion: migrations.at(-1)?.name ?? "",
+    pending: pending.map((m) => ({
+      name: m.name,
+      transaction: m.transaction,
+      locks: describeLocks(m.text),
+    })),
+    apiUpdate: pending.length > 0 || rows[0]?.comment !== checksum(api),
+  };
+}
+
+/** Migration names as migrate records them (0.1.0's files count as the baseline). */
+function adoptedNames(names: string[]): string[] {
+  const legacy = names.filter((n) => legacyFiles.includes(n));
+  if (legacy.length === 0) return [...names].sort();
+  return [...names.filter((n) => !legacyFiles.includes(n)), baseline].sort();
+}
+
+/** A database migrated by a newer release has migrations this one does not know. */
+function refuseNewer(executed: string[], migrations: SqlFile[]): void {
+  const known = new Set(migrations.map((m) => m.name));
+  const unknown = executed.filter((n) => !known.has(n));
+  if (unknown.length > 0)
+    throw new MigrationError(
+      `holdfast: this database was migrated by a newer holdfast release (migrations unknown to this release: ${unknown.join(", ")}); nothing was changed. Run the newer release's migrate, or upgrade this deployment to it.`,
+    );
+}
+
 /**
- * Brings the schema up to date under an advisory lock, in one transaction: many processes
- * starting at once migrate once, and a failure changes nothing.
+ * Brings the schema up to date under an advisory lock, so many processes starting at once
+ * migrate once:
  *
- * 1. Versioned migrations (sql/migrations/: tables, indexes, data), each once, in name order.
+ * 1. Versioned migrations (sql/migrations/: tables, indexes, data), each once, in name order,
+ *    in one transaction with step 2: a failure changes nothing. A migration headed
+ *    `-- holdfast: no-transaction` (CREATE INDEX CONCURRENTLY) runs outside it, between the
+ *    transactions of the migrations before and after it, one statement at a time; an INVALID
+ *    index an interrupted build left behind is dropped first, so a rerun resumes it.
  * 2. The API (sql/api/: every function, view and grant, each defined once) is dropped and
  *    created again from the current files, unless its checksum is already the one recorded.
+ *
+ * A database migrated by a newer release (migrations this one does not know) is refused.
  */
 export async function migrate(client: pg.ClientBase, logger: Logger): Promise<MigrateResult> {
-  const [migrations, api] = await Promise.all([readSqlFiles(migrationsDir), readSqlFiles(apiDir)]);
+  const [migrations, api] = await Promise.all([readMigrations(), readSqlFiles(apiDir)]);
   const apiChecksum = checksum(api);
   await client.query("select pg_advisory_lock($1, $2)", [...migrationLock]);
   try {
-    await client.query("begin");
-    try {
-      const result = await migrateLocked(client, logger, migrations, api, apiChecksum);
-      await client.query("commit");
-      if (result.applied.length > 0 || result.apiUpdated) {
-        logger.info({ event: "migrate", ...result }, "holdfast: schema migrated");
+    const result: MigrateResult = { applied: [], apiUpdated: false };
+    for (;;) {
+      await client.query("begin");
+      let step: Step;
+      try {
+        step = await migrateLocked(client, logger, migrations, api, apiChecksum);
+        await client.query("commit");
+      } catch (err) {
+        await client.query("rollback");
+        throw err;
       }
-      return result;
-    } catch (err) {
-      await client.query("rollback");
-      throw err;
+      result.applied.push(...step.applied);
+      result.apiUpdated ||= step.apiUpdated;
+      if (!step.next) break;
+      await runOutsideTransaction(client, logger, step.next);
+      result.applied.push(step.next.name);
     }
+    if (result.applied.length > 0 || result.apiUpdated) {
+      logger.info({ event: "migrate", ...result }, "holdfast: schema migrated");
+    }
+    return result;
   } finally {
     await client.query("select pg_advisory_unlock($1, $2)", [...migrationLock]);
   }
 }
 
+interface Step extends MigrateResult {
+  /** A no-transaction migration to run now, before the ones after it. */
+  next?: Migration;
+}
+
 async function migrateLocked(
   client: pg.ClientBase,
   logger: Logger,
-  migrations: SqlFile[],
+  migrations: Migration[],
   api: SqlFile[],
   apiChecksum: string,
-): Promise<MigrateResult> {
+): Promise<Step> {
   await client.query(`create schema if not exists holdfast;
     create table if not exists holdfast.migrations (
       name text primary key, applied_at timestamptz not null default now())`);
   await adoptLegacy(client, logger);
+  const executedNow = async () =>
+    (
+      await client.query<{ name: string }>("select name from holdfast.migrations order by name")
+    ).rows.map((r) => r.name);
+  const executed = await executedNow();
+  refuseNewer(executed, migrations);
   const current = await client.query<{ comment: string | null }>(
     "select obj_description('holdfast'::regnamespace, 'pg_namespace') as comment",
   );
+  const pending = migrations.filter((m) => !executed.includes(m.name));
+  // Transactional migrations up to the first no-transaction one, which runs after this commit.
+  const cut = pending.findIndex((m) => !m.transaction);
+  const batch = cut < 0 ? pending : pending.slice(0, cut);
+  const next = cut < 0 ? undefined : pending[cut];
+  const apiUpdated = batch.length > 0 || current.rows[0]?.comment !== apiChecksum;
+  if (!apiUpdated) return { applied: [], apiUpdated, ...(next ? { next } : {}) };
+  if (pending.length > 0) await warnOfOldWorkers(client, logger, executed);
+
   const umzug = new Umzug({
-    migrations: migrations.map(({ name, text }) => ({
+    migrations: batch.map(({ name, text }) => ({
       name,
       up: async () => {
         await client.query(text);
@@ -105,10 +307,7 @@ async function migrateLocked(
       },
     })),
     storage: {
-      executed: async () =>
-        (
-          await client.query<{ name: string }>("select name from holdfast.migrations order by name")
-        ).rows.map((r) => r.name),
+      executed: executedNow,
       // Recorded by `up`, in the same transaction.
       logMigration: async () => {},
       unlogMigration: async ({ name }) => {
@@ -117,10 +316,6 @@ async function migrateLocked(
     },
     logger: undefined,
   });
-  const pending = await umzug.pending();
-  const apiUpdated = pending.length > 0 || current.rows[0]?.comment !== apiChecksum;
-  if (!apiUpdated) return { applied: [], apiUpdated };
-
   // The API goes first: a migration may change a table that a view or function reads.
   await dropApi(client);
   const applied = (await umzug.up()).map((m) => m.name);
@@ -134,7 +329,68 @@ async function migrateLocked(
     }
   }
   await client.query(`comment on schema holdfast is '${apiChecksum}'`);
-  return { applied, apiUpdated };
+  return { applied, apiUpdated, ...(next ? { next } : {}) };
+}
+
+/**
+ * Runs a no-transaction migration one statement at a time (CREATE INDEX CONCURRENTLY refuses a
+ * transaction block), and records it once every statement went through. Its statements must
+ * be rerunnable (`if not exists`): an interrupted run is resumed by the next migrate, after
+ * the INVALID indexes an interrupted concurrent build leaves behind are dropped (only one
+ * migrator runs at a time: the migration lock).
+ */
+async function runOutsideTransaction(
+  client: pg.ClientBase,
+  logger: Logger,
+  m: Migration,
+): Promise<void> {
+  const { rows } = await client.query<{ index: string }>(
+    `select c.oid::regclass::text as index from pg_index i join pg_class c on c.oid = i.indexrelid
+     where c.relnamespace = 'holdfast'::regnamespace and not i.indisvalid`,
+  );
+  for (const r of rows) {
+    logger.warn(
+      { event: "migrate_invalid_index", index: r.index, migration: m.name },
+      "holdfast: dropping an index an interrupted build left invalid; building it again",
+    );
+    await client.query(`drop index concurrently if exists ${r.index}`);
+  }
+  for (const st of statements(m.text)) {
+    try {
+      await client.query(st);
+    } catch (err) {
+      throw new MigrationError(
+        `holdfast: migration ${m.name} (outside a transaction) failed; run migrate again to resume it: ${(err as Error).message}`,
+        { cause: err },
+      );
+    }
+  }
+  await client.query("insert into holdfast.migrations (name) values ($1) on conflict do nothing", [
+    m.name,
+  ]);
+}
+
+/**
+ * Workers of a release before 0.2 (a schema before rollingFrom) read task rows as the table's
+ * row type: once a migration adds a column to holdfast.tasks, their reports are refused and
+ * they take that for a lost lock, so tasks they ran would run again. Logged when such a
+ * schema is migrated while lock sessions are connected.
+ */
+async function warnOfOldWorkers(
+  client: pg.ClientBase,
+  logger: Logger,
+  executed: string[],
+): Promise<void> {
+  if (executed.length === 0 || executed.includes(rollingFrom)) return;
+  const { rows } = await client.query<{ n: number }>(
+    `select count(*)::int as n from pg_stat_activity
+     where datname = current_database() and application_name like 'holdfast:lock:%'`,
+  );
+  const sessions = rows[0]?.n ?? 0;
+  logger.warn(
+    { event: "migrate_stop_old_workers", schemaVersion: executed.at(-1), lockSessions: sessions },
+    `holdfast: this schema (${executed.at(-1)}) predates rolling upgrades: stop its workers before migrating (${sessions} lock sessions connected now); they would run tasks again (docs/upgrading.md)`,
+  );
 }
 
 /**

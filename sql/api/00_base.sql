@@ -43,6 +43,9 @@ select holdfast._grant('usage', 'schema holdfast',
   'holdfast_producer', 'holdfast_worker', 'holdfast_observer');
 select holdfast._grant('select',
   'holdfast.tasks, holdfast.attempts, holdfast.keys, holdfast.kinds', 'holdfast_observer');
+-- The schema version (its last migration) for inspect, the dashboard and workers.
+select holdfast._grant('select', 'holdfast.migrations',
+  'holdfast_producer', 'holdfast_worker', 'holdfast_observer');
 
 -- Errors use SQLSTATE class HF (README "SQL contract"): HF001 unknown kind, HF002 bad input,
 -- HF003 no such task, HF004 stale fence.

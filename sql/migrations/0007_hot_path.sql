@@ -7,6 +7,6 @@ alter table holdfast.tasks set (fillfactor = 90);
 -- A kind whose succeeded retention is 0 deletes its task at completion (no attempt row, no
 -- later prune). Its key row stays until the pruner takes it: emptied_at marks a key row that
 -- a completion left without any task, so a prune batch finds it (keys_emptied) without a scan
--- and deletes it with the fence floor raised once per batch (api/55_prune.sql).
+-- and deletes it with the fence floor raised once per batch (api/55_prune.sql). Its index is
+-- built without blocking writes: 0007_keys_emptied_index.sql.
 alter table holdfast.keys add column emptied_at timestamptz;
-create index keys_emptied on holdfast.keys (emptied_at) where emptied_at is not null;

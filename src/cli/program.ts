@@ -1,4 +1,5 @@
 import { InvalidArgumentError as ArgError, Command, Option } from "commander";
+import type pg from "pg";
 import { type Logger, pino } from "pino";
 import { dashboardDefaults } from "../dashboard/server.js";
 import {
@@ -8,10 +9,20 @@ import {
   UnknownKindError,
 } from "../errors.js";
 import { Holdfast } from "../holdfast.js";
+import { type MigrationPlan, planMigrations } from "../migrate.js";
 import { runDashboard } from "./dashboard.js";
 import { runInspect } from "./inspect.js";
 import { databaseUrl, type Output, processOutput } from "./io.js";
 import { runWorker } from "./worker.js";
+
+/** `migrate --dry-run`: the plan, read on one of the pool's connections. */
+async function plan(client: pg.PoolClient): Promise<MigrationPlan> {
+  try {
+    return await planMigrations(client);
+  } finally {
+    client.release();
+  }
+}
 
 /** Exit codes of every command: 0 ok, 1 failed (or unhealthy for inspect), 2 cannot connect. */
 export const exitCodes = { ok: 0, failed: 1, unreachable: 2 } as const;
@@ -93,8 +104,13 @@ export function buildProgram(io: Output = processOutput): {
     .description("apply pending schema migrations (safe to run from many processes at once)")
     .addOption(databaseOption())
     .addOption(sessionUrlOption())
+    .option(
+      "--dry-run",
+      "change nothing: print the package and schema versions and the pending migrations with what each locks",
+    )
     .action(async (opts) => {
-      print(await withClient(opts, (hf) => hf.migrate()));
+      if (opts.dryRun) print(await withClient(opts, (hf) => hf.pool.connect().then(plan)));
+      else print(await withClient(opts, (hf) => hf.migrate()));
     });
 
   program

@@ -12,7 +12,7 @@ import {
   readWaiting,
   type TaskDetail,
 } from "../inspect/history.js";
-import { readOnly, readSnapshot, type Snapshot } from "../inspect/snapshot.js";
+import { readOnly, readSnapshot, type Snapshot, type Versions } from "../inspect/snapshot.js";
 import { ActionToken, actionOf, doneText, isDone, runAction } from "./actions.js";
 import { type Html, html } from "./html.js";
 import { HttpError, json, type Reply, type Request, readBody, route, serve } from "./http.js";
@@ -75,6 +75,8 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     () => port,
   );
   let database = "";
+  /** Shown in the header (the latest overview read them). */
+  let versions: Versions | undefined;
   let activityCache: { at: number; activity: Activity } | undefined;
 
   /** Runs reads in one read-only transaction on a pooled client. */
@@ -105,6 +107,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
         activityCache = { at: now, activity: await readActivity(c, kinds) };
       }
       database = snapshot.database;
+      versions = snapshot.versions;
       return { snapshot, waiting, deadLetters, activity: activityCache.activity };
     });
 
@@ -119,7 +122,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     });
 
   const header = (mode: ActionMode): Html =>
-    html`<span class="meta">${database}</span><span class="pill ${mode.authorized ? "warn" : "neutral"}" id="mode">${mode.authorized ? "actions enabled" : mode.enabled ? "read-only (actions need the token)" : "read-only"}</span>`;
+    html`<span class="meta">${database}</span><span class="meta" id="versions">${versions ? `holdfast ${versions.package}, schema ${versions.schema ?? "unknown"}${versions.schema !== null && versions.schema !== versions.releaseSchema ? ` (this package: ${versions.releaseSchema})` : ""}` : ""}</span><span class="pill ${mode.authorized ? "warn" : "neutral"}" id="mode">${mode.authorized ? "actions enabled" : mode.enabled ? "read-only (actions need the token)" : "read-only"}</span>`;
 
   /** The whole page, or only its live part when the page's script asks for a redraw. */
   const htmlReply = (

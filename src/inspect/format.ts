@@ -273,7 +273,19 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
   const a = s.capacity.advisoryLocks;
   const c = s.capacity.connections;
   const pct = (n: number, of: number) => (of > 0 ? `${((100 * n) / of).toFixed(1)}%` : "-");
+  const v = s.versions;
+  const schemaNote =
+    v.schema === null
+      ? "unknown"
+      : v.schema < v.releaseSchema
+        ? `${v.schema}, behind this package's ${v.releaseSchema}: run migrate`
+        : v.schema > v.releaseSchema
+          ? `${v.schema}, migrated by a newer release than this package's ${v.releaseSchema}`
+          : v.schema;
   out.push(
+    "",
+    "VERSIONS",
+    clip(`  package ${v.package}, schema ${schemaNote}`, width),
     "",
     "CAPACITY",
     clip(

@@ -1,5 +1,6 @@
 import type pg from "pg";
 import { toLimitUsage } from "../limits.js";
+import { packageVersion, releaseSchemaVersion, schemaVersionSql } from "../migrate.js";
 import { parseCron, upcomingTick } from "../schedules.js";
 import {
   capacitySql,
@@ -155,8 +156,19 @@ export interface ClockInfo {
   offsetMs: number;
 }
 
+/** What runs where: this package, the database's schema, the schema this package ships. */
+export interface Versions {
+  package: string;
+  /** The last migration applied (null: none, or this role may not read holdfast.migrations). */
+  schema: string | null;
+  /** This package's last migration: a schema behind it needs migrate; ahead, a newer release
+   *  migrated the database. */
+  releaseSchema: string;
+}
+
 export interface Snapshot {
   version: typeof snapshotVersion;
+  versions: Versions;
   /** ISO time of the snapshot (this host's clock). */
   at: string;
   database: string;
@@ -194,6 +206,18 @@ export async function readOnly<T>(client: pg.ClientBase, fn: () => Promise<T>): 
   }
 }
 
+/** The versions (the schema's from holdfast.migrations, when this role may read it). */
+export async function readVersions(client: pg.ClientBase): Promise<Versions> {
+  const { rows } = await client.query<{ readable: boolean | null }>(
+    "select has_table_privilege(to_regclass('holdfast.migrations'), 'select') as readable",
+  );
+  const schema = rows[0]?.readable
+    ? ((await client.query<{ name: string | null }>(schemaVersionSql)).rows[0]?.name ?? null)
+    : null;
+  const [pkg, release] = await Promise.all([packageVersion(), releaseSchemaVersion()]);
+  return { package: pkg, schema, releaseSchema: release };
+}
+
 /** Reads one consistent picture in a read-only transaction (works for a SELECT-only role). */
 export async function takeSnapshot(
   client: pg.ClientBase,
@@ -224,6 +248,7 @@ export async function readSnapshot(
   const serverNow = new Date(Math.round(cap.server_ms));
   const snapshot: Snapshot = {
     version: snapshotVersion,
+    versions: await readVersions(client),
     at: new Date().toISOString(),
     database: cap.database,
     filters: { key: filters.key ?? null, kind: filters.kind ?? null },

@@ -44,6 +44,18 @@ const quietMs = `case when q.until = 'infinity' then 'Infinity'::float8
 
 /** ms from now (server clock) until the timestamptz `at`; null stays null. */
 const inMs = (at: string) => `(extract(epoch from ${at} - clock_timestamp()) * 1000)::float8`;
+/**
+ * The task columns the worker reads (TaskRow), named one by one: a statement that expanded a
+ * row type (`c.*`, `(s.task).*`) would change its result type when a later migration adds a
+ * column to holdfast.tasks, and Postgres refuses that under a prepared statement (0A000).
+ */
+const taskColumns = (t: string) =>
+  ["id", "kind", "key", "payload", "attempt", "max_attempts", "fence", "priority", "run_at"]
+    .concat(["created_at", "checkpoint", "checkpoint_at"])
+    .map((c) => `${t}.${c}`)
+    .join(", ");
+const nullTaskColumns = `null::bigint, null::text, null::text, null::jsonb, null::int, null::int,
+    null::bigint, null::int, null::timestamptz, null::timestamptz, null::jsonb, null::timestamptz`;
 
 export const sql = {
   defineKind:
@@ -55,14 +67,13 @@ export const sql = {
   // this saves each of them the next_run_at round trip (and its transaction). Only then: after
   // a claim that took keys, the statement's snapshot would still show them ready.
   // next_in_ms: that time as ms from now on the server's clock (a worker's clock may differ).
-  claim: `with c as (select * from holdfast.claim($1::text[], $2, $3, $4, $5))
+  claim: `with c as (select ${taskColumns("t")} from holdfast.claim($1::text[], $2, $3, $4, $5) t)
     select c.*, null::float8 as next_in_ms from c
     union all
-    select (null::holdfast.tasks).*, ${inMs("holdfast.next_run_at($1::text[])")}
+    select ${nullTaskColumns}, ${inMs("holdfast.next_run_at($1::text[])")}
     where not exists (select from c)`,
   /** Completions and the next claim in one round trip (rows: rejected id, or a claimed task). */
-  settle:
-    "select s.rejected, (s.task).* from holdfast.settle($1::bigint[], $2::bigint[], $3::text[], $4, $5, $6, $7, $8::bigint[], $9::bigint[], $10::text[]) s",
+  settle: `select s.rejected, ${taskColumns("(s.task)")} from holdfast.settle($1::bigint[], $2::bigint[], $3::text[], $4, $5, $6, $7, $8::bigint[], $9::bigint[], $10::text[]) s`,
   /** Completions sent by the LISTEN session for the lock session (pid $3): see Completer. */
   completeHeld:
     "select id, status from holdfast.complete_held($1::bigint[], $2::bigint[], $3::int)",

@@ -1,7 +1,7 @@
 import type { Logger } from "pino";
 import { sql } from "../queries/tasks.js";
 import type { Task } from "../types.js";
-import type { LockSession } from "./lock-session.js";
+import { isStatementError, type LockSession } from "./lock-session.js";
 import type { Outcome, Run, Settlement } from "./runs.js";
 
 /** A connection that can run a statement (the LISTEN session while it is connected). */
@@ -15,7 +15,8 @@ export interface CompleterDeps {
   finish: (run: Run, task: Task, outcome: Outcome) => void;
   /** The run's completion is committed: its key lock may be released (on its session). */
   completed: (run: Run) => void;
-  /** The run must be completed on its lock session itself (a capped kind's slot). */
+  /** The run must be completed on its lock session itself (a capped kind's slot, or a report
+   *  the server refused on both sessions). */
   own: (s: Settlement) => void;
   logger: Logger;
 }
@@ -82,6 +83,16 @@ export class Completer {
       try {
         rows = await session.query(sql.completeHeld, values);
       } catch (lockErr) {
+        if (!session.isLost && isStatementError(lockErr)) {
+          // The server refused the statement, the locks are still held: the lock session's
+          // round trip reports these runs (settle), retried there until it goes through.
+          this.deps.logger.warn(
+            { event: "report_statement_error", err: lockErr, runs: group.length },
+            "holdfast: a report failed on a live session; it stays queued for the lock session",
+          );
+          for (const s of group) this.deps.own(s);
+          return;
+        }
         session.markLost("lock session query failed", lockErr);
         for (const s of group) for (const t of s.run.tasks) this.deps.finish(s.run, t, "lost");
         return;

@@ -8,10 +8,10 @@ import type { Reporter } from "./completer.js";
 import {
   type LockSessionSettings,
   lockSessionDefaults,
+  NamedStatements,
   protocolSync,
   sessionBoundsSql,
   sessionBoundsValues,
-  statementName,
 } from "./lock-session.js";
 import type { ServerClock } from "./server-clock.js";
 
@@ -55,6 +55,7 @@ export const listenerPing = { intervalMs: 5_000, timeoutMs: 5_000 };
  */
 export class Listener {
   private client: pg.Client | undefined;
+  private statements: NamedStatements | undefined;
   private socket: net.Socket | undefined;
   private closing = false;
   private pingTimer: NodeJS.Timeout | undefined;
@@ -119,16 +120,17 @@ export class Listener {
       await client.end().catch(() => {});
       throw err;
     }
+    this.statements = new NamedStatements(client);
     this.client = client; // from here on, its events mean a lost connection
   }
 
   /** Runs statements on this session while it is connected (a worker's reports: Completer). */
   reporter(): Reporter | undefined {
-    const client = this.client;
-    if (!client) return undefined;
+    const statements = this.client ? this.statements : undefined;
+    if (!statements) return undefined;
     return {
-      query: async <R extends Record<string, unknown>>(text: string, values?: unknown[]) =>
-        (await client.query<R>({ name: statementName(text), text, values })).rows,
+      query: <R extends Record<string, unknown>>(text: string, values?: unknown[]) =>
+        statements.query<R>(text, values),
     };
   }
 

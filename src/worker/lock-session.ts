@@ -148,6 +148,7 @@ export function protocolSync(client: pg.Client, closed: () => Error): Promise<vo
  */
 export class LockSession extends EventEmitter<LockSessionEvents> {
   private client: pg.Client;
+  private readonly statements: NamedStatements;
   private ended = false;
   private tail: Promise<unknown> = Promise.resolve();
   private pending = 0;
@@ -175,6 +176,7 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
       keepAliveInitialDelayMillis: settings.tcpKeepalivesIdleSec * 1000,
       connectionTimeoutMillis: config.connectionTimeoutMillis ?? 10_000,
     });
+    this.statements = new NamedStatements(this.client);
     // Event-driven loss: a terminated backend or a closed socket is noticed at once.
     this.client.on("error", (err) => this.markLost(`lock session error: ${err.message}`, err));
     this.client.on("end", () => this.markLost("lock session closed"));
@@ -208,10 +210,7 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
   }
 
   async query<R extends pg.QueryResultRow>(text: string, values?: unknown[]): Promise<R[]> {
-    return await this.serialized(text, async () => {
-      const { rows } = await this.client.query<R>({ name: statementName(text), text, values });
-      return rows;
-    });
+    return await this.serialized(text, () => this.statements.query<R>(text, values));
   }
 
   /** Runs `send` after every call queued before it, under the deadline. */
@@ -324,6 +323,59 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
 }
 
 const statementNames = new Map<string, string>();
+
+/** SQLSTATEs the server sends as it ends the session (admin shutdown, crash, recovery). */
+const sessionEndingCodes = new Set(["57P01", "57P02", "57P03"]);
+
+function sqlStateOf(err: unknown): string | undefined {
+  for (let e = err; e instanceof Error; e = e.cause) {
+    const code = (e as { code?: unknown }).code;
+    if ("severity" in e && typeof code === "string") return code;
+  }
+  return undefined;
+}
+
+/**
+ * Whether `err` is a statement the server answered with an error on a session that is still
+ * fine: it carries a SQLSTATE (the server sent an ErrorResponse, the socket works) that is not
+ * a connection failure (class 08) nor the server ending the session (57P01–57P03). A lost
+ * session, a missed deadline or a socket error is not one (LockLostError, no SQLSTATE). Such
+ * an error aborts nothing: the locks are still held.
+ */
+export function isStatementError(err: unknown): boolean {
+  if (err instanceof LockLostError) return false;
+  const code = sqlStateOf(err);
+  return code !== undefined && !code.startsWith("08") && !sessionEndingCodes.has(code);
+}
+
+/** feature_not_supported: raised for "cached plan must not change result type". */
+const cachedPlanChanged = "0A000";
+
+/**
+ * The named prepared statements of one connection. A function or table replaced under one (a
+ * migration) may change its result type, which Postgres refuses for a prepared statement
+ * (0A000) until it is parsed again: the statement is deallocated and sent once more under a
+ * new name (pg skips the Parse of a name it has parsed), on the same session.
+ */
+export class NamedStatements {
+  private readonly renamed = new Map<string, string>();
+  private generation = 0;
+
+  constructor(private readonly client: pg.Client) {}
+
+  async query<R extends pg.QueryResultRow>(text: string, values?: unknown[]): Promise<R[]> {
+    const name = this.renamed.get(text) ?? statementName(text);
+    try {
+      return (await this.client.query<R>({ name, text, values })).rows;
+    } catch (err) {
+      if (sqlStateOf(err) !== cachedPlanChanged) throw err;
+      await this.client.query(`deallocate "${name}"`).catch(() => {});
+      const fresh = `${statementName(text)}_${++this.generation}`;
+      this.renamed.set(text, fresh);
+      return (await this.client.query<R>({ name: fresh, text, values })).rows;
+    }
+  }
+}
 
 /**
  * The lock session runs a handful of fixed statements, each many times: as named prepared

@@ -95,6 +95,14 @@ export class Reports {
     };
   }
 
+  /** A round trip failed with a statement error on a live session (nothing it carried was
+   *  committed): what it carried goes with the next one. */
+  retry(session: LockSession, settled: Settlement[], carried: RoundTripReports): void {
+    this.settled.unshift(...settled);
+    this.unmarked.unshift(...carried.started.map((task) => ({ session, task })));
+    this.unlocks.unshift(...carried.unlocks.map((key) => ({ session, key })));
+  }
+
   /** Resolves once the LISTEN session's reports are committed (or handed back here). */
   async idle(): Promise<void> {
     await this.completer.idle();

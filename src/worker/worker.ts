@@ -12,7 +12,7 @@ import type { WorkerEvents } from "./events.js";
 import { Leadership } from "./leadership.js";
 import { LimitWaits } from "./limit-waits.js";
 import { Listener } from "./listener.js";
-import { LockSession } from "./lock-session.js";
+import { isStatementError, LockSession } from "./lock-session.js";
 import { Reports, type RoundTripReports } from "./reports.js";
 import { PrefetchQueue, RunTable } from "./run-table.js";
 import {
@@ -29,6 +29,9 @@ import {
 } from "./runs.js";
 import { ServerClock } from "./server-clock.js";
 import { WakeTimer } from "./wake-timer.js";
+
+/** The longest wait between round trips while the server keeps refusing a statement. */
+const statementRetryMaxMs = 5_000;
 
 export interface WorkerDeps {
   pool: pg.Pool;
@@ -65,6 +68,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private readonly clock: ServerClock;
   private readonly limitWaits: LimitWaits;
   private reconnecting = false;
+  /** The delay before the next round trip after a refused statement (0: none failed). */
+  private statementRetryMs = 0;
 
   constructor(
     private readonly deps: WorkerDeps,
@@ -288,17 +293,38 @@ export class Worker extends EventEmitter<WorkerEvents> {
           await this.reportAndClaim(session, this.reports.take(session), claim);
         }
         await this.leadership.run(session, this.state === "running");
+        this.statementRetryMs = 0;
       } catch (err) {
         if (err instanceof LockLostError || session.isLost) {
           session.markLost("lock session failed", err);
           return;
         }
-        this.logger.error({ event: "pump_error", err }, "holdfast: lock session query failed");
         this.emit("error", err);
+        if (isStatementError(err)) {
+          await this.statementFailed(err);
+          continue;
+        }
+        this.logger.error({ event: "pump_error", err }, "holdfast: lock session query failed");
         session.markLost("lock session query failed", err);
         return;
       }
     }
+  }
+
+  /**
+   * The server refused a statement on a live lock session (a function replaced by a migration,
+   * a deadlock, a cancel): every lock is still held, so nothing is aborted. What the round
+   * trip carried is queued again (reportAndClaim); the next one waits a delay that doubles up
+   * to statementRetryMaxMs, so a statement that keeps failing does not spin.
+   */
+  private async statementFailed(err: unknown): Promise<void> {
+    this.wantClaim = true;
+    this.statementRetryMs = Math.min(Math.max(100, this.statementRetryMs * 2), statementRetryMaxMs);
+    this.logger.warn(
+      { event: "statement_error", err, retryInMs: this.statementRetryMs },
+      "holdfast: the server refused a lock session statement; retrying, the locks are still held",
+    );
+    await new Promise((r) => setTimeout(r, this.statementRetryMs));
   }
 
   /**
@@ -314,6 +340,8 @@ export class Worker extends EventEmitter<WorkerEvents> {
       unconfirmed.delete(t);
       this.finish(run, t, outcome, error);
     };
+    let settled = false;
+    let failure: unknown;
     try {
       // Runs claimed on an earlier session lost their lock with it: nothing to report.
       for (const s of batch) {
@@ -345,10 +373,28 @@ export class Worker extends EventEmitter<WorkerEvents> {
         },
         end,
       );
+      settled = true;
       if (claim) await this.startClaimed(session, claimed.rows, free, startKeys, claimed.nextInMs);
+    } catch (err) {
+      failure = err;
+      throw err;
     } finally {
-      // The session failed mid-report: whatever was not confirmed is not ours to claim.
-      for (const [t, s] of unconfirmed) this.finish(s.run, t, "lost", s.error);
+      if (failure !== undefined && !session.isLost && isStatementError(failure)) {
+        // Refused by the server, committed nothing: the same reports go with the next round
+        // trip (a batch's tasks already failed one by one are not sent again).
+        const again = [...new Set(unconfirmed.values())].map((s) => {
+          const tasks = s.run.tasks.filter((t) => unconfirmed.has(t));
+          return tasks.length === s.run.tasks.length ? s : { ...s, run: { ...s.run, tasks } };
+        });
+        this.reports.retry(
+          session,
+          again,
+          settled ? { settled: [], started: [], unlocks: [] } : reports,
+        );
+      } else {
+        // The session failed mid-report: whatever was not confirmed is not ours to claim.
+        for (const [t, s] of unconfirmed) this.finish(s.run, t, "lost", s.error);
+      }
     }
   }
 
