@@ -225,9 +225,9 @@ function refuseNewer(executed: string[], migrations: SqlFile[]): void {
  *
  * 1. Versioned migrations (sql/migrations/: tables, indexes, data), each once, in name order,
  *    in one transaction with step 2: a failure changes nothing. A migration headed
- *    `-- holdfast: no-transaction` (CREATE INDEX CONCURRENTLY) runs outside it, between the
- *    transactions of the migrations before and after it, one statement at a time; an INVALID
- *    index an interrupted build left behind is dropped first, so a rerun resumes it.
+ *    `-- holdfast: no-transaction` (CREATE INDEX CONCURRENTLY: it may only build indexes, and
+ *    nothing may depend on them) runs outside it, after that commit, one statement at a time;
+ *    an INVALID index an interrupted build left behind is dropped first, so a rerun resumes it.
  * 2. The API (sql/api/: every function, view and grant, each defined once) is dropped and
  *    created again from the current files, unless its checksum is already the one recorded.
  *
@@ -236,7 +236,7 @@ function refuseNewer(executed: string[], migrations: SqlFile[]): void {
 export async function migrate(client: pg.ClientBase, logger: Logger): Promise<MigrateResult> {
   const [migrations, api] = await Promise.all([readMigrations(), readSqlFiles(apiDir)]);
   const apiChecksum = checksum(api);
-  await client.query("select pg_advisory_lock($1, $2)", [...migrationLock]);
+  await takeMigrationLock(client);
   try {
     const result: MigrateResult = { applied: [], apiUpdated: false };
     for (;;) {
@@ -261,6 +261,22 @@ export async function migrate(client: pg.ClientBase, logger: Logger): Promise<Mi
     return result;
   } finally {
     await client.query("select pg_advisory_unlock($1, $2)", [...migrationLock]);
+  }
+}
+
+/**
+ * Waits for the migration lock between tries, not inside pg_advisory_lock: a statement waiting
+ * there holds a snapshot, and a no-transaction migration's CREATE INDEX CONCURRENTLY waits for
+ * every older snapshot, so the migrators waiting behind it would deadlock with it.
+ */
+async function takeMigrationLock(client: pg.ClientBase): Promise<void> {
+  for (let waitMs = 10; ; waitMs = Math.min(waitMs * 2, 250)) {
+    const { rows } = await client.query<{ ok: boolean }>(
+      "select pg_try_advisory_lock($1, $2) as ok",
+      [...migrationLock],
+    );
+    if (rows[0]?.ok) return;
+    await new Promise((resolve) => setTimeout(resolve, waitMs));
   }
 }
 
@@ -290,10 +306,12 @@ async function migrateLocked(
     "select obj_description('holdfast'::regnamespace, 'pg_namespace') as comment",
   );
   const pending = migrations.filter((m) => !executed.includes(m.name));
-  // Transactional migrations up to the first no-transaction one, which runs after this commit.
-  const cut = pending.findIndex((m) => !m.transaction);
-  const batch = cut < 0 ? pending : pending.slice(0, cut);
-  const next = cut < 0 ? undefined : pending[cut];
+  // Every transactional migration first, with the API, in one commit: the API is written for
+  // this release's tables, so no commit may leave the schema between two of its migrations.
+  // Then the no-transaction ones (index builds, which change nothing the API reads), one by
+  // one after this commit.
+  const batch = pending.filter((m) => m.transaction);
+  const next = pending.find((m) => !m.transaction);
   const apiUpdated = batch.length > 0 || current.rows[0]?.comment !== apiChecksum;
   if (!apiUpdated) return { applied: [], apiUpdated, ...(next ? { next } : {}) };
   if (pending.length > 0) await warnOfOldWorkers(client, logger, executed);
