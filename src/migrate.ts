@@ -124,6 +124,11 @@ export function describeLocks(text: string): string[] {
   const id = '([\\w."]+)';
   const rules: Array<[RegExp, (m: RegExpMatchArray) => string]> = [
     [
+      // Storage parameters alone (fillfactor, autovacuum_*) take the weaker lock.
+      new RegExp(`^alter table (?:if exists )?(?:only )?${id} set \\([^;]*\\)$`, "i"),
+      (m) => `${m[1]}: SHARE UPDATE EXCLUSIVE (storage parameters: reads and writes go on)`,
+    ],
+    [
       new RegExp(`^alter table (?:if exists )?(?:only )?${id}`, "i"),
       (m) => `${m[1]}: ACCESS EXCLUSIVE (alter table: reads and writes wait)`,
     ],
