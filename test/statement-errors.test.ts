@@ -46,3 +46,13 @@ it("a terminated session is not a statement error", async () => {
   expect(isStatementError(err)).toBe(false);
   await session.close();
 });
+
+it("a read-only server (a standby behind an endpoint not yet switched) is not a statement error: a new session follows the endpoint", async () => {
+  const c = await db.session();
+  // What a standby answers to a claim's writes: SQLSTATE 25006.
+  await c.query("begin read only");
+  const err = await c.query("create table ro (a int)").catch((e: unknown) => e);
+  await c.query("rollback");
+  expect((err as { code?: string }).code).toBe("25006");
+  expect(isStatementError(err)).toBe(false);
+});

@@ -324,8 +324,10 @@ export class LockSession extends EventEmitter<LockSessionEvents> {
 
 const statementNames = new Map<string, string>();
 
-/** SQLSTATEs the server sends as it ends the session (admin shutdown, crash, recovery). */
-const sessionEndingCodes = new Set(["57P01", "57P02", "57P03"]);
+/** SQLSTATEs the server sends as it ends the session (admin shutdown, crash, recovery), and
+ *  25006 (read-only transaction): the session reached a standby (an endpoint not yet switched
+ *  to the promoted primary), where no retry can succeed; a new session follows the endpoint. */
+const sessionEndingCodes = new Set(["57P01", "57P02", "57P03", "25006"]);
 
 function sqlStateOf(err: unknown): string | undefined {
   for (let e = err; e instanceof Error; e = e.cause) {
