@@ -1,9 +1,5 @@
-export {
-  type Dashboard,
-  type DashboardOptions,
-  dashboardDefaults,
-  startDashboard,
-} from "./dashboard/server.js";
+// The core. Inspecting, the dashboard and metrics have entry points of their own:
+// holdfast/inspect, holdfast/dashboard, holdfast/metrics.
 export {
   ConfigError,
   ConnectionError,
@@ -21,18 +17,9 @@ export {
   UnknownKindError,
 } from "./errors.js";
 export { Holdfast } from "./holdfast.js";
-export type {
-  Capacity,
-  Holder,
-  InspectFilters,
-  Orphan,
-  QueueRow,
-  Snapshot,
-  Waiter,
-} from "./inspect/snapshot.js";
-export { takeSnapshot } from "./inspect/snapshot.js";
 export type { LimitOptions, LimitUsage } from "./limits.js";
-export { HoldfastMetrics, type MetricsOptions } from "./metrics.js";
+// hf.metrics() returns one (the class itself: holdfast/metrics).
+export type { HoldfastMetrics, MetricsOptions } from "./metrics.js";
 export type { MigrateResult } from "./migrate.js";
 export { type HoldfastOptions, workerDefaults } from "./options.js";
 export type { Schedule, ScheduleOptions } from "./schedules.js";

@@ -13,7 +13,7 @@ export interface MetricsOptions {
 
 /**
  * Prometheus metrics of holdfast workers, fed by the workers' typed events (no polling of the
- * worker), plus queue depth read from the database at scrape time. Names are in the README.
+ * worker), plus queue depth read from the database at scrape time. Names: docs/observability.md.
  */
 export class HoldfastMetrics {
   readonly registry: Registry;

@@ -260,6 +260,8 @@ export async function migrate(client: pg.ClientBase, logger: Logger): Promise<Mi
       await runOutsideTransaction(client, logger, step.next);
       result.applied.push(step.next.name);
     }
+    // Reported in name order (a no-transaction migration ran after those after it).
+    result.applied.sort();
     if (result.applied.length > 0 || result.apiUpdated) {
       logger.info({ event: "migrate", ...result }, "holdfast: schema migrated");
     }

@@ -153,8 +153,8 @@ export interface WorkerOptions {
   /**
    * Tasks claimed ahead of free slots (default 0), started as slots free up without a round
    * trip: more throughput for short tasks. Each one holds its key's lock while it waits, so
-   * keep 0 for long tasks. stop() gives unstarted ones back (attempt not counted); after a
-   * lock loss the sweep requeues them with the lost session's runs (an attempt, outcome lost).
+   * keep 0 for long tasks. stop() gives unstarted ones back, and after a lock loss the sweep
+   * does (an attempt not counted: they never started).
    */
   prefetch?: number;
   /** Recorded as the holder of its tasks (default host:pid:random). */
@@ -163,14 +163,14 @@ export interface WorkerOptions {
    * How often the elected worker looks for orphaned tasks (default 250 ms). The other workers
    * run nothing on this timer: they try to take over the sweep when the leader's heartbeat
    * (a NOTIFY with each sweep) is twice this late. While no task runs and none is due the
-   * leader skips these sweeps until the next enqueue or the earliest delayed task (README
-   * "Sweeping and idle cost").
+   * leader skips these sweeps until the next enqueue or the earliest delayed task
+   * (docs/concepts.md, Leader).
    */
   sweepIntervalMs?: number;
   /** Safety rescan in case a notification was missed (default 30 s). */
   rescanIntervalMs?: number;
   /** Finished tasks the sweep leader prunes per batch, one short transaction each (default
-   *  1000; see README "Retention"). */
+   *  1000; docs/retention.md). */
   pruneBatchSize?: number;
   /** The sweep leader prunes at most this often once it has caught up (default 60 s): an idle
    *  cluster is not woken for pruning more often. */
@@ -179,7 +179,7 @@ export interface WorkerOptions {
   shutdownTimeoutMs?: number;
   /** Upper bound of the reconnect backoff of the lock session (default 5 s). */
   reconnectMaxDelayMs?: number;
-  /** Lock-loss detection and release timing (README: "Lock loss: detection and release"). */
+  /** Lock-loss detection and release timing (docs/lock-loss.md). */
   lockSession?: LockSessionOptions;
 }
 

@@ -2,9 +2,10 @@
 // tasks and the task page) and the metrics show its progress, note and age.
 import { expect, it } from "vitest";
 import { startDashboard } from "../src/dashboard/server.js";
-import { HoldfastMetrics, type Task } from "../src/index.js";
+import type { Task } from "../src/index.js";
 import { formatSnapshot } from "../src/inspect/format.js";
 import { takeSnapshot } from "../src/inspect/snapshot.js";
+import { HoldfastMetrics } from "../src/metrics.js";
 import { gate } from "./lock-loss/support.js";
 import { silent, useHoldfast } from "./support/db.js";
 import { assertInspectShape } from "./support/inspect-schema.js";

@@ -1,6 +1,6 @@
 import { readdirSync } from "node:fs";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import type { Snapshot } from "../src/index.js";
+import type { Snapshot } from "../src/inspect/index.js";
 import { type CliProcess, runCli, startCli } from "./support/cli.js";
 import { freshDatabase, type TestDatabase } from "./support/db.js";
 import { assertInspectShape } from "./support/inspect-schema.js";

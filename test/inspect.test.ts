@@ -1,6 +1,7 @@
 import pg from "pg";
 import { afterAll, beforeAll, expect, inject, it } from "vitest";
-import { Holdfast, type Snapshot, takeSnapshot } from "../src/index.js";
+import { Holdfast } from "../src/index.js";
+import { type Snapshot, takeSnapshot } from "../src/inspect/index.js";
 import { runCli } from "./support/cli.js";
 import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
 import { assertInspectShape } from "./support/inspect-schema.js";

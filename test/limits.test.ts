@@ -4,15 +4,10 @@
 // Crashes and several processes: limits-crash.
 import type pg from "pg";
 import { expect, it } from "vitest";
-import {
-  Holdfast,
-  HoldfastMetrics,
-  InvalidArgumentError,
-  type Task,
-  ThrottledError,
-  takeSnapshot,
-} from "../src/index.js";
+import { Holdfast, InvalidArgumentError, type Task, ThrottledError } from "../src/index.js";
 import { formatSnapshot } from "../src/inspect/format.js";
+import { takeSnapshot } from "../src/inspect/index.js";
+import { HoldfastMetrics } from "../src/metrics.js";
 import { waitEvent } from "./lock-loss/support.js";
 import { useHoldfast } from "./support/db.js";
 import { assertInspectShape } from "./support/inspect-schema.js";

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Holdfast, HoldfastMetrics, type Worker } from "../src/index.js";
+import { Holdfast, type Worker } from "../src/index.js";
+import { HoldfastMetrics } from "../src/metrics.js";
 import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
 import { useWorkerProcesses } from "./support/processes.js";
 import { until } from "./support/wait.js";

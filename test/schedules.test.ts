@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { startDashboard } from "../src/dashboard/server.js";
-import { Holdfast, InvalidArgumentError, takeSnapshot, UnknownKindError } from "../src/index.js";
+import { Holdfast, InvalidArgumentError, UnknownKindError } from "../src/index.js";
+import { takeSnapshot } from "../src/inspect/index.js";
 import { runCli } from "./support/cli.js";
 import { freshDatabase, silent, useHoldfast } from "./support/db.js";
 import { useWorkerProcesses } from "./support/processes.js";

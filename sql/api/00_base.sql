@@ -47,7 +47,7 @@ select holdfast._grant('select',
 select holdfast._grant('select', 'holdfast.migrations',
   'holdfast_producer', 'holdfast_worker', 'holdfast_observer');
 
--- Errors use SQLSTATE class HF (README "SQL contract"): HF001 unknown kind, HF002 bad input,
+-- Errors use SQLSTATE class HF (docs/sql-api.md): HF001 unknown kind, HF002 bad input,
 -- HF003 no such task, HF004 stale fence.
 create function holdfast._raise(code text, msg text, hint text default null) returns void
   language plpgsql as $$

@@ -3,7 +3,7 @@ import { formatSnapshot } from "../inspect/format.js";
 import { type InspectFilters, type Snapshot, takeSnapshot } from "../inspect/snapshot.js";
 import { describeTarget, type Output } from "./io.js";
 
-/** Exit codes of `holdfast inspect`, documented in the README. */
+/** Exit codes of `holdfast inspect` (docs/observability.md, Inspect). */
 export const inspectExit = { healthy: 0, unhealthy: 1, unreachable: 2 } as const;
 
 export interface InspectCommandOptions extends InspectFilters {
@@ -135,6 +135,6 @@ function explain(err: unknown, url: string): string {
   if (code === "3F000" || code === "42P01")
     return `no holdfast schema in ${where}: run \`holdfast migrate\` first`;
   if (code === "42501")
-    return `permission denied in ${where} (${reason(err)}): grant SELECT on the relations listed in the README (or the holdfast_observer role)`;
+    return `permission denied in ${where} (${reason(err)}): grant SELECT on the relations listed in docs/observability.md (or the holdfast_observer role)`;
   return `cannot read from ${where}: ${reason(err)}`;
 }

@@ -1,3 +1,4 @@
+import { sessionName } from "../worker/limits-of-node.js";
 import type { Snapshot } from "./snapshot.js";
 
 /** "850ms", "12.3s", "4m05s", "2h13m", "3d04h"; "-" for unknown. */
@@ -107,8 +108,7 @@ export function formatSnapshot(s: Snapshot, width = 80): string {
         width,
         s.holders.map((h) => {
           // A holdfast worker's lock session is named after it; name the worker when it is not.
-          const usual =
-            h.worker !== null && h.applicationName === `holdfast:lock:${h.worker}`.slice(0, 63);
+          const usual = h.worker !== null && h.applicationName === sessionName("lock", h.worker);
           const worker = usual ? "" : `  worker ${text(h.worker)}`;
           // The task's checkpoint first (the line is clipped to the width): progress, age, note.
           const progress = h.progress === null ? "" : `${Math.round(h.progress * 100)}% `;

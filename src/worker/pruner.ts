@@ -1,4 +1,5 @@
 import type { Logger } from "pino";
+import { maxTimerMs } from "./limits-of-node.js";
 import type { LockSession } from "./lock-session.js";
 
 /** Rows one prune batch deleted, per table. */
@@ -17,8 +18,6 @@ export interface PrunerOptions {
   idleMs: number;
 }
 
-/** Timers cannot wait longer than ~24.8 days; a longer wait fires early and finds nothing. */
-const maxTimerMs = 2 ** 31 - 1;
 /** Least pause between two full batches. */
 const minPauseMs = 20;
 /** Least time between two partial batches, however short the retention. */

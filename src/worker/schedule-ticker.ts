@@ -2,6 +2,7 @@ import type { Cron } from "croner";
 import type { Logger } from "pino";
 import { LockLostError } from "../errors.js";
 import { parseCron, planTicks, type ScheduleRow, scheduleSql, tickAfter } from "../schedules.js";
+import { maxTimerMs } from "./limits-of-node.js";
 import type { LockSession } from "./lock-session.js";
 import type { ServerClock } from "./server-clock.js";
 
@@ -14,9 +15,6 @@ interface Loaded {
   due: Date | null;
   cron: Cron;
 }
-
-/** Timers cannot wait longer than ~24.8 days; a longer wait is re-armed without a query. */
-const maxTimerMs = 2 ** 31 - 1;
 
 /**
  * Recurring schedules, run by the sweep leader only. It reads the schedules once (on election,

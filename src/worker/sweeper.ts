@@ -1,6 +1,7 @@
 import type { Logger } from "pino";
 import { sql } from "../queries/tasks.js";
 import type { PreviousHolder } from "./events.js";
+import { maxTimerMs } from "./limits-of-node.js";
 import type { LockSession } from "./lock-session.js";
 
 export interface SweepResult {
@@ -28,9 +29,6 @@ export interface SweeperCallbacks {
    *  takeover by another worker) comes after the news that this worker leads. */
   elected(): void;
 }
-
-/** Timers cannot wait longer than ~24.8 days; a longer watch fires early and re-arms. */
-const maxTimerMs = 2 ** 31 - 1;
 
 /** The heartbeat's payload: the leader's quiet deadline (ms epoch), or undefined (not quiet). */
 function parseQuiet(payload: string): number | undefined {

@@ -11,6 +11,7 @@ import { retryWithBackoff } from "./backoff.js";
 import type { WorkerEvents } from "./events.js";
 import { Leadership } from "./leadership.js";
 import { LimitWaits } from "./limit-waits.js";
+import { sessionName } from "./limits-of-node.js";
 import { Listener } from "./listener.js";
 import { isStatementError, LockSession } from "./lock-session.js";
 import { Reports, type RoundTripReports } from "./reports.js";
@@ -140,7 +141,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
       // LISTEN before the first scan, so a task enqueued in between still wakes us.
       this.listener = new Listener(
         this.deps.connection,
-        `holdfast:listen:${this.name}`.slice(0, 63),
+        sessionName("listen", this.name),
         {
           wake: (kind) => {
             // The claim first: woken the other way round, a quiet leader's pump would send its
@@ -512,7 +513,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private async openSession(): Promise<void> {
     const session = new LockSession(
       this.deps.connection,
-      `holdfast:lock:${this.name}`.slice(0, 63),
+      sessionName("lock", this.name),
       this.opts.lockSession,
     );
     session.on("lost", (err) => this.onLost(session, err));

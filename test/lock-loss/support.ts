@@ -9,7 +9,7 @@ export { until };
  * Short lock-session bounds for partition tests: the client gives up within 200 + 800 ms of
  * silence; the server may free the locks after 3 s. Through a user-space proxy the proxy's
  * kernel answers the server's TCP keepalives, so idle_session_timeout (PostgreSQL 14+) is what
- * frees the lock (see README).
+ * frees the lock (docs/lock-loss.md).
  */
 export const fastLockSession: LockSessionOptions = {
   healthCheckIntervalMs: 200,
