@@ -229,7 +229,8 @@ function refuseNewer(executed: string[], migrations: SqlFile[]): void {
  * migrate once:
  *
  * 1. Versioned migrations (sql/migrations/: tables, indexes, data), each once, in name order,
- *    in one transaction with step 2: a failure changes nothing. A migration headed
+ *    in one transaction (a failure changes nothing), committed before step 2 so that no table
+ *    lock is held while the API is replaced (see migrateLocked). A migration headed
  *    `-- holdfast: no-transaction` (CREATE INDEX CONCURRENTLY: it may only build indexes, and
  *    nothing may depend on them) runs outside it, after that commit, one statement at a time;
  *    an INVALID index an interrupted build left behind is dropped first, so a rerun resumes it.
@@ -323,38 +324,113 @@ async function migrateLocked(
   if (!apiUpdated) return { applied: [], apiUpdated, ...(next ? { next } : {}) };
   if (pending.length > 0) await warnOfOldWorkers(client, logger, executed);
 
-  const umzug = new Umzug({
-    migrations: batch.map(({ name, text }) => ({
-      name,
-      up: async () => {
-        await client.query(text);
-        await client.query("insert into holdfast.migrations (name) values ($1)", [name]);
+  const up = async () => {
+    const umzug = new Umzug({
+      migrations: batch.map(({ name, text }) => ({
+        name,
+        up: async () => {
+          await client.query(text);
+          await client.query("insert into holdfast.migrations (name) values ($1)", [name]);
+        },
+      })),
+      storage: {
+        executed: executedNow,
+        // Recorded by `up`, in the same transaction.
+        logMigration: async () => {},
+        unlogMigration: async ({ name }) => {
+          await client.query("delete from holdfast.migrations where name = $1", [name]);
+        },
       },
-    })),
-    storage: {
-      executed: executedNow,
-      // Recorded by `up`, in the same transaction.
-      logMigration: async () => {},
-      unlogMigration: async ({ name }) => {
-        await client.query("delete from holdfast.migrations where name = $1", [name]);
-      },
-    },
-    logger: undefined,
-  });
-  // The API goes first: a migration may change a table that a view or function reads.
-  await dropApi(client);
-  const applied = (await umzug.up()).map((m) => m.name);
-  for (const f of api) {
-    try {
-      await client.query(f.text);
-    } catch (err) {
-      throw new MigrationError(`holdfast: sql/api/${f.name} failed: ${(err as Error).message}`, {
-        cause: err,
-      });
-    }
+      logger: undefined,
+    });
+    return (await umzug.up()).map((m) => m.name);
+  };
+  // The tables first, committed before the API is replaced: their locks (ALTER TABLE holds
+  // ACCESS EXCLUSIVE until commit) must not be held while functions are dropped, or a running
+  // worker's statement waiting on such a lock would resume against a function dropped under
+  // it ("cache lookup failed", and a worker of 25540ad takes that for a lost lock). Meanwhile
+  // the previous API runs on the new tables, as it must for workers of the previous release.
+  // Unless a view or function depends on what a migration changes: then the API goes first,
+  // in the same transaction, as before.
+  await client.query("savepoint tables");
+  let applied: string[];
+  let apiDropped = false;
+  try {
+    applied = await up();
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code !== "2BP01" && code !== "0A000") throw err;
+    await client.query("rollback to savepoint tables");
+    await dropApi(client);
+    apiDropped = true;
+    applied = await up();
   }
+  if (!apiDropped) {
+    if (applied.length > 0) {
+      await client.query("commit");
+      await client.query("begin");
+    }
+    await dropApi(client);
+  }
+  // From a release whose workers may be running (rollingFrom on), functions are replaced in
+  // place; an older schema's functions (their workers must be stopped first) are dropped,
+  // since their old signatures would stand beside the new ones and make calls ambiguous.
+  await replaceApi(client, api, executed.includes(rollingFrom));
   await client.query(`comment on schema holdfast is '${apiChecksum}'`);
   return { applied, apiUpdated, ...(next ? { next } : {}) };
+}
+
+/** "Use DROP FUNCTION holdfast.f(int) first.": the hint of a CREATE OR REPLACE refused. */
+const dropFirstHint = /^Use DROP FUNCTION (.+) first\.$/;
+
+/**
+ * Creates the API from sql/api/ over the one in place. Functions are replaced, not dropped and
+ * created again: a function keeps its OID, so a statement of a running worker that looked it
+ * up before this commit still finds it (a dropped one fails it with "cache lookup failed",
+ * which a worker of 25540ad takes for a lost lock). A function whose result type, parameter
+ * names or defaults change cannot be replaced: the server names it in its hint, and it alone
+ * is dropped and created again. Functions no file defines any more are dropped at the end
+ * (their pg_proc rows are the ones this left untouched: same OID, same xmin).
+ */
+async function replaceApi(client: pg.ClientBase, api: SqlFile[], inPlace: boolean): Promise<void> {
+  if (!inPlace) {
+    const { rows } = await client.query<{ functions: string | null }>(
+      `select string_agg(p.oid::regprocedure::text, ', ') as functions from pg_proc p
+       where p.pronamespace = 'holdfast'::regnamespace`,
+    );
+    if (rows[0]?.functions) await client.query(`drop function ${rows[0].functions}`);
+  }
+  const before = await client.query<{ oid: number; xmin: string }>(
+    "select oid::int, xmin::text from pg_proc where pronamespace = 'holdfast'::regnamespace",
+  );
+  for (const f of api) {
+    const text = f.text.replace(/^create function /gim, "create or replace function ");
+    for (let tries = 0; ; tries++) {
+      await client.query("savepoint api_file");
+      try {
+        await client.query(text);
+        await client.query("release savepoint api_file");
+        break;
+      } catch (err) {
+        await client.query("rollback to savepoint api_file");
+        const e = err as { code?: string; hint?: string; message: string };
+        const drop = e.code === "42P13" && tries < 100 ? dropFirstHint.exec(e.hint ?? "") : null;
+        if (!drop) {
+          throw new MigrationError(`holdfast: sql/api/${f.name} failed: ${e.message}`, {
+            cause: err,
+          });
+        }
+        await client.query(`drop function ${drop[1]}`);
+      }
+    }
+  }
+  const untouched = new Set(before.rows.map((r) => `${r.oid}:${r.xmin}`));
+  const { rows } = await client.query<{ oid: number; xmin: string; sig: string }>(
+    `select oid::int, xmin::text, oid::regprocedure::text as sig from pg_proc
+     where pronamespace = 'holdfast'::regnamespace`,
+  );
+  const obsolete = rows.filter((r) => untouched.has(`${r.oid}:${r.xmin}`)).map((r) => r.sig);
+  if (obsolete.length > 0) await client.query(`drop function ${obsolete.join(", ")}`);
 }
 
 /**
@@ -442,19 +518,15 @@ async function adoptLegacy(client: pg.ClientBase, logger: Logger): Promise<void>
 }
 
 /**
- * Drops every function and view of schema holdfast and the roles' grants on its tables (not
- * the tables and data): what sql/api/ no longer declares is gone after the upgrade.
+ * Drops the views of schema holdfast and the roles' grants on its tables (not the tables and
+ * data), which sql/api/ creates again; its functions are replaced in place (replaceApi).
  */
 async function dropApi(client: pg.ClientBase): Promise<void> {
-  const { rows } = await client.query<{ views: string | null; functions: string | null }>(`
-    select
-      (select string_agg(c.oid::regclass::text, ', ') from pg_class c
-       where c.relnamespace = 'holdfast'::regnamespace and c.relkind = 'v') as views,
-      (select string_agg(p.oid::regprocedure::text, ', ') from pg_proc p
-       where p.pronamespace = 'holdfast'::regnamespace) as functions`);
-  const { views, functions } = rows[0] ?? {};
+  const { rows } = await client.query<{ views: string | null }>(`
+    select string_agg(c.oid::regclass::text, ', ') as views from pg_class c
+    where c.relnamespace = 'holdfast'::regnamespace and c.relkind = 'v'`);
+  const views = rows[0]?.views;
   if (views) await client.query(`drop view ${views}`);
-  if (functions) await client.query(`drop function ${functions}`);
   await client.query(`do $$
     declare r text;
     begin
