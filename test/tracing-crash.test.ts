@@ -75,6 +75,8 @@ it("a task taken over after SIGKILL shows two attempt spans, on two workers, lin
   );
   const victim = first.worker === "a" ? a : b;
   const survivor = victim === a ? b : a;
+  // Its handler's own span has started (the run's span started before it).
+  await victim.waitFor((l) => l.event === "span_start" && l.span?.name === "handler work");
   await victim.kill();
   // Attempt 2 is short: the survivor's run ends, so its span is exported.
   const second = await survivor.waitFor(
@@ -118,5 +120,40 @@ it("a task taken over after SIGKILL shows two attempt spans, on two workers, lin
   // The handler's own span nests under its run's.
   const work = await survivor.waitFor((l) => l.event === "span" && l.span?.name === "handler work");
   expect(work.span).toMatchObject({ traceId: won.traceId, parentSpanId: won.spanId });
+  // The trace as docs/tracing.md shows it.
+  const lostWork = victim.lines.find(
+    (l) => l.event === "span_start" && l.span?.name === "handler work",
+  )?.span;
+  const requestSpan = exporter.getFinishedSpans().find((s) => s.name === "POST /dreams");
+  if (!requestSpan) throw new Error("the request span was not exported");
+  console.log(
+    dump([
+      ["request", spanJson(requestSpan)],
+      ["enqueue", enqueue as SpanJson],
+      [`worker ${victim.name}, SIGKILLed`, lost as SpanJson],
+      ["", lostWork as SpanJson],
+      [`worker ${survivor.name}`, won],
+      ["", work.span as SpanJson],
+    ]),
+  );
   await hf.close();
 });
+
+/** A text tree of spans: one trace per root, children indented, ids shortened. */
+function dump(spans: Array<[string, SpanJson]>): string {
+  const short = (id: string) => `${id.slice(0, 4)}…${id.slice(-4)}`;
+  const kinds = ["INTERNAL", "SERVER", "CLIENT", "PRODUCER", "CONSUMER"];
+  const keep = /^(holdfast\.(attempt|fence|worker|outcome|key)|messaging\.message\.id)$/;
+  const out: string[] = [];
+  for (const [note, s] of spans) {
+    const depth = spans.filter(([, p]) => p.spanId === s.parentSpanId).length;
+    if (depth === 0) out.push(`trace ${short(s.traceId)}${note ? `   (${note})` : ""}`);
+    const pad = "   ".repeat(depth + (s.parentSpanId && depth === 0 ? 1 : 0));
+    const links = s.links.map((l) => ` link → ${short(l.traceId)}/${short(l.spanId)}`).join("");
+    const status = s.open ? " (never ended)" : s.status.code === 1 ? " status OK" : "";
+    out.push(`${pad}└─ ${s.name}  ${kinds[s.kind]} span ${short(s.spanId)}${links}${status}`);
+    const attrs = Object.entries(s.attributes).filter(([k]) => keep.test(k));
+    if (attrs.length > 0) out.push(`${pad}      ${attrs.map(([k, v]) => `${k}=${v}`).join(" ")}`);
+  }
+  return out.join("\n");
+}
