@@ -64,7 +64,7 @@ export async function tracingCost(
     const order = (turn: number) => hfs.map((_, k) => (k + turn) % hfs.length);
     for (let n = 0; n < samples + warmup; n++) {
       for (const i of order(n)) {
-        const t = await timed(() => (hfs[i] as Holdfast).enqueue(`t${i}`, { key: `e:${n}` }));
+        const t = await timed(() => (hfs[i] as Holdfast).enqueue(`t${i}`, { key: `t${i}:e:${n}` }));
         if (n >= warmup) enqueue[i]?.push(t);
       }
       exporter.reset();
@@ -76,7 +76,8 @@ export async function tracingCost(
         const hf = hfs[i] as Holdfast;
         const count = r === 0 ? samples + warmup : perRound;
         if (r > 0)
-          for (let k = 0; k < perRound; k++) await hf.enqueue(`t${i}`, { key: `r${r}:${k % 20}` });
+          for (let k = 0; k < perRound; k++)
+            await hf.enqueue(`t${i}`, { key: `t${i}:r${r}:${k % 20}` });
         const worker = hf.worker({ concurrency: 4, handlers: { [`t${i}`]: async () => {} } });
         let ended = 0;
         let t0 = 0;

@@ -1,4 +1,5 @@
 import { context, trace } from "@opentelemetry/api";
+import pg from "pg";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { Holdfast, type Task, ThrottledError } from "../src/index.js";
 import type { WorkerOptions } from "../src/types.js";
@@ -239,4 +240,43 @@ it("a trace row leaves with its task", async () => {
   // Retention 0: each task is deleted at its completion.
   await runTasks(ids, { gone: async () => {} });
   await until(async () => (await traceRows(ids)).length === 0);
+});
+
+it("the producer role stores a trace context, the worker role reads it, and neither writes the table", async () => {
+  const suffix = Math.random().toString(16).slice(2, 10);
+  const roles = { producer: `hf_tp_${suffix}`, worker: `hf_tw_${suffix}` };
+  const clients: pg.Client[] = [];
+  const as = async (role: keyof typeof roles) => {
+    const u = new URL(db.url);
+    u.username = roles[role];
+    u.password = "pw";
+    const c = new pg.Client({ connectionString: u.toString() });
+    await c.connect();
+    clients.push(c);
+    return c;
+  };
+  try {
+    for (const [role, user] of Object.entries(roles)) {
+      await db.pool.query(`create role ${user} login password 'pw'`);
+      await db.pool.query(`grant holdfast_${role} to ${user}`);
+    }
+    const producer = await as("producer");
+    const worker = await as("worker");
+    const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902c1-01";
+    const { rows } = await producer.query<{ id: string }>(
+      "select holdfast.enqueue('job', 'roles:1', traceparent => $1) as id",
+      [tp],
+    );
+    const read = await worker.query("select traceparent from holdfast.task_traces($1::bigint[])", [
+      [rows[0]?.id],
+    ]);
+    expect(read.rows).toEqual([{ traceparent: tp }]);
+    for (const c of [producer, worker])
+      await expect(c.query("delete from holdfast.task_traces")).rejects.toMatchObject({
+        code: "42501",
+      });
+  } finally {
+    await Promise.all(clients.map((c) => c.end()));
+    for (const user of Object.values(roles)) await db.pool.query(`drop role if exists ${user}`);
+  }
 });
