@@ -1,9 +1,12 @@
+import { spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import { context, trace } from "@opentelemetry/api";
 import pg from "pg";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { Holdfast, type Task, ThrottledError } from "../src/index.js";
 import type { WorkerOptions } from "../src/types.js";
 import { freshDatabase, silent, type TestDatabase } from "./support/db.js";
+import { collectJsonLines } from "./support/json-lines.js";
 import { registerOtel, type SpanJson, spanJson } from "./support/otel.js";
 import { until } from "./support/wait.js";
 
@@ -47,6 +50,12 @@ async function runTasks(ids: number[], handlers: WorkerOptions["handlers"]): Pro
   await worker.start();
   await done;
   await worker.stop();
+}
+
+/** Resolves once `signal` is aborted (at once if it is already). */
+function aborted(signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise((resolve) => signal.addEventListener("abort", () => resolve()));
 }
 
 /** A span around `fn`, as an instrumented HTTP server opens one per request. */
@@ -127,7 +136,7 @@ it("a failed run records its error and an error status; a cancelled one its abor
   await runTasks([cancelled.id], {
     job: async (_task: Task, ctx) => {
       await hf.cancel(cancelled.id);
-      await new Promise((r) => ctx.signal.addEventListener("abort", r));
+      await aborted(ctx.signal);
       throw ctx.signal.reason;
     },
   });
@@ -142,9 +151,9 @@ it("a run whose lock session is lost ends lost, with a lock_lost event", async (
   await runTasks([id], {
     job: async (_task: Task, ctx) => {
       await db.pool.query(
-        "select pg_terminate_backend(pid) from pg_stat_activity where application_name like 'holdfast:lock:%'",
+        "select pg_terminate_backend(pid) from pg_stat_activity where datname = current_database() and application_name like 'holdfast:lock:%'",
       );
-      await new Promise((r) => ctx.signal.addEventListener("abort", r));
+      await aborted(ctx.signal);
     },
   });
   expect(runSpan(id)).toMatchObject({
@@ -240,6 +249,22 @@ it("a trace row leaves with its task", async () => {
   // Retention 0: each task is deleted at its completion.
   await runTasks(ids, { gone: async () => {} });
   await until(async () => (await traceRows(ids)).length === 0);
+
+  // Kept 1 ms, then pruned: holdfast.prune's batch deletes the rows with their tasks.
+  await hf.defineKind("kept", { retention: { succeeded: 1 } });
+  const kept = (await hf.enqueueMany("kept", [{ key: "kept:1" }, { key: "kept:2" }])).map(
+    (r) => r.id,
+  );
+  await runTasks(kept, { kept: async () => {} });
+  expect(await traceRows(kept)).toHaveLength(2);
+  await until(async () => {
+    await db.pool.query("select holdfast.prune(1000)");
+    const { rows } = await db.pool.query("select id from holdfast.tasks where id = any ($1)", [
+      kept,
+    ]);
+    return rows.length === 0;
+  });
+  expect(await traceRows(kept)).toEqual([]);
 });
 
 it("the producer role stores a trace context, the worker role reads it, and neither writes the table", async () => {
@@ -278,5 +303,50 @@ it("the producer role stores a trace context, the worker role reads it, and neit
   } finally {
     await Promise.all(clients.map((c) => c.end()));
     for (const user of Object.values(roles)) await db.pool.query(`drop role if exists ${user}`);
+  }
+});
+
+it("without @opentelemetry/api installed, holdfast enqueues and runs tasks, and stores no trace context", async () => {
+  await hf.defineKind("plain");
+  const fixture = fileURLToPath(new URL("./fixtures/without-otel.ts", import.meta.url));
+  const child = spawn(process.execPath, ["--import", "tsx", fixture], {
+    env: { ...process.env, DATABASE_URL: db.url },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const { waitFor } = collectJsonLines<{
+    event: string;
+    apiLoads: boolean;
+    ids: number[];
+    ended: Array<{ id: number; outcome: string }>;
+  }>(child, "holdfast without @opentelemetry/api");
+  const done = await waitFor((l) => l.event === "done", 60_000);
+  expect(done.apiLoads).toBe(false); // the hook hides the package, as an uninstalled one
+  expect(done.ended.map((e) => e.outcome)).toEqual(["succeeded", "succeeded"]);
+  expect(await traceRows(done.ids)).toEqual([]);
+});
+
+it("with parentRuns, each run's span is also a child of its enqueue's span, in the request's trace", async () => {
+  const parented = new Holdfast({ pool: db.pool, logger: silent, tracing: { parentRuns: true } });
+  try {
+    const { result, request } = await inRequest(() =>
+      parented.enqueue("job", { key: "ws:one-trace" }),
+    );
+    const enqueue = spans().find(
+      (s) => s.name === "holdfast.enqueue job" && s.parentSpanId === request.spanId,
+    );
+    const worker = parented.worker({ handlers: { job: async () => {} } });
+    const ended = new Promise<void>((resolve) =>
+      worker.on("task:end", (t) => t.id === result.id && resolve()),
+    );
+    await worker.start();
+    await ended;
+    await worker.stop();
+    expect(runSpan(result.id)).toMatchObject({
+      traceId: request.traceId,
+      parentSpanId: enqueue?.spanId,
+      links: [{ spanId: enqueue?.spanId }],
+    });
+  } finally {
+    await parented.close();
   }
 });
