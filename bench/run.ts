@@ -1,4 +1,4 @@
-// npm run bench [-- --quick] [-- --only wake,throughput,throughput4,cost,...] [-- --fleet N]
+// npm run bench [-- --quick] [-- --only wake,throughput,throughput4,cost,tracing,...] [-- --fleet N]
 // [-- --only storage --minutes N] (the storage soak, never in a quick or full run): holdfast
 // side by side with graphile-worker, pg-boss and a model of the deriver's stale-timeout scheme,
 // on one embedded Postgres (fsync on). A full run writes bench/results.json and
@@ -57,6 +57,7 @@ import {
   throughput4,
   WorkerChildren,
 } from "./throughput4.js";
+import { renderTracingCost, type TracingCostResult, tracingCost } from "./tracing.js";
 
 const args = process.argv.slice(2);
 const quick = args.includes("--quick");
@@ -260,6 +261,10 @@ async function main(): Promise<void> {
       section("cost of a checkpoint…");
       results.checkpointCost = await checkpointCost(server.url, cfg.featureSamples);
     }
+    if (want("tracing")) {
+      section("cost of tracing, with and without a tracer…");
+      results.tracingCost = await tracingCost(server.url, cfg.featureSamples, quick ? 3 : 5);
+    }
     if (want("limits")) {
       section("limits: N starts per second across 4 processes with SIGKILLs; claim cost…");
       results.limitRate = [
@@ -365,6 +370,7 @@ interface Results {
   longTasks?: Array<Partial<LongTaskResult> & { system: string; note: string }>;
   claimScale?: ClaimScaleResult[];
   featureCost?: FeatureCostResult[];
+  tracingCost?: TracingCostResult[];
   checkpointCost?: CheckpointCostResult[];
   bulkEnqueue?: BulkEnqueueResult[];
   limitRate?: LimitRateResult[];
@@ -557,6 +563,10 @@ function render(r: Results): string {
   if (r.checkpointCost) {
     out.push("", "Cost of a checkpoint call inside a running handler, fsync on (ms)");
     out.push(renderCheckpointCost(r.checkpointCost));
+  }
+  if (r.tracingCost) {
+    out.push("", "Cost of tracing: hf.enqueue, and a worker draining a backlog (ms)");
+    out.push(renderTracingCost(r.tracingCost));
   }
   if (r.bulkEnqueue) {
     out.push("", "Bulk enqueue: one call adding 10,000 tasks, committed (fsync on)");

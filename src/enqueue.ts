@@ -2,6 +2,7 @@ import type pg from "pg";
 import { asKnownError, EnqueueItemError, InvalidArgumentError } from "./errors.js";
 import { intervalLiteral } from "./kinds.js";
 import { sql } from "./queries/tasks.js";
+import type { TraceFields } from "./tracing.js";
 import type { EnqueueOptions, EnqueueResult } from "./types.js";
 
 /**
@@ -82,7 +83,7 @@ function plainFail(message: string, cause?: unknown): Error {
 }
 
 /** enqueue_many's item: the SQL parameter names as fields, the payload spliced in as JSON. */
-function itemJson(t: TaskItem): string {
+function itemJson(t: TaskItem, trace: TraceFields | undefined): string {
   const fields: Record<string, unknown> = { key: t.key };
   if (t.runAt) fields.run_at = t.runAt.toISOString();
   if (t.priority !== null) fields.priority = t.priority;
@@ -91,11 +92,18 @@ function itemJson(t: TaskItem): string {
   if (t.onDedupe !== null) fields.on_dedupe = t.onDedupe;
   if (t.debounce !== null) fields.debounce = t.debounce;
   if (t.maxWait !== null) fields.max_wait = t.maxWait;
+  if (trace) {
+    fields.traceparent = trace.traceparent;
+    if (trace.tracestate !== null) fields.tracestate = trace.tracestate;
+  }
   const rest = JSON.stringify(fields);
   return t.payload === undefined ? rest : `{"payload":${t.payload},${rest.slice(1)}`;
 }
 
 const enqueueManySql = "select id, deduped from holdfast.enqueue_many($1, $2::jsonb)";
+/** sql.enqueue with the producer's trace context (only a traced enqueue sends it). */
+const enqueueTracedSql =
+  "select id, deduped from holdfast.enqueue_task($1, $2, $3::jsonb, $4, $5, $6, $7, $8, $9::interval, $10::interval, traceparent => $11, tracestate => $12)";
 
 /** Anything holdfast can run a producer statement on: the pool, or the caller's client. */
 type Runner = Pick<pg.ClientBase, "query">;
@@ -105,13 +113,14 @@ export async function enqueueOne(
   runner: Runner,
   kind: string,
   options: EnqueueOptions<unknown>,
+  trace?: TraceFields,
 ): Promise<EnqueueResult> {
   checkKind(kind);
   const t = taskItem(options, plainFail);
   let rows: Array<{ id: string; deduped: boolean }>;
   try {
     rows = (
-      await runner.query<{ id: string; deduped: boolean }>(sql.enqueue, [
+      await runner.query<{ id: string; deduped: boolean }>(trace ? enqueueTracedSql : sql.enqueue, [
         kind,
         t.key,
         t.payload ?? "{}",
@@ -122,6 +131,7 @@ export async function enqueueOne(
         t.onDedupe ?? "keep",
         t.debounce,
         t.maxWait,
+        ...(trace ? [trace.traceparent, trace.tracestate] : []),
       ])
     ).rows;
   } catch (err) {
@@ -137,6 +147,7 @@ export async function enqueueMany(
   runner: Runner,
   kind: string,
   items: ReadonlyArray<EnqueueOptions<unknown>>,
+  trace?: TraceFields,
 ): Promise<EnqueueResult[]> {
   checkKind(kind);
   if (!Array.isArray(items))
@@ -149,6 +160,7 @@ export async function enqueueMany(
         (message, cause) =>
           new EnqueueItemError(`holdfast: tasks[${index}]: ${message}`, index, { cause }),
       ),
+      trace,
     ),
   );
   let rows: Array<{ id: string; deduped: boolean }>;

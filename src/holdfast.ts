@@ -28,6 +28,7 @@ import {
   scheduleSql,
   toSchedule,
 } from "./schedules.js";
+import { Tracing } from "./tracing.js";
 import type {
   DeadLetter,
   DefineKindOptions,
@@ -44,9 +45,11 @@ export class Holdfast {
   private readonly workers = new Set<Worker>();
   private closed = false;
   private metricsInstance: HoldfastMetrics | undefined;
+  private readonly tracing: Tracing;
 
   constructor(options: HoldfastOptions) {
     this.opts = resolveOptions(options);
+    this.tracing = new Tracing(options.tracing);
     // An idle pooled client that errors (server restart) must not crash the process.
     this.opts.pool.on("error", (err) =>
       this.opts.logger.warn({ event: "pool_error", err }, "holdfast: idle pool client error"),
@@ -116,7 +119,13 @@ export class Holdfast {
     options: EnqueueOptions<P>,
     producer: ProducerOptions = {},
   ): Promise<EnqueueResult> {
-    return await enqueueOne(this.runner(producer), kind, options);
+    const runner = this.runner(producer);
+    const span = await this.tracing.enqueueSpan(kind, 1, options?.key);
+    if (!span) return await enqueueOne(runner, kind, options);
+    return await span.around(
+      () => enqueueOne(runner, kind, options, span.fields),
+      (r) => [r],
+    );
   }
 
   /**
@@ -130,7 +139,15 @@ export class Holdfast {
     items: ReadonlyArray<EnqueueOptions<P>>,
     producer: ProducerOptions = {},
   ): Promise<EnqueueResult[]> {
-    return await enqueueMany(this.runner(producer), kind, items);
+    const runner = this.runner(producer);
+    const span = Array.isArray(items)
+      ? await this.tracing.enqueueSpan(kind, items.length)
+      : undefined;
+    if (!span) return await enqueueMany(runner, kind, items);
+    return await span.around(
+      () => enqueueMany(runner, kind, items, span.fields),
+      (r) => r,
+    );
   }
 
   /** Cancels a task: a pending one never starts; a running one has its signal aborted
@@ -192,7 +209,12 @@ export class Holdfast {
   worker(options: WorkerOptions): Worker {
     if (this.closed) throw new ConfigError("holdfast: this Holdfast is closed");
     const worker = new Worker(
-      { pool: this.opts.pool, connection: this.opts.connection, logger: this.opts.logger },
+      {
+        pool: this.opts.pool,
+        connection: this.opts.connection,
+        logger: this.opts.logger,
+        tracing: this.tracing,
+      },
       resolveWorkerOptions(options),
     );
     this.workers.add(worker);

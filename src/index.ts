@@ -23,6 +23,7 @@ export type { HoldfastMetrics, MetricsOptions } from "./metrics.js";
 export type { MigrateResult } from "./migrate.js";
 export { type HoldfastOptions, workerDefaults } from "./options.js";
 export type { Schedule, ScheduleOptions } from "./schedules.js";
+export type { TracerProviderLike, TracingOptions } from "./tracing.js";
 export type {
   Attempt,
   BatchHandler,

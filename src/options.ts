@@ -3,6 +3,7 @@ import pg from "pg";
 import { type Logger, pino } from "pino";
 import { ConfigError } from "./errors.js";
 import { type KindParams, kindParams } from "./kinds.js";
+import type { TracingOptions } from "./tracing.js";
 import type { BatchKindOptions, KindOptions, LockSessionOptions, WorkerOptions } from "./types.js";
 import {
   clientDetectionMs,
@@ -27,6 +28,12 @@ export interface HoldfastOptions {
   sessionConnectionString?: string;
   /** pino logger; default: pino at `HOLDFAST_LOG_LEVEL` (default `info`) named `holdfast`. */
   logger?: Logger;
+  /**
+   * OpenTelemetry spans for enqueues and runs (docs/tracing.md), recorded when
+   * @opentelemetry/api is installed and a tracer provider is registered; `false`: none.
+   * Default: `{}` (the global provider, runs linked to their enqueue).
+   */
+  tracing?: TracingOptions | false;
 }
 
 export interface ResolvedOptions {

@@ -29,7 +29,9 @@ $$;
 -- Adds a task. With dedupe_key, at most one task per dedupe key is pending: when one is, its
 -- id is returned with deduped = true and its payload is kept (on_dedupe 'keep', default),
 -- replaced ('replace') or merged with this one as jsonb || ('merge'). A dedupe key belongs to
--- one key (HF002 otherwise). Notifies idle workers on commit.
+-- one key (HF002 otherwise). traceparent, tracestate: the producer's W3C trace context, kept
+-- in holdfast.task_traces for the worker's spans (docs/tracing.md). Notifies idle workers on
+-- commit.
 create function holdfast.enqueue_task(
   kind text,
   key text,
@@ -40,7 +42,9 @@ create function holdfast.enqueue_task(
   max_attempts int default null,
   on_dedupe text default 'keep',
   debounce interval default null,
-  max_wait interval default null
+  max_wait interval default null,
+  traceparent text default null,
+  tracestate text default null
 ) returns table (id bigint, deduped boolean)
   language plpgsql security definer set search_path = pg_catalog, pg_temp as $$
 #variable_conflict use_column
@@ -60,6 +64,8 @@ begin
   v_error := holdfast._task_error(enqueue_task.key, enqueue_task.payload, enqueue_task.priority,
     enqueue_task.max_attempts, enqueue_task.dedupe_key, enqueue_task.on_dedupe,
     enqueue_task.debounce, enqueue_task.max_wait);
+  v_error := coalesce(v_error,
+    holdfast._trace_error(enqueue_task.traceparent, enqueue_task.tracestate));
   if v_error is not null then
     perform holdfast._raise('HF002', 'holdfast: ' || v_error);
   end if;
@@ -131,6 +137,12 @@ begin
             enqueue_task.priority, null, coalesce(enqueue_task.max_attempts, v_kind.max_attempts))
     returning tasks.id into v_id;
   end if;
+  -- Traced: the producer's context, for every attempt's span to link to (a deduped enqueue
+  -- returned above: the task keeps the context of the enqueue that created it).
+  if enqueue_task.traceparent is not null and v_id is not null then
+    insert into holdfast.task_traces (task_id, traceparent, tracestate)
+    values (v_id, enqueue_task.traceparent, enqueue_task.tracestate);
+  end if;
 
   -- The new task becomes the head if it comes before the current head in (priority, place_at,
   -- id) order: one primary-key lookup, no scan of the key's pending tasks.
@@ -149,7 +161,7 @@ begin
   return query select v_id, false;
 end $$;
 select holdfast._grant('execute',
-  'function holdfast.enqueue_task(text, text, jsonb, timestamptz, int, text, int, text, interval, interval)',
+  'function holdfast.enqueue_task(text, text, jsonb, timestamptz, int, text, int, text, interval, interval, text, text)',
   'holdfast_producer');
 
 create function holdfast.enqueue(
@@ -162,14 +174,16 @@ create function holdfast.enqueue(
   max_attempts int default null,
   on_dedupe text default 'keep',
   debounce interval default null,
-  max_wait interval default null
+  max_wait interval default null,
+  traceparent text default null,
+  tracestate text default null
 ) returns bigint
   language sql security definer set search_path = pg_catalog, pg_temp as $$
   select e.id from holdfast.enqueue_task(kind, key, payload, run_at, priority, dedupe_key,
-    max_attempts, on_dedupe, debounce, max_wait) e
+    max_attempts, on_dedupe, debounce, max_wait, traceparent, tracestate) e
 $$;
 select holdfast._grant('execute',
-  'function holdfast.enqueue(text, text, jsonb, timestamptz, int, text, int, text, interval, interval)',
+  'function holdfast.enqueue(text, text, jsonb, timestamptz, int, text, int, text, interval, interval, text, text)',
   'holdfast_producer');
 
 -- Requeues a dead-lettered ('failed') or cancelled task as a new attempt, with

@@ -3,7 +3,8 @@
 
 -- Adds many tasks of one kind in one call. tasks: a JSON array of objects whose fields are
 -- enqueue_task's parameters (key; optional payload, run_at, priority, dedupe_key,
--- max_attempts, on_dedupe, debounce, max_wait; timestamps and intervals as text). Returns one
+-- max_attempts, on_dedupe, debounce, max_wait, traceparent, tracestate; timestamps and
+-- intervals as text; a new task keeps its item's trace context). Returns one
 -- row per item, in input order, as enqueue_task called for each item in turn would: a key's
 -- tasks keep the input order, an item whose dedupe key came earlier in the batch (or is
 -- pending already) folds into that task (deduped = true, on_dedupe and debounce applied in
@@ -33,6 +34,9 @@ declare
   v_op text[];
   v_deb interval[];
   v_mw interval[];
+  v_tp text[];
+  v_ts text[];
+  v_traced boolean;
   v_keys text[];
   v_created text[];
   v_locked int;
@@ -77,6 +81,8 @@ begin
       array_agg(coalesce(e.t ->> 'on_dedupe', 'keep') order by e.ord),
       array_agg((e.t ->> 'debounce')::interval order by e.ord),
       array_agg((e.t ->> 'max_wait')::interval order by e.ord),
+      array_agg(e.t ->> 'traceparent' order by e.ord),
+      array_agg(e.t ->> 'tracestate' order by e.ord),
       min(e.ord) filter (where case when jsonb_typeof(e.t) <> 'object' then true else
         jsonb_typeof(e.t -> 'key') is distinct from 'string'
         or jsonb_typeof(e.t -> 'run_at') not in ('string', 'null')
@@ -86,10 +92,13 @@ begin
         or jsonb_typeof(e.t -> 'on_dedupe') not in ('string', 'null')
         or jsonb_typeof(e.t -> 'debounce') not in ('string', 'null')
         or jsonb_typeof(e.t -> 'max_wait') not in ('string', 'null')
+        or jsonb_typeof(e.t -> 'traceparent') not in ('string', 'null')
+        or jsonb_typeof(e.t -> 'tracestate') not in ('string', 'null')
         or e.t - array['key', 'payload', 'run_at', 'priority', 'dedupe_key', 'max_attempts',
-                       'on_dedupe', 'debounce', 'max_wait'] <> '{}' end),
+                       'on_dedupe', 'debounce', 'max_wait', 'traceparent', 'tracestate']
+           <> '{}' end),
       count(e.t ->> 'dedupe_key') > 0
-    into v_key, v_payload, v_at, v_priority, v_dkey, v_max, v_op, v_deb, v_mw, v_index,
+    into v_key, v_payload, v_at, v_priority, v_dkey, v_max, v_op, v_deb, v_mw, v_tp, v_ts, v_index,
       v_deduping
     from jsonb_array_elements(tasks) with ordinality e (t, ord);
   exception when invalid_text_representation or invalid_datetime_format
@@ -111,11 +120,14 @@ begin
       when jsonb_typeof(e.t -> 'on_dedupe') not in ('string', 'null') then 'on_dedupe must be a string'
       when jsonb_typeof(e.t -> 'debounce') not in ('string', 'null') then 'debounce must be an interval string'
       when jsonb_typeof(e.t -> 'max_wait') not in ('string', 'null') then 'max_wait must be an interval string'
+      when jsonb_typeof(e.t -> 'traceparent') not in ('string', 'null') then 'traceparent must be a string'
+      when jsonb_typeof(e.t -> 'tracestate') not in ('string', 'null') then 'tracestate must be a string'
       else (select format('unknown field %L (fields: key, payload, run_at, priority, dedupe_key, '
-                          'max_attempts, on_dedupe, debounce, max_wait)', f)
+                          'max_attempts, on_dedupe, debounce, max_wait, traceparent, tracestate)', f)
             from jsonb_object_keys(e.t) f
             where f not in ('key', 'payload', 'run_at', 'priority', 'dedupe_key', 'max_attempts',
-                            'on_dedupe', 'debounce', 'max_wait') limit 1)
+                            'on_dedupe', 'debounce', 'max_wait', 'traceparent', 'tracestate')
+            limit 1)
     end as msg) c
     where c.msg is not null
     order by e.ord limit 1;
@@ -147,6 +159,13 @@ begin
       u (key, payload, priority, max, dkey, op, deb, mw, ord)
     where holdfast._task_error(u.key, u.payload, u.priority, u.max, u.dkey, u.op, u.deb, u.mw)
       is not null
+    order by u.ord limit 1;
+  end if;
+  v_traced := array_remove(v_tp, null) <> '{}' or array_remove(v_ts, null) <> '{}';
+  if v_bad is null and v_traced then
+    select u.ord - 1, holdfast._trace_error(u.tp, u.ts) into v_index, v_bad
+    from unnest(v_tp, v_ts) with ordinality u (tp, ts, ord)
+    where holdfast._trace_error(u.tp, u.ts) is not null
     order by u.ord limit 1;
   end if;
   if v_bad is null and v_deduping then
@@ -300,6 +319,13 @@ begin
         v_index, v_dkey[v_index + 1]),
       hint = 'a dedupe key belongs to one key',
       detail = json_build_object('index', v_index)::text;
+  end if;
+
+  -- Traced items: the new tasks keep their producer's context (a deduped item adds none).
+  if v_traced then
+    insert into holdfast.task_traces (task_id, traceparent, tracestate)
+    select n.id, v_tp[n.ord], v_ts[n.ord] from unnest(v_new_ord, v_new_id) n (ord, id)
+    where v_tp[n.ord] is not null;
   end if;
 
   perform pg_notify('holdfast', enqueue_many.kind);

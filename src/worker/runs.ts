@@ -11,6 +11,7 @@ import {
 import { isUnits, limitSql } from "../limits.js";
 import type { ResolvedKind } from "../options.js";
 import { sql, type TaskRow, toTask } from "../queries/tasks.js";
+import { traceEvent } from "../tracing.js";
 import type { CheckpointOptions, HandlerContext, Queryable, Task } from "../types.js";
 import type { LockSession } from "./lock-session.js";
 
@@ -114,7 +115,12 @@ async function writeCheckpoint(
   } catch (err) {
     throw translateError(err);
   }
-  if (ok) return;
+  if (ok) {
+    traceEvent(run, "holdfast.checkpoint", {
+      "holdfast.task.ids": targets.map((t) => t.id).join(","),
+    });
+    return;
+  }
   const err = new StaleFenceError(
     `holdfast: checkpoint refused: task ${targets.map((t) => t.id).join(", ")} is no longer held by this run (fence ${run.task.fence})`,
   );

@@ -6,6 +6,7 @@ import { declareKinds } from "../kinds.js";
 import type { ResolvedWorkerOptions } from "../options.js";
 import { requireSessions } from "../pooler.js";
 import type { TaskRow } from "../queries/tasks.js";
+import { Tracing } from "../tracing.js";
 import type { Task } from "../types.js";
 import { retryWithBackoff } from "./backoff.js";
 import type { WorkerEvents } from "./events.js";
@@ -38,6 +39,8 @@ export interface WorkerDeps {
   pool: pg.Pool;
   connection: pg.ClientConfig;
   logger: Logger;
+  /** Spans of runs (Holdfast's); default: none. */
+  tracing?: Tracing;
 }
 
 /**
@@ -71,6 +74,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   private reconnecting = false;
   /** The delay before the next round trip after a refused statement (0: none failed). */
   private statementRetryMs = 0;
+  private readonly tracing: Tracing;
 
   constructor(
     private readonly deps: WorkerDeps,
@@ -78,6 +82,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
   ) {
     super();
     this.name = opts.name;
+    this.tracing = deps.tracing ?? new Tracing(false);
     this.kinds = [...opts.kinds.keys()];
     this.maxBatch = Math.max(...[...opts.kinds.values()].map((k) => k.batchMax));
     this.logger = deps.logger.child({ worker: opts.name });
@@ -413,6 +418,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
         "holdfast: claimed tasks",
       );
     const runs = groupRuns(rows);
+    this.tracing.claimed(this.deps.pool, runs, this.logger);
     // A claim answered in the same read as the session's end (a dying backend sends its
     // answer and a FATAL back to back) resolves after the loss aborted the session's runs:
     // nothing would abort these, and their locks are gone. Start none; the sweep requeues them.
@@ -444,6 +450,7 @@ export class Worker extends EventEmitter<WorkerEvents> {
 
   private finish(run: Run, task: Task, outcome: Outcome, error?: unknown): void {
     logOutcome(run, task, outcome, error);
+    this.tracing.finished(run, outcome, error);
     this.emit("task:end", task, error === undefined ? { outcome } : { outcome, error });
   }
 
@@ -456,7 +463,9 @@ export class Worker extends EventEmitter<WorkerEvents> {
     this.limitWaits.started(run.task, run.logger);
     for (const t of tasks) this.emit("task:start", t);
     for (const id of cancelledEarly) this.cancelRunning(id);
-    const started = callHandler(this.opts.kinds.get(run.task.kind), run, this.deps.pool);
+    const started = this.tracing.run(run, this.name, () =>
+      callHandler(this.opts.kinds.get(run.task.kind), run, this.deps.pool),
+    );
     started.then(
       () => this.settle(run, undefined),
       (err: unknown) => this.settle(run, err ?? new Error("handler rejected without a reason")),
