@@ -400,10 +400,24 @@ async function replaceApi(client: pg.ClientBase, api: SqlFile[], inPlace: boolea
     );
     if (rows[0]?.functions) await client.query(`drop function ${rows[0].functions}`);
   }
-  const before = await client.query<{ oid: number; xmin: string }>(
-    "select oid::int, xmin::text from pg_proc where pronamespace = 'holdfast'::regnamespace",
-  );
+  const versions = async () =>
+    new Map(
+      (
+        await client.query<{ oid: number; xmin: string; sig: string }>(
+          `select oid::int, xmin::text, oid::regprocedure::text as sig from pg_proc
+           where pronamespace = 'holdfast'::regnamespace`,
+        )
+      ).rows.map((r) => [r.oid, r]),
+    );
+  // The functions each file defines: those of its names whose pg_proc row it created or
+  // changed. (A row is also changed by a grant, so a file that revokes on all functions,
+  // 90_access.sql, defines none: it names none.)
+  const defined = new Set<number>();
   for (const f of api) {
+    const names = new Set(
+      [...f.text.matchAll(/^create function holdfast\.(\w+)\s*\(/gim)].map((m) => m[1]),
+    );
+    const before = await versions();
     const text = f.text.replace(/^create function /gim, "create or replace function ");
     for (let tries = 0; ; tries++) {
       await client.query("savepoint api_file");
@@ -423,14 +437,16 @@ async function replaceApi(client: pg.ClientBase, api: SqlFile[], inPlace: boolea
         await client.query(`drop function ${drop[1]}`);
       }
     }
+    for (const [oid, r] of await versions()) {
+      const name = r.sig.replace(/^holdfast\./, "").replace(/\(.*$/, "");
+      if (names.has(name) && before.get(oid)?.xmin !== r.xmin) defined.add(oid);
+    }
   }
-  const untouched = new Set(before.rows.map((r) => `${r.oid}:${r.xmin}`));
-  const { rows } = await client.query<{ oid: number; xmin: string; sig: string }>(
-    `select oid::int, xmin::text, oid::regprocedure::text as sig from pg_proc
-     where pronamespace = 'holdfast'::regnamespace`,
-  );
-  const obsolete = rows.filter((r) => untouched.has(`${r.oid}:${r.xmin}`)).map((r) => r.sig);
-  if (obsolete.length > 0) await client.query(`drop function ${obsolete.join(", ")}`);
+  // What no file defines any more: a removed function, or an old signature of one whose
+  // parameters changed (it would make calls ambiguous).
+  const obsolete = [...(await versions()).values()].filter((r) => !defined.has(r.oid));
+  if (obsolete.length > 0)
+    await client.query(`drop function ${obsolete.map((r) => r.sig).join(", ")}`);
 }
 
 /**
