@@ -1,5 +1,5 @@
 import type pg from "pg";
-import { toLimitUsage } from "../limits.js";
+import { type LimitUsage, toLimitUsage } from "../limits.js";
 import { packageVersion, releaseSchemaVersion, schemaVersionSql } from "../migrate.js";
 import { parseCron, upcomingTick } from "../schedules.js";
 import {
@@ -102,26 +102,13 @@ export interface ScheduleInfo {
   lastLateMs: number | null;
 }
 
-/** A limit (docs/limits.md) and what its window holds now. */
-export interface LimitInfo {
-  name: string;
-  units: number;
-  /** The sliding window, ms. */
-  perMs: number;
-  /** Units counted in the window: reserved (runs not charged yet) + charged. */
-  used: number;
-  reserved: number;
-  charged: number;
-  /** Runs admitted in the window. */
-  runs: number;
-  /** ISO time until which a throttle closed it; null when open. */
+/** A limit (docs/limits.md) and what its window holds now, as in the JSON snapshot: times are
+ *  ISO strings (closedUntil: a throttle closed it until then; roomAt: room frees for its
+ *  largest reservation then; null: open, or room now). */
+export type LimitInfo = Omit<LimitUsage, "closedUntil" | "roomAt"> & {
   closedUntil: string | null;
-  kinds: string[];
-  /** Ready tasks of its kinds that cannot start for want of room. */
-  waiting: number;
-  /** ISO time room frees for its largest reservation; null when there is room now. */
   roomAt: string | null;
-}
+};
 
 export interface Capacity {
   advisoryLocks: {
