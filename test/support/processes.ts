@@ -34,6 +34,12 @@ export async function startWorkerProcess(
     env: { ...process.env, DATABASE_URL: url, HF_NAME: name, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
+  return await readyWorker(child, name);
+}
+
+/** A started worker child process (JSON lines on stdout), once it says it is ready; killed
+ *  if it never does. */
+export async function readyWorker(child: ChildProcess, name: string): Promise<WorkerProcess> {
   const { lines: events, waitFor } = collectJsonLines<WorkerEvent>(child, `worker ${name}`);
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
   const proc: WorkerProcess = {
